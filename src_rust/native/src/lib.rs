@@ -1,0 +1,10 @@
+//! PyO3 glue for `nomad_device_nvidia._native`. Only the module definition and
+//! conversions live here; the work is done by plain-Rust crates beside it.
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
