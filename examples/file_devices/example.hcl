@@ -1,0 +1,4 @@
+config {
+  dir         = "/tmp"
+  list_period = "1s"
+}

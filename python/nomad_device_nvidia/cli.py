@@ -1,0 +1,66 @@
+"""The `nomad-device-nvidia` command.
+
+Started by Nomad (NOMAD_PLUGIN_MAGIC_COOKIE set), it serves the plugin over
+go-plugin. Run by a person, it explains itself or runs an operator command.
+Plugin-mode flags come from the agent's `plugin "nomad-device-nvidia" { args = [...] }`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+PROG = "nomad-device-nvidia"
+
+
+def _version() -> str:
+    from nomad_device_nvidia import __version__
+
+    return __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="HashiCorp Nomad device plugin for NVIDIA GPUs. Nomad starts it from its plugin_dir; "
+                    "the flags below are for the agent's plugin block `args`.",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    p.add_argument("--listen", choices=("unix", "tcp"), default=os.environ.get("NOMAD_DEVICE_NVIDIA_LISTEN", "unix"),
+                   help="transport to serve Nomad on: a private unix socket (default) or tcp on 127.0.0.1 "
+                        "within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT")
+    p.add_argument("--nvml-library", default="", metavar="PATH",
+                   help="load this libnvidia-ml.so.1 instead of the system's (the config key nvml_library wins)")
+    p.add_argument("--simulate", default="", metavar="SCENARIO",
+                   help="use the simulated NVML driver with this scenario file (the config key simulate wins)")
+    p.add_argument("--log-level", default=None, choices=("trace", "debug", "info", "warn", "error"),
+                   help="log level (default: $NOMAD_DEVICE_NVIDIA_LOG_LEVEL or info)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    from nomad_device_nvidia.sdk import handshake
+
+    if args_in[:1] == ["probe"]:
+        from nomad_device_nvidia.probe import main as probe_main
+
+        return probe_main(args_in[1:])
+    args = _parser().parse_args(args_in)
+    if not handshake.cookie_ok(os.environ):
+        sys.stderr.write(handshake.NOT_A_COMMAND)
+        sys.stderr.write(f"(Run `{PROG} --help` for what it can do by hand.)\n")
+        return 1
+
+    from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
+    from nomad_device_nvidia.sdk import logs, serve
+
+    logs.configure(args.log_level)
+    plugin = NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
+    return serve(plugin, network=args.listen)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""go-plugin's launch contract, plugin side: cookie, protocol version, listener, handshake line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+CORE_PROTOCOL_VERSION = 1
+# Nomad's base.Handshake.
+APP_PROTOCOL_VERSION = 2
+MAGIC_COOKIE_KEY = "NOMAD_PLUGIN_MAGIC_COOKIE"
+MAGIC_COOKIE_VALUE = "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255"
+
+NOT_A_COMMAND = (
+    "This binary is a plugin. These are not meant to be executed directly.\n"
+    "Please execute the program that consumes these plugins, which will\n"
+    "load any plugins automatically\n"
+)
+
+
+class HandshakeError(Exception):
+    """The host's launch environment cannot be served; the message says why."""
+
+
+def cookie_ok(env: Mapping[str, str]) -> bool:
+    return env.get(MAGIC_COOKIE_KEY) == MAGIC_COOKIE_VALUE
+
+
+def negotiate_version(env: Mapping[str, str]) -> int:
+    """The app protocol both sides speak; the host lists its versions in PLUGIN_PROTOCOL_VERSIONS."""
+    offered = env.get("PLUGIN_PROTOCOL_VERSIONS", "").strip()
+    if not offered:
+        return APP_PROTOCOL_VERSION
+    versions = set()
+    for part in offered.split(","):
+        try:
+            versions.add(int(part))
+        except ValueError:
+            raise HandshakeError(f"PLUGIN_PROTOCOL_VERSIONS has an invalid version {part!r}") from None
+    if APP_PROTOCOL_VERSION not in versions:
+        raise HandshakeError(f"the host speaks plugin protocol versions {sorted(versions)}; "
+                             f"this plugin speaks {APP_PROTOCOL_VERSION}")
+    return APP_PROTOCOL_VERSION
+
+
+@dataclass
+class Listener:
+    """Where the gRPC server listens: a unix socket in a private directory, or tcp on loopback."""
+
+    network: str  # "unix" or "tcp"
+    address: str  # socket path, or host:port
+    grpc_target: str
+    socket_dir: str | None = None
+
+    def cleanup(self) -> None:
+        if self.socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def unix_listener(env: Mapping[str, str]) -> Listener:
+    # A fresh 0700 directory, so no other user can connect to (or replace) the socket.
+    socket_dir = tempfile.mkdtemp(prefix="plugin", dir=env.get("PLUGIN_UNIX_SOCKET_DIR") or None)
+    group = env.get("PLUGIN_UNIX_SOCKET_GROUP")
+    if group:
+        _share_with_group(socket_dir, group)
+    path = os.path.join(socket_dir, "plugin.sock")
+    return Listener("unix", path, f"unix:{path}", socket_dir)
+
+
+def _share_with_group(path: str, group: str) -> None:
+    import grp
+
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise HandshakeError(f"PLUGIN_UNIX_SOCKET_GROUP names an unknown group {group!r}") from None
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o770)
+
+
+def tcp_port_range(env: Mapping[str, str]) -> range:
+    """PLUGIN_MIN_PORT..PLUGIN_MAX_PORT (go-plugin's defaults when unset)."""
+    try:
+        lo = int(env.get("PLUGIN_MIN_PORT") or 10000)
+        hi = int(env.get("PLUGIN_MAX_PORT") or 25000)
+    except ValueError:
+        raise HandshakeError("PLUGIN_MIN_PORT and PLUGIN_MAX_PORT must be integers") from None
+    if not 0 < lo <= hi < 65536:
+        raise HandshakeError(f"invalid plugin port range {lo}..{hi}")
+    return range(lo, hi + 1)
+
+
+def handshake_line(version: int, listener: Listener, server_cert: str, env: Mapping[str, str]) -> str:
+    line = f"{CORE_PROTOCOL_VERSION}|{version}|{listener.network}|{listener.address}|grpc|{server_cert}"
+    # A host that sets PLUGIN_MULTIPLEX_GRPC reads a seventh field; we do not
+    # multiplex broker connections over one socket.
+    if env.get("PLUGIN_MULTIPLEX_GRPC"):
+        line += "|false"
+    return line

@@ -1,0 +1,57 @@
+"""The interface a Python device plugin implements; `serve` does the rest."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
+
+if TYPE_CHECKING:
+    from nomad_device_nvidia._proto.nomad import device_pb2, hclspec_pb2
+
+    StatsItem = Union[bytes, device_pb2.StatsResponse]
+
+
+class DevicePlugin(abc.ABC):
+    """A Nomad device plugin.
+
+    Streams get a `stop` event that is set when Nomad cancels the stream or the
+    plugin shuts down: wait on it instead of sleeping, and return once it is set.
+    """
+
+    @abc.abstractmethod
+    def info(self) -> PluginInfo:
+        """Name and version reported in PluginInfo."""
+
+    @abc.abstractmethod
+    def config_spec(self) -> hclspec_pb2.Spec:
+        """The HCL schema of the plugin's config block (see `sdk.hclspec`)."""
+
+    @abc.abstractmethod
+    def set_config(self, config: Mapping[str, Any]) -> None:
+        """Apply the agent's config, decoded to Python values.
+
+        Raise `ConfigError` to reject it; the previous config must stay in force.
+        """
+
+    @abc.abstractmethod
+    def fingerprint(self, stop: threading.Event) -> Iterator[Sequence[DeviceGroup]]:
+        """Yield the device groups at once, then whenever they may have changed.
+
+        Answers equal to the last one sent are dropped by the service, so
+        yielding periodically is fine. Raise `PluginDisabled` when disabled.
+        """
+
+    @abc.abstractmethod
+    def stats(self, interval: float, stop: threading.Event) -> Iterator[StatsItem]:
+        """Yield one StatsResponse (message, or already serialized bytes) per interval."""
+
+    @abc.abstractmethod
+    def reserve(self, device_ids: Sequence[str]) -> Reservation:
+        """Say what a task needs to use these devices; raise `ReservationRefused` if it cannot."""
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release resources; called once when the server stops."""

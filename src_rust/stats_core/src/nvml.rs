@@ -1,0 +1,201 @@
+//! NVML loaded at run time with dlopen: the poller runs against whichever
+//! libnvidia-ml.so.1 the process has (the real driver or the simulated one),
+//! and a missing optional symbol only turns its stats into "N/A".
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::raw::{c_char, c_int, c_uint, c_ulonglong};
+
+use libloading::Library;
+
+use crate::ffi::*;
+
+/// The library name the dynamic linker resolves; when the process already
+/// loaded a libnvidia-ml.so.1 (real or simulated), dlopen returns that one.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NvmlError {
+    /// dlopen failed or a required symbol is missing.
+    Load(String),
+    /// An NVML call returned an error code.
+    Call {
+        call: &'static str,
+        code: NvmlReturn,
+        message: String,
+    },
+}
+
+impl fmt::Display for NvmlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NvmlError::Load(why) => write!(f, "cannot load NVML: {why}"),
+            NvmlError::Call {
+                call,
+                code,
+                message,
+            } => write!(f, "{call} failed: {message} (NVML error {code})"),
+        }
+    }
+}
+
+impl std::error::Error for NvmlError {}
+
+type FnVoid = unsafe extern "C" fn() -> NvmlReturn;
+type FnErrorString = unsafe extern "C" fn(NvmlReturn) -> *const c_char;
+type FnHandleByUuid = unsafe extern "C" fn(*const c_char, *mut NvmlDevice) -> NvmlReturn;
+type FnMemory = unsafe extern "C" fn(NvmlDevice, *mut NvmlMemory) -> NvmlReturn;
+type FnBar1 = unsafe extern "C" fn(NvmlDevice, *mut NvmlBar1Memory) -> NvmlReturn;
+type FnUtilization = unsafe extern "C" fn(NvmlDevice, *mut NvmlUtilization) -> NvmlReturn;
+type FnSampledUint = unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut c_uint) -> NvmlReturn;
+type FnUint = unsafe extern "C" fn(NvmlDevice, *mut c_uint) -> NvmlReturn;
+type FnUlonglong = unsafe extern "C" fn(NvmlDevice, *mut c_ulonglong) -> NvmlReturn;
+type FnUintArg = unsafe extern "C" fn(NvmlDevice, c_uint, *mut c_uint) -> NvmlReturn;
+type FnDetailedEcc =
+    unsafe extern "C" fn(NvmlDevice, c_uint, c_uint, *mut NvmlEccErrorCounts) -> NvmlReturn;
+type FnFieldValues = unsafe extern "C" fn(NvmlDevice, c_int, *mut NvmlFieldValue) -> NvmlReturn;
+
+/// The NVML entry points the poller calls. Optional ones are None when the
+/// library does not export them (an older driver, or the simulator).
+pub struct Nvml {
+    shutdown: FnVoid,
+    error_string: Option<FnErrorString>,
+    handle_by_uuid: FnHandleByUuid,
+    pub(crate) memory_info: Option<FnMemory>,
+    pub(crate) bar1_memory_info: Option<FnBar1>,
+    pub(crate) utilization_rates: Option<FnUtilization>,
+    pub(crate) encoder_utilization: Option<FnSampledUint>,
+    pub(crate) decoder_utilization: Option<FnSampledUint>,
+    pub(crate) temperature: Option<FnUintArg>,
+    pub(crate) power_usage: Option<FnUint>,
+    pub(crate) power_limit: Option<FnUint>,
+    pub(crate) detailed_ecc: Option<FnDetailedEcc>,
+    pub(crate) field_values: Option<FnFieldValues>,
+    pub(crate) clock_info: Option<FnUintArg>,
+    pub(crate) total_energy: Option<FnUlonglong>,
+    pub(crate) pcie_throughput: Option<FnUintArg>,
+    pub(crate) clocks_event_reasons: Option<FnUlonglong>,
+    // Kept last so it is dropped after the calls above can no longer run.
+    _lib: Library,
+}
+
+// SAFETY: NVML is thread-safe by contract (every entry point may be called
+// from any thread); the struct only holds function pointers and the library.
+unsafe impl Send for Nvml {}
+unsafe impl Sync for Nvml {}
+
+/// Copies a symbol's address out of the library, or None when it is absent.
+///
+/// # Safety
+/// `T` must be the C signature the NVML header gives for `name`.
+unsafe fn optional<T: Copy>(lib: &Library, name: &[u8]) -> Option<T> {
+    lib.get::<T>(name).ok().map(|s| *s)
+}
+
+unsafe fn required<T: Copy>(lib: &Library, name: &[u8]) -> Result<T, NvmlError> {
+    optional(lib, name).ok_or_else(|| {
+        let printable = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
+        NvmlError::Load(format!("symbol {printable} not found"))
+    })
+}
+
+impl Nvml {
+    /// dlopens `path` (a file path or a library name) and calls nvmlInit_v2.
+    /// NVML counts initialisations, so this is safe beside another user
+    /// (nvidia-ml-py) in the same process; Drop calls nvmlShutdown once.
+    pub fn open(path: &str) -> Result<Nvml, NvmlError> {
+        // SAFETY: loading NVML runs no initialisers beyond its own; every
+        // symbol is read with the signature of NVIDIA's header.
+        unsafe {
+            let lib = Library::new(path).map_err(|e| NvmlError::Load(e.to_string()))?;
+            let init: FnVoid = required(&lib, b"nvmlInit_v2\0")?;
+            let nvml = Nvml {
+                shutdown: required(&lib, b"nvmlShutdown\0")?,
+                error_string: optional(&lib, b"nvmlErrorString\0"),
+                handle_by_uuid: required(&lib, b"nvmlDeviceGetHandleByUUID\0")?,
+                memory_info: optional(&lib, b"nvmlDeviceGetMemoryInfo\0"),
+                bar1_memory_info: optional(&lib, b"nvmlDeviceGetBAR1MemoryInfo\0"),
+                utilization_rates: optional(&lib, b"nvmlDeviceGetUtilizationRates\0"),
+                encoder_utilization: optional(&lib, b"nvmlDeviceGetEncoderUtilization\0"),
+                decoder_utilization: optional(&lib, b"nvmlDeviceGetDecoderUtilization\0"),
+                temperature: optional(&lib, b"nvmlDeviceGetTemperature\0"),
+                power_usage: optional(&lib, b"nvmlDeviceGetPowerUsage\0"),
+                power_limit: optional(&lib, b"nvmlDeviceGetPowerManagementLimit\0"),
+                detailed_ecc: optional(&lib, b"nvmlDeviceGetDetailedEccErrors\0"),
+                field_values: optional(&lib, b"nvmlDeviceGetFieldValues\0"),
+                clock_info: optional(&lib, b"nvmlDeviceGetClockInfo\0"),
+                total_energy: optional(&lib, b"nvmlDeviceGetTotalEnergyConsumption\0"),
+                pcie_throughput: optional(&lib, b"nvmlDeviceGetPcieThroughput\0"),
+                clocks_event_reasons: optional(&lib, b"nvmlDeviceGetCurrentClocksEventReasons\0")
+                    .or_else(|| optional(&lib, b"nvmlDeviceGetCurrentClocksThrottleReasons\0")),
+                _lib: lib,
+            };
+            let code = init();
+            if code != NVML_SUCCESS {
+                // Not initialised: Drop must not shut down someone else's count.
+                let err = nvml.call_error("nvmlInit_v2", code);
+                std::mem::forget(nvml);
+                return Err(err);
+            }
+            Ok(nvml)
+        }
+    }
+
+    pub(crate) fn call_error(&self, call: &'static str, code: NvmlReturn) -> NvmlError {
+        NvmlError::Call {
+            call,
+            code,
+            message: self.error_string(code),
+        }
+    }
+
+    /// NVML's own text for a return code.
+    pub fn error_string(&self, code: NvmlReturn) -> String {
+        match self.error_string {
+            // SAFETY: nvmlErrorString returns a static NUL-terminated string.
+            Some(f) => unsafe {
+                let p = f(code);
+                if p.is_null() {
+                    format!("NVML error {code}")
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            },
+            None => format!("NVML error {code}"),
+        }
+    }
+
+    /// The device handle for a GPU or MIG instance UUID.
+    pub fn handle_by_uuid(&self, uuid: &str) -> Result<Handle, NvmlError> {
+        let c = CString::new(uuid).map_err(|_| NvmlError::Call {
+            call: "nvmlDeviceGetHandleByUUID",
+            code: 2,
+            message: format!("UUID {uuid:?} contains a NUL byte"),
+        })?;
+        let mut dev: NvmlDevice = std::ptr::null_mut();
+        // SAFETY: valid C string and out pointer.
+        let code = unsafe { (self.handle_by_uuid)(c.as_ptr(), &mut dev) };
+        if code != NVML_SUCCESS {
+            return Err(self.call_error("nvmlDeviceGetHandleByUUID", code));
+        }
+        Ok(Handle(dev))
+    }
+}
+
+impl Drop for Nvml {
+    fn drop(&mut self) {
+        // SAFETY: paired with the successful nvmlInit_v2 in open().
+        unsafe {
+            (self.shutdown)();
+        }
+    }
+}
+
+/// An NVML device handle. Handles stay valid while NVML is initialised and
+/// may be used from any thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handle(pub(crate) NvmlDevice);
+
+// SAFETY: an NVML handle is an opaque token NVML accepts from any thread.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
