@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in[:1] == ["probe"]:
         from nomad_device_nvidia.probe import main as probe_main
 
-        return probe_main(args_in[1:])
+        return int(probe_main(args_in[1:]))
     args = _parser().parse_args(args_in)
     if not handshake.cookie_ok(os.environ):
         sys.stderr.write(handshake.NOT_A_COMMAND)
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(args.log_level)
     plugin = NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
-    return serve(plugin, network=args.listen)
+    return int(serve(plugin, network=args.listen))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ MAX_WORKERS = 32
 def _bind(server: grpc.Server, listener: Listener, env: Mapping[str, str], creds: grpc.ServerCredentials | None) -> Listener:
     def add(target: str) -> int:
         try:
-            return server.add_secure_port(target, creds) if creds else server.add_insecure_port(target)
+            return int(server.add_secure_port(target, creds) if creds else server.add_insecure_port(target))
         except RuntimeError:
             return 0
 

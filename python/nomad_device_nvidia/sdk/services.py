@@ -66,6 +66,7 @@ def _abort_for(exc: BaseException, context: grpc.ServicerContext, what: str) -> 
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     log.error(f"{what} failed", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {exc}")
+    raise AssertionError("context.abort returned")  # it always raises
 
 class BasePluginService:
     def __init__(self, plugin: DevicePlugin) -> None:

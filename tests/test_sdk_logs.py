@@ -1,0 +1,39 @@
+"""Logs are hclog JSON lines that go-plugin's host can parse."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+from nomad_device_nvidia.sdk import logs
+
+
+def test_hclog_json_line_has_level_message_module_timestamp_and_pairs() -> None:
+    out = io.StringIO()
+    logs.configure("debug", stream=out)
+    try:
+        logging.getLogger("nomad_device_nvidia.test").warning("gpu lost", extra={"uuid": "GPU-1", "n": 3})
+        logging.getLogger("x").debug("detail")
+    finally:
+        logging.getLogger().handlers.clear()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["@level"] == "warn"
+    assert first["@message"] == "gpu lost"
+    assert first["@module"] == "nomad_device_nvidia.test"
+    assert first["uuid"] == "GPU-1" and first["n"] == 3
+    # go-plugin parses @timestamp with Go's layout 2006-01-02T15:04:05.000000Z07:00.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)", first["@timestamp"])
+    assert second["@level"] == "debug"
+
+
+def test_level_filter() -> None:
+    out = io.StringIO()
+    logs.configure("error", stream=out)
+    try:
+        logging.getLogger("x").warning("quiet")
+        logging.getLogger("x").error("loud")
+    finally:
+        logging.getLogger().handlers.clear()
+    assert [json.loads(line)["@message"] for line in out.getvalue().splitlines()] == ["loud"]

@@ -1,0 +1,124 @@
+"""The go-plugin launch contract at the process level: cookie, handshake line,
+stdout discipline, socket directory, signals and parent death.
+
+The protocol itself is exercised by Nomad's own client code in
+test_conformance.py; here the "host" is only what launches the process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nomad_device_nvidia.sdk.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = [sys.executable, str(ROOT / "examples" / "file_devices" / "plugin.py")]
+
+
+def plugin_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIN_")}
+    env[MAGIC_COOKIE_KEY] = MAGIC_COOKIE_VALUE
+    env["PLUGIN_PROTOCOL_VERSIONS"] = "2"
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(EXAMPLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        pytest.fail(f"no handshake line; stderr: {proc.communicate()[1]}")
+    return proc, line
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_without_cookie_explains_and_exits_1() -> None:
+    env = {k: v for k, v in os.environ.items() if k != MAGIC_COOKIE_KEY}
+    proc = subprocess.run(EXAMPLE, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "This binary is a plugin" in proc.stderr
+
+
+def test_cli_without_cookie_points_to_help() -> None:
+    env = {k: v for k, v in os.environ.items() if k != MAGIC_COOKIE_KEY}
+    exe = Path(sys.executable).parent / "nomad-device-nvidia"
+    proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "This binary is a plugin" in proc.stderr and "--help" in proc.stderr
+
+
+def test_unsupported_protocol_version_is_refused_clearly() -> None:
+    proc = subprocess.run(EXAMPLE, env=plugin_env(PLUGIN_PROTOCOL_VERSIONS="1"), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "speaks plugin protocol versions [1]" in proc.stderr
+
+
+def test_one_handshake_line_private_socket_and_graceful_sigterm(tmp_path: Path) -> None:
+    proc, line = start(plugin_env(PLUGIN_UNIX_SOCKET_DIR=str(tmp_path)))
+    parts = line.rstrip("\n").split("|")
+    assert parts[:3] == ["1", "2", "unix"] and parts[4] == "grpc" and parts[5] == ""
+    sock = Path(parts[3])
+    assert sock.parent.parent == tmp_path
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out == "", "nothing may follow the handshake line on stdout"
+    assert not sock.parent.exists(), "the socket directory is removed on exit"
+    assert '"@message": "plugin shutting down"' in err
+
+
+def test_sigint_is_graceful_too() -> None:
+    proc, _ = start(plugin_env())
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_multiplex_field_only_when_the_host_asks() -> None:
+    proc, line = start(plugin_env(PLUGIN_MULTIPLEX_GRPC="true"))
+    proc.terminate()
+    proc.communicate(timeout=10)
+    assert line.rstrip("\n").split("|")[6] == "false"
+
+
+def test_exits_when_its_parent_is_killed() -> None:
+    # A shell stands in for the Nomad agent: it starts the plugin and is then SIGKILLed.
+    cmd = " ".join(f"'{a}'" for a in EXAMPLE)
+    parent = subprocess.Popen(["sh", "-c", f"{cmd} >/dev/null & echo $!; wait"], env=plugin_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 20
+    while not any(Path("/proc", str(pid), "fd").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it reach its serving loop
+    assert alive(pid)
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    killed_at = time.monotonic()
+    while alive(pid) and time.monotonic() - killed_at < 10:
+        time.sleep(0.05)
+    assert not alive(pid), "the plugin outlived its parent"
