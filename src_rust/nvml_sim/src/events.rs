@@ -1,0 +1,99 @@
+//! Event sets: the scenario's timed events, delivered once to each set that has the
+//! event's GPU registered for its type when the event is due.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nvml_sys::*;
+
+use crate::sim::{Sim, SimEvent};
+
+pub struct EventSet {
+    pub sim: &'static Sim,
+    registrations: Mutex<Vec<(usize, u64)>>,
+    /// Index of the next scenario event this set has not yet seen.
+    cursor: Mutex<usize>,
+}
+
+static SETS: Mutex<Option<HashMap<usize, Arc<EventSet>>>> = Mutex::new(None);
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// Longest sleep between checks, so registrations made while a wait is in progress
+/// are seen promptly.
+const POLL: Duration = Duration::from_millis(20);
+
+fn with_sets<R>(f: impl FnOnce(&mut HashMap<usize, Arc<EventSet>>) -> R) -> R {
+    let mut g = SETS.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(HashMap::new))
+}
+
+/// Handles are small integers in pointer clothing: never dereferenced, looked up.
+pub fn create(sim: &'static Sim) -> nvmlEventSet_t {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let set = Arc::new(EventSet {
+        sim,
+        registrations: Mutex::new(Vec::new()),
+        cursor: Mutex::new(0),
+    });
+    with_sets(|m| m.insert(id, set));
+    (id << 4) as nvmlEventSet_t
+}
+
+pub fn get(h: nvmlEventSet_t) -> Option<Arc<EventSet>> {
+    let id = (h as usize) >> 4;
+    with_sets(|m| m.get(&id).cloned())
+}
+
+pub fn free(h: nvmlEventSet_t) -> bool {
+    let id = (h as usize) >> 4;
+    with_sets(|m| m.remove(&id).is_some())
+}
+
+impl EventSet {
+    pub fn register(&self, gpu: usize, types: u64) {
+        let mut r = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        match r.iter_mut().find(|(g, _)| *g == gpu) {
+            Some((_, t)) => *t |= types,
+            None => r.push((gpu, types)),
+        }
+    }
+
+    fn wants(&self, e: &SimEvent) -> bool {
+        let r = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().any(|(g, t)| *g == e.gpu && t & e.event_type != 0)
+    }
+
+    /// The next due event, waiting up to `timeout`; None on timeout.
+    pub fn wait(&self, timeout: Duration) -> Option<SimEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let next_due = {
+                let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.sim.elapsed_ns();
+                let mut next_due = None;
+                while let Some(e) = self.sim.events.get(*cursor) {
+                    if e.at_ns > now {
+                        next_due = Some(e.at_ns - now);
+                        break;
+                    }
+                    *cursor += 1;
+                    if self.wants(e) {
+                        return Some(*e);
+                    }
+                }
+                next_due
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let mut nap = (deadline - now).min(POLL);
+            if let Some(ns) = next_due {
+                nap = nap.min(Duration::from_nanos(ns));
+            }
+            std::thread::sleep(nap);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Ids of the per-device entry points, so faults and latency can be set per function
+//! by name (`"nvmlDeviceGetPowerUsage"`) and checked with one array index per call.
+
+macro_rules! device_functions {
+    ($($name:ident),* $(,)?) => {
+        #[allow(non_camel_case_types, clippy::enum_variant_names)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Fn { $($name),* }
+
+        /// Base names (no `_v2`/`_v3` suffix), indexed by `Fn as usize`.
+        pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+device_functions!(
+    nvmlDeviceGetUUID,
+    nvmlDeviceGetName,
+    nvmlDeviceGetBrand,
+    nvmlDeviceGetIndex,
+    nvmlDeviceGetMinorNumber,
+    nvmlDeviceGetSerial,
+    nvmlDeviceGetVbiosVersion,
+    nvmlDeviceGetBoardId,
+    nvmlDeviceGetMemoryInfo,
+    nvmlDeviceGetBAR1MemoryInfo,
+    nvmlDeviceGetPowerUsage,
+    nvmlDeviceGetPowerManagementLimit,
+    nvmlDeviceGetPowerManagementDefaultLimit,
+    nvmlDeviceGetPowerManagementLimitConstraints,
+    nvmlDeviceGetEnforcedPowerLimit,
+    nvmlDeviceGetTotalEnergyConsumption,
+    nvmlDeviceGetTemperature,
+    nvmlDeviceGetTemperatureThreshold,
+    nvmlDeviceGetUtilizationRates,
+    nvmlDeviceGetEncoderUtilization,
+    nvmlDeviceGetDecoderUtilization,
+    nvmlDeviceGetTotalEccErrors,
+    nvmlDeviceGetDetailedEccErrors,
+    nvmlDeviceGetMemoryErrorCounter,
+    nvmlDeviceGetEccMode,
+    nvmlDeviceGetClockInfo,
+    nvmlDeviceGetMaxClockInfo,
+    nvmlDeviceGetClock,
+    nvmlDeviceGetPciInfo,
+    nvmlDeviceGetMaxPcieLinkGeneration,
+    nvmlDeviceGetMaxPcieLinkWidth,
+    nvmlDeviceGetCurrPcieLinkGeneration,
+    nvmlDeviceGetCurrPcieLinkWidth,
+    nvmlDeviceGetPcieThroughput,
+    nvmlDeviceGetDisplayMode,
+    nvmlDeviceGetDisplayActive,
+    nvmlDeviceGetPersistenceMode,
+    nvmlDeviceGetComputeMode,
+    nvmlDeviceGetPerformanceState,
+    nvmlDeviceGetFanSpeed,
+    nvmlDeviceGetCudaComputeCapability,
+    nvmlDeviceGetArchitecture,
+    nvmlDeviceGetNumaNodeId,
+    nvmlDeviceGetCpuAffinity,
+    nvmlDeviceGetMemoryAffinity,
+    nvmlDeviceGetMigMode,
+    nvmlDeviceGetMaxMigDeviceCount,
+    nvmlDeviceGetMigDeviceHandleByIndex,
+    nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
+    nvmlDeviceIsMigDeviceHandle,
+    nvmlDeviceGetGpuInstanceId,
+    nvmlDeviceGetComputeInstanceId,
+    nvmlDeviceGetGpuInstanceProfileInfo,
+    nvmlDeviceGetGpuInstances,
+    nvmlDeviceGetGpuInstanceById,
+    nvmlDeviceGetAttributes,
+    nvmlDeviceGetFieldValues,
+    nvmlDeviceGetSupportedEventTypes,
+    nvmlDeviceRegisterEvents,
+    nvmlDeviceGetCurrentClocksEventReasons,
+    nvmlDeviceGetComputeRunningProcesses,
+    nvmlDeviceGetGraphicsRunningProcesses,
+    nvmlDeviceGetVirtualizationMode,
+);
+
+pub const COUNT: usize = NAMES.len();
+// Fault masks are u128 bitsets indexed by function id.
+const _: () = assert!(COUNT < 128);
+
+/// The id of a function named in a scenario; a version suffix is ignored
+/// (`nvmlDeviceGetMemoryInfo_v2` is `nvmlDeviceGetMemoryInfo`).
+pub fn lookup(name: &str) -> Option<usize> {
+    let base = match name.rfind("_v") {
+        Some(i) if name[i + 2..].chars().all(|c| c.is_ascii_digit()) && i + 2 < name.len() => {
+            &name[..i]
+        }
+        _ => name,
+    };
+    let base = base
+        .strip_suffix("ThrottleReasons")
+        .map(|_| "nvmlDeviceGetCurrentClocksEventReasons")
+        .unwrap_or(base);
+    NAMES.iter().position(|n| *n == base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_strips_versions() {
+        assert_eq!(
+            lookup("nvmlDeviceGetMemoryInfo_v2"),
+            Some(Fn::nvmlDeviceGetMemoryInfo as usize)
+        );
+        assert_eq!(
+            lookup("nvmlDeviceGetPciInfo_v3"),
+            Some(Fn::nvmlDeviceGetPciInfo as usize)
+        );
+        assert_eq!(lookup("nvmlDeviceGetUUID"), Some(0));
+        assert_eq!(lookup("nvmlDeviceFrobnicate"), None);
+    }
+}

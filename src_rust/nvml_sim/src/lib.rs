@@ -1,0 +1,14 @@
+//! A simulated NVIDIA driver: the NVML C API over simulated GPUs described by a
+//! scenario file (env `NVML_SIM_SCENARIO`). Built as a cdylib whose SONAME is
+//! `libnvidia-ml.so.1`, so nvidia-ml-py, go-nvml and our Rust poller load it as they
+//! would load the real driver. See docs/simulated-driver.md.
+
+pub mod api;
+pub mod events;
+pub mod fns;
+pub mod gen;
+pub mod models;
+pub mod scenario;
+pub mod sim;
+pub mod state;
+mod stubs;

@@ -1,0 +1,211 @@
+//! The scenario file (TOML) as written by people; `sim::Sim::build` turns it into the
+//! simulated machine. Unknown keys are errors so a typo never silently does nothing.
+//! The format is documented in docs/simulated-driver.md.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::gen::ValueSpec;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Seeds the UUIDs, serials and generators: same name, same devices.
+    pub name: String,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub init: Init,
+    #[serde(default)]
+    pub latency: Latency,
+    #[serde(default)]
+    pub topology: Topology,
+    #[serde(default)]
+    pub gpus: Vec<GpuGroup>,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Driver {
+    #[serde(default = "default_driver_version")]
+    pub version: String,
+    /// "12.4" (as nvidia-smi prints it); NVML reports 12040.
+    #[serde(default = "default_cuda_version")]
+    pub cuda_version: String,
+    /// Defaults to "12." + the driver version, as real drivers report it.
+    pub nvml_version: Option<String>,
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Driver {
+            version: default_driver_version(),
+            cuda_version: default_cuda_version(),
+            nvml_version: None,
+        }
+    }
+}
+
+fn default_driver_version() -> String {
+    "550.90.07".into()
+}
+fn default_cuda_version() -> String {
+    "12.4".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Init {
+    /// Return code name ("DRIVER_NOT_LOADED" or "NVML_ERROR_DRIVER_NOT_LOADED") that
+    /// nvmlInit returns instead of succeeding.
+    pub error: Option<String>,
+    /// Fail only the first N init calls of the process, then succeed (0 = always fail).
+    #[serde(default)]
+    pub fail_count: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Added to every per-device call, in nanoseconds.
+    #[serde(default)]
+    pub ns: u64,
+    /// "spin" burns CPU (the driver's own work), "sleep" parks the thread (waiting on
+    /// the kernel). Default "spin".
+    pub mode: Option<String>,
+    /// Per-function latency in nanoseconds, replacing `ns` for that function.
+    #[serde(default)]
+    pub functions: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// NUMA nodes the GPUs are spread over (in order, equal shares).
+    #[serde(default = "default_numa_nodes")]
+    pub numa_nodes: u32,
+    #[serde(default = "default_cpus_per_node")]
+    pub cpus_per_node: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            numa_nodes: default_numa_nodes(),
+            cpus_per_node: default_cpus_per_node(),
+        }
+    }
+}
+
+fn default_numa_nodes() -> u32 {
+    1
+}
+fn default_cpus_per_node() -> u32 {
+    32
+}
+
+/// `count` identical GPUs; a preset `model` plus any overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuGroup {
+    pub model: Option<String>,
+    #[serde(default = "default_count")]
+    pub count: u32,
+    pub name: Option<String>,
+    pub memory_mib: Option<u64>,
+    pub memory_reserved_mib: Option<u64>,
+    /// 0 means no BAR1 (unified memory): the query answers NOT_SUPPORTED.
+    pub bar1_mib: Option<u64>,
+    pub power_limit_w: Option<f64>,
+    pub max_clock_graphics_mhz: Option<u32>,
+    pub max_clock_sm_mhz: Option<u32>,
+    pub max_clock_memory_mhz: Option<u32>,
+    pub max_clock_video_mhz: Option<u32>,
+    pub pcie_generation: Option<u32>,
+    pub pcie_width: Option<u32>,
+    /// "9.0"
+    pub compute_capability: Option<String>,
+    /// "hopper", "ampere", "ada", ... or the NVML number.
+    pub architecture: Option<String>,
+    pub pci_device_id: Option<u32>,
+    pub multiprocessors: Option<u32>,
+    #[serde(default)]
+    pub display_mode: bool,
+    #[serde(default = "default_true")]
+    pub persistence_mode: bool,
+    #[serde(default = "default_true")]
+    pub ecc: bool,
+    /// GPU instances by profile name ("3g.40gb"); present (even empty) = MIG enabled.
+    /// Each GPU instance holds one compute instance spanning it, i.e. one MIG device.
+    pub mig: Option<Vec<String>>,
+    /// Per-group stats (generators); unset metrics use the defaults.
+    #[serde(default)]
+    pub stats: BTreeMap<String, ValueSpec>,
+    /// Stats for the MIG devices of this group (memory_used_mib).
+    #[serde(default)]
+    pub mig_stats: BTreeMap<String, ValueSpec>,
+}
+
+fn default_count() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// "not_supported", "lost" or "hang".
+    pub kind: String,
+    /// GPU indexes (nvmlDeviceGetHandleByIndex order); `gpu` for one. Neither = all
+    /// (not_supported only).
+    pub gpu: Option<u32>,
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// not_supported: function names; hang: the one function that hangs.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    pub function: Option<String>,
+    /// not_supported: field ids answered NOT_SUPPORTED in nvmlDeviceGetFieldValues.
+    #[serde(default)]
+    pub fields: Vec<u32>,
+    /// lost / hang: seconds after nvmlInit when the fault starts.
+    pub after_s: Option<f64>,
+    /// lost: number of calls on the GPU after which it is lost.
+    pub after_calls: Option<u64>,
+    /// lost: the GPU answers again this long after it was lost.
+    pub recover_after_s: Option<f64>,
+    pub recover_after_calls: Option<u64>,
+    /// hang: how long each hanging call blocks.
+    pub duration_ms: Option<u64>,
+    /// hang: how many calls hang (0 or unset = every call once started).
+    #[serde(default)]
+    pub calls: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub gpu: u32,
+    /// Seconds after nvmlInit.
+    pub at_s: f64,
+    /// "xid" (default), "single_bit_ecc", "double_bit_ecc", "pstate", "clock".
+    #[serde(rename = "type", default = "default_event_type")]
+    pub kind: String,
+    /// The XID number (eventData) for "xid".
+    #[serde(default)]
+    pub xid: u64,
+    /// MIG GPU / compute instance ids the event is attributed to.
+    pub gpu_instance: Option<u32>,
+    pub compute_instance: Option<u32>,
+}
+
+fn default_event_type() -> String {
+    "xid".into()
+}

@@ -1,0 +1,932 @@
+//! The simulated machine: devices, MIG instances, faults and events, built once from a
+//! scenario and then read-only, except for atomic counters. Handles given to callers
+//! are addresses of elements of the `devices` / `gpu_instances` / `compute_instances`
+//! vectors, which never move or shrink after `build`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nvml_sys::*;
+
+use crate::fns;
+use crate::gen::{hash_str, mix64, Gen, ValueSpec};
+use crate::models::{self, MigProfile, Model};
+use crate::scenario::{self, Scenario};
+
+pub const MIB: u64 = 1 << 20;
+pub const MAX_GPUS: usize = 4096;
+
+macro_rules! metrics {
+    ($($variant:ident = $name:literal),* $(,)?) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Metric { $($variant),* }
+        pub const METRIC_NAMES: &[&str] = &[$($name),*];
+    };
+}
+
+metrics!(
+    UtilGpu = "utilization_gpu",
+    UtilMemory = "utilization_memory",
+    UtilEncoder = "utilization_encoder",
+    UtilDecoder = "utilization_decoder",
+    Temperature = "temperature_c",
+    MemoryTemperature = "memory_temperature_c",
+    Power = "power_w",
+    MemoryUsed = "memory_used_mib",
+    Bar1Used = "bar1_used_mib",
+    ClockGraphics = "clock_graphics_mhz",
+    ClockSm = "clock_sm_mhz",
+    ClockMemory = "clock_memory_mhz",
+    ClockVideo = "clock_video_mhz",
+    Fan = "fan_percent",
+    EccCorrected = "ecc_corrected",
+    EccUncorrected = "ecc_uncorrected",
+    PcieTx = "pcie_tx_kbps",
+    PcieRx = "pcie_rx_kbps",
+);
+pub const METRICS: usize = METRIC_NAMES.len();
+
+/// PCI bus numbers of the eight GPUs of an HGX baseboard, reused per PCI domain.
+const HGX_BUSES: [u32; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb];
+
+#[derive(Debug, Clone, Copy)]
+pub struct MigRef {
+    pub parent: usize,
+    pub gpu_instance: usize,
+    pub compute_instance: usize,
+    pub profile: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    AfterNs(u64),
+    AfterCalls(u64),
+}
+
+#[derive(Debug)]
+pub struct LostFault {
+    pub start: Trigger,
+    /// Measured from `start`, in the same unit.
+    pub recover_after: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct HangFault {
+    pub function: usize,
+    pub after_ns: u64,
+    pub duration: Duration,
+    pub calls: u64,
+    pub hits: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Device {
+    /// Physical GPU index; a MIG device carries its parent's.
+    pub gpu: usize,
+    pub mig: Option<MigRef>,
+    pub uuid: String,
+    pub name: String,
+    pub model: usize,
+    pub memory_total: u64,
+    pub memory_reserved: u64,
+    pub seed: u64,
+    pub gens: [Gen; METRICS],
+    pub samples: [AtomicU64; METRICS],
+    pub mig_enabled: bool,
+    pub mig_devices: Vec<usize>,
+    pub gpu_instances: Vec<usize>,
+    pub pci: nvmlPciInfo_t,
+    pub bus_id: String,
+    pub serial: String,
+    pub numa_node: u32,
+    pub cpus: std::ops::Range<u32>,
+    pub display: bool,
+    pub persistence: bool,
+    pub ecc: bool,
+    pub calls: AtomicU64,
+    pub unsupported: u128,
+    pub unsupported_fields: Vec<u32>,
+    pub lost: Option<LostFault>,
+    pub hangs: Vec<HangFault>,
+}
+
+#[derive(Debug)]
+pub struct GpuInstance {
+    pub device: usize,
+    pub id: u32,
+    pub profile: usize,
+    pub placement: (u32, u32),
+    pub compute_instance: usize,
+}
+
+#[derive(Debug)]
+pub struct ComputeInstance {
+    pub gpu_instance: usize,
+    pub device: usize,
+    pub id: u32,
+    pub slices: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SimEvent {
+    pub gpu: usize,
+    pub at_ns: u64,
+    pub event_type: u64,
+    pub data: u64,
+    pub gpu_instance: u32,
+    pub compute_instance: u32,
+}
+
+#[derive(Debug)]
+pub struct Sim {
+    pub path: String,
+    pub name: String,
+    pub driver_version: String,
+    pub nvml_version: String,
+    pub cuda_version: i32,
+    pub init_error: Option<(nvmlReturn_t, u64)>,
+    pub models: Vec<Model>,
+    pub devices: Vec<Device>,
+    pub gpu_count: usize,
+    pub gpu_instances: Vec<GpuInstance>,
+    pub compute_instances: Vec<ComputeInstance>,
+    by_uuid: HashMap<String, usize>,
+    by_bus_id: HashMap<String, usize>,
+    pub latency_ns: [u64; fns::COUNT],
+    pub latency_sleep: bool,
+    pub events: Vec<SimEvent>,
+    /// `now_ns()` at the last nvmlInit that (re)activated this machine.
+    pub epoch_ns: AtomicU64,
+}
+
+fn clock_base() -> &'static Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now)
+}
+
+/// Monotonic nanoseconds since the library first asked.
+pub fn now_ns() -> u64 {
+    clock_base().elapsed().as_nanos() as u64
+}
+
+fn secs_to_ns(what: &str, s: f64) -> Result<u64, String> {
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(format!("{what} must be a number of seconds >= 0, got {s}"));
+    }
+    Ok((s * 1e9) as u64)
+}
+
+fn parse_return_code(name: &str) -> Result<nvmlReturn_t, String> {
+    let full = if name.starts_with("NVML_") {
+        name.to_string()
+    } else {
+        format!("NVML_ERROR_{name}")
+    };
+    RETURN_CODE_NAMES
+        .iter()
+        .find(|(_, n)| *n == full)
+        .map(|(c, _)| *c)
+        .ok_or_else(|| format!("init.error: unknown NVML return code {name:?}"))
+}
+
+fn parse_cuda_version(s: &str) -> Result<i32, String> {
+    let bad = || format!("driver.cuda_version: expected \"MAJOR.MINOR\" like \"12.4\", got {s:?}");
+    let (maj, min) = s.split_once('.').ok_or_else(bad)?;
+    let maj: i32 = maj.parse().map_err(|_| bad())?;
+    let min: i32 = min.parse().map_err(|_| bad())?;
+    Ok(maj * 1000 + min * 10)
+}
+
+fn parse_architecture(s: &str) -> Result<u32, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "kepler" => NVML_DEVICE_ARCH_KEPLER,
+        "maxwell" => NVML_DEVICE_ARCH_MAXWELL,
+        "pascal" => NVML_DEVICE_ARCH_PASCAL,
+        "volta" => NVML_DEVICE_ARCH_VOLTA,
+        "turing" => NVML_DEVICE_ARCH_TURING,
+        "ampere" => NVML_DEVICE_ARCH_AMPERE,
+        "ada" => NVML_DEVICE_ARCH_ADA,
+        "hopper" => NVML_DEVICE_ARCH_HOPPER,
+        "blackwell" => NVML_DEVICE_ARCH_BLACKWELL,
+        other => other.parse().map_err(|_| {
+            format!("architecture: unknown {s:?} (hopper, ampere, ada, ... or a number)")
+        })?,
+    })
+}
+
+fn uuid_like(prefix: &str, key: &str) -> String {
+    let a = hash_str(key);
+    let b = mix64(a ^ 0x5555_5555_5555_5555);
+    format!(
+        "{prefix}{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn c_chars<const N: usize>(s: &str) -> [std::os::raw::c_char; N] {
+    let mut out = [0 as std::os::raw::c_char; N];
+    for (o, b) in out.iter_mut().zip(s.bytes().take(N - 1)) {
+        *o = b as std::os::raw::c_char;
+    }
+    out
+}
+
+fn default_gens(m: &Model) -> [Gen; METRICS] {
+    let lim = m.power_limit_w;
+    let [g, sm, mem, video] = m.max_clocks_mhz.map(f64::from);
+    let memory = m.memory_mib as f64;
+    let r = |min: f64, max: f64| Gen::Random { min, max, seed: 0 };
+    let s = |min: f64, max: f64, period: u64| Gen::Sine {
+        min,
+        max,
+        period,
+        seed: 0,
+    };
+    [
+        s(10.0, 90.0, 120),
+        s(5.0, 60.0, 90),
+        Gen::Constant(0.0),
+        Gen::Constant(0.0),
+        s(35.0, 70.0, 180),
+        s(40.0, 75.0, 180),
+        r(lim * 0.15, lim * 0.85),
+        Gen::Ramp {
+            min: memory * 0.05,
+            max: memory * 0.8,
+            period: 300,
+            seed: 0,
+        },
+        Gen::Constant(5.0),
+        r(g * 0.6, g),
+        r(sm * 0.6, sm),
+        Gen::Constant(mem),
+        Gen::Constant(video * 0.9),
+        Gen::Constant(if m.has_fan { 30.0 } else { 0.0 }),
+        Gen::Constant(0.0),
+        Gen::Constant(0.0),
+        r(1_000.0, 500_000.0),
+        r(1_000.0, 500_000.0),
+    ]
+}
+
+fn apply_stats(
+    gens: &mut [Gen; METRICS],
+    stats: &std::collections::BTreeMap<String, ValueSpec>,
+    what: &str,
+) -> Result<(), String> {
+    for (key, spec) in stats {
+        let i = METRIC_NAMES.iter().position(|n| n == key).ok_or_else(|| {
+            format!(
+                "{what}: unknown metric {key:?} (known: {})",
+                METRIC_NAMES.join(", ")
+            )
+        })?;
+        gens[i] = Gen::from_spec(spec).map_err(|e| format!("{what}.{key}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn apply_overrides(m: &mut Model, g: &scenario::GpuGroup, what: &str) -> Result<(), String> {
+    if let Some(v) = &g.name {
+        m.name = v.clone();
+    }
+    if let Some(v) = g.memory_mib {
+        m.memory_mib = v;
+    }
+    if let Some(v) = g.memory_reserved_mib {
+        m.memory_reserved_mib = v;
+    }
+    if let Some(v) = g.bar1_mib {
+        m.bar1_mib = (v > 0).then_some(v);
+    }
+    if let Some(v) = g.power_limit_w {
+        m.power_limit_w = v;
+        m.power_max_w = m.power_max_w.max(v);
+    }
+    for (slot, v) in m.max_clocks_mhz.iter_mut().zip([
+        g.max_clock_graphics_mhz,
+        g.max_clock_sm_mhz,
+        g.max_clock_memory_mhz,
+        g.max_clock_video_mhz,
+    ]) {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    if let Some(v) = g.pcie_generation {
+        m.pcie_gen = v;
+    }
+    if let Some(v) = g.pcie_width {
+        m.pcie_width = v;
+    }
+    if let Some(cc) = &g.compute_capability {
+        let bad = || format!("{what}.compute_capability: expected \"MAJOR.MINOR\", got {cc:?}");
+        let (a, b) = cc.split_once('.').ok_or_else(bad)?;
+        m.compute_capability = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    }
+    if let Some(a) = &g.architecture {
+        m.architecture = parse_architecture(a).map_err(|e| format!("{what}.{e}"))?;
+    }
+    if let Some(v) = g.pci_device_id {
+        m.pci_device_id = v;
+    }
+    if let Some(v) = g.multiprocessors {
+        m.multiprocessors = v;
+    }
+    if m.memory_reserved_mib >= m.memory_mib {
+        return Err(format!(
+            "{what}: memory_reserved_mib must be below memory_mib"
+        ));
+    }
+    Ok(())
+}
+
+struct GroupPlan {
+    model: usize,
+    gens: [Gen; METRICS],
+    mig_gens: [Gen; METRICS],
+    mig: Option<Vec<usize>>,
+    display: bool,
+    persistence: bool,
+    ecc: bool,
+}
+
+fn plan_mig(m: &Model, names: &[String], what: &str) -> Result<Vec<usize>, String> {
+    if m.mig_profiles.is_empty() {
+        return Err(format!(
+            "{what}.mig: model {:?} does not support MIG",
+            m.name
+        ));
+    }
+    let mut chosen = Vec::new();
+    let (mut slices, mut mem_slices) = (0, 0);
+    for n in names {
+        let i = m
+            .mig_profiles
+            .iter()
+            .position(|p| &p.name == n)
+            .ok_or_else(|| {
+                let known: Vec<&str> = m.mig_profiles.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "{what}.mig: unknown profile {n:?} for {:?} (known: {})",
+                    m.name,
+                    known.join(", ")
+                )
+            })?;
+        let p: &MigProfile = &m.mig_profiles[i];
+        let same = chosen.iter().filter(|&&c| c == i).count() as u32 + 1;
+        if same > p.instance_count {
+            return Err(format!(
+                "{what}.mig: at most {} instances of {n:?}",
+                p.instance_count
+            ));
+        }
+        slices += p.slices;
+        mem_slices += p.memory_slices;
+        chosen.push(i);
+    }
+    if slices > m.mig_total_slices || mem_slices > m.mig_total_memory_slices {
+        return Err(format!(
+            "{what}.mig: {names:?} needs {slices} compute / {mem_slices} memory slices, the GPU has {} / {}",
+            m.mig_total_slices, m.mig_total_memory_slices
+        ));
+    }
+    Ok(chosen)
+}
+
+impl Sim {
+    /// Parse and build a machine from TOML text; errors name the offending key.
+    pub fn from_toml(path: &str, text: &str) -> Result<Sim, String> {
+        let sc: Scenario =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        Sim::build(path, sc)
+    }
+
+    pub fn build(path: &str, sc: Scenario) -> Result<Sim, String> {
+        if sc.name.trim().is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        let cuda_version = parse_cuda_version(&sc.driver.cuda_version)?;
+        let init_error = match &sc.init.error {
+            Some(e) => Some((parse_return_code(e)?, sc.init.fail_count)),
+            None => None,
+        };
+        let mut latency_ns = [sc.latency.ns; fns::COUNT];
+        for (f, ns) in &sc.latency.functions {
+            let i = fns::lookup(f)
+                .ok_or_else(|| format!("latency.functions: unknown function {f:?}"))?;
+            latency_ns[i] = *ns;
+        }
+        let latency_sleep = match sc.latency.mode.as_deref() {
+            None | Some("spin") => false,
+            Some("sleep") => true,
+            Some(o) => return Err(format!("latency.mode: {o:?} is not \"spin\" or \"sleep\"")),
+        };
+        if sc.topology.numa_nodes == 0 {
+            return Err("topology.numa_nodes: must be at least 1".into());
+        }
+
+        // Models and per-group plans.
+        let mut models = Vec::new();
+        let mut plans = Vec::new();
+        let mut gpu_group = Vec::new();
+        for (gi, g) in sc.gpus.iter().enumerate() {
+            let what = format!("gpus[{gi}]");
+            if g.count == 0 || g.count as usize > MAX_GPUS {
+                return Err(format!(
+                    "{what}.count: must be 1..={MAX_GPUS}, got {}",
+                    g.count
+                ));
+            }
+            let mut m = match &g.model {
+                Some(k) => models::preset(k).ok_or_else(|| {
+                    format!(
+                        "{what}.model: unknown {k:?} (known: {})",
+                        models::MODEL_KEYS.join(", ")
+                    )
+                })?,
+                None => {
+                    if g.name.is_none() || g.memory_mib.is_none() {
+                        return Err(format!(
+                            "{what}: give a model, or at least name and memory_mib"
+                        ));
+                    }
+                    let mut m = models::preset("l4").expect("preset");
+                    m.key = "custom";
+                    m
+                }
+            };
+            apply_overrides(&mut m, g, &what)?;
+            let mut gens = default_gens(&m);
+            apply_stats(&mut gens, &g.stats, &format!("{what}.stats"))?;
+            let mut mig_gens = [Gen::Constant(0.0); METRICS];
+            mig_gens[Metric::MemoryUsed as usize] = Gen::Random {
+                min: 0.0,
+                max: 1024.0,
+                seed: 0,
+            };
+            apply_stats(&mut mig_gens, &g.mig_stats, &format!("{what}.mig_stats"))?;
+            let mig = match &g.mig {
+                Some(names) => Some(plan_mig(&m, names, &what)?),
+                None => None,
+            };
+            plans.push(GroupPlan {
+                model: models.len(),
+                gens,
+                mig_gens,
+                mig,
+                display: g.display_mode,
+                persistence: g.persistence_mode,
+                ecc: g.ecc,
+            });
+            models.push(m);
+            gpu_group.extend(std::iter::repeat_n(gi, g.count as usize));
+        }
+        let total = gpu_group.len();
+        if total > MAX_GPUS {
+            return Err(format!("gpus: {total} GPUs in all, at most {MAX_GPUS}"));
+        }
+
+        // Physical GPUs.
+        let scenario_seed = hash_str(&sc.name);
+        let mut devices = Vec::with_capacity(total * 2);
+        for (idx, &gi) in gpu_group.iter().enumerate() {
+            let plan = &plans[gi];
+            let m = &models[plan.model];
+            let domain = (idx / HGX_BUSES.len()) as u32;
+            let bus = HGX_BUSES[idx % HGX_BUSES.len()];
+            let bus_id = format!("{domain:08X}:{bus:02X}:00.0");
+            let legacy = format!("{:04X}:{bus:02X}:00.0", domain & 0xffff);
+            let pci = nvmlPciInfo_t {
+                busIdLegacy: c_chars(&legacy),
+                domain,
+                bus,
+                device: 0,
+                pciDeviceId: m.pci_device_id,
+                pciSubSystemId: m.pci_subsystem_id,
+                busId: c_chars(&bus_id),
+            };
+            let numa_node = (idx as u64 * u64::from(sc.topology.numa_nodes) / total as u64) as u32;
+            let cpn = sc.topology.cpus_per_node;
+            let seed = mix64(scenario_seed ^ (idx as u64).wrapping_mul(0x1000_0000_01B3));
+            devices.push(Device {
+                gpu: idx,
+                mig: None,
+                uuid: uuid_like("GPU-", &format!("{}/gpu/{idx}", sc.name)),
+                name: m.name.clone(),
+                model: plan.model,
+                memory_total: m.memory_mib * MIB,
+                memory_reserved: m.memory_reserved_mib * MIB,
+                seed,
+                gens: plan.gens,
+                samples: Default::default(),
+                mig_enabled: plan.mig.is_some(),
+                mig_devices: Vec::new(),
+                gpu_instances: Vec::new(),
+                pci,
+                bus_id,
+                serial: format!("{:013}", 1_650_000_000_000 + seed % 100_000_000_000),
+                numa_node,
+                cpus: numa_node * cpn..(numa_node + 1) * cpn,
+                display: plan.display,
+                persistence: plan.persistence,
+                ecc: plan.ecc,
+                calls: AtomicU64::new(0),
+                unsupported: 0,
+                unsupported_fields: Vec::new(),
+                lost: None,
+                hangs: Vec::new(),
+            });
+        }
+
+        // Faults, on the physical GPUs (their MIG devices inherit them below).
+        for (fi, f) in sc.faults.iter().enumerate() {
+            let what = format!("faults[{fi}]");
+            let mut targets: Vec<u32> = f.gpus.clone();
+            targets.extend(f.gpu);
+            for &t in &targets {
+                if t as usize >= total {
+                    return Err(format!(
+                        "{what}: GPU index {t} out of range (the scenario has {total})"
+                    ));
+                }
+            }
+            let after_ns = f
+                .after_s
+                .map(|s| secs_to_ns(&format!("{what}.after_s"), s))
+                .transpose()?;
+            match f.kind.as_str() {
+                "not_supported" => {
+                    if targets.is_empty() {
+                        targets = (0..total as u32).collect();
+                    }
+                    let mut mask = 0u128;
+                    for name in f.functions.iter().chain(f.function.iter()) {
+                        let i = fns::lookup(name).ok_or_else(|| {
+                            format!("{what}.functions: unknown function {name:?}")
+                        })?;
+                        mask |= 1 << i;
+                    }
+                    if mask == 0 && f.fields.is_empty() {
+                        return Err(format!("{what}: not_supported needs functions or fields"));
+                    }
+                    for &t in &targets {
+                        let d = &mut devices[t as usize];
+                        d.unsupported |= mask;
+                        d.unsupported_fields.extend(&f.fields);
+                    }
+                }
+                "lost" => {
+                    if targets.is_empty() {
+                        return Err(format!("{what}: lost needs gpu or gpus"));
+                    }
+                    for &t in &targets {
+                        let (start, recover_after) = match (after_ns, f.after_calls) {
+                            (Some(ns), None) => (
+                                Trigger::AfterNs(ns),
+                                f.recover_after_s
+                                    .map(|s| secs_to_ns(&format!("{what}.recover_after_s"), s))
+                                    .transpose()?,
+                            ),
+                            (None, Some(n)) => (Trigger::AfterCalls(n), f.recover_after_calls),
+                            _ => {
+                                return Err(format!(
+                                    "{what}: lost needs exactly one of after_s, after_calls"
+                                ))
+                            }
+                        };
+                        devices[t as usize].lost = Some(LostFault {
+                            start,
+                            recover_after,
+                        });
+                    }
+                }
+                "hang" => {
+                    let name = f
+                        .function
+                        .as_deref()
+                        .ok_or_else(|| format!("{what}: hang needs function"))?;
+                    let function = fns::lookup(name)
+                        .ok_or_else(|| format!("{what}.function: unknown function {name:?}"))?;
+                    let ms = f
+                        .duration_ms
+                        .ok_or_else(|| format!("{what}: hang needs duration_ms"))?;
+                    if targets.is_empty() {
+                        return Err(format!("{what}: hang needs gpu or gpus"));
+                    }
+                    for &t in &targets {
+                        devices[t as usize].hangs.push(HangFault {
+                            function,
+                            after_ns: after_ns.unwrap_or(0),
+                            duration: Duration::from_millis(ms),
+                            calls: f.calls,
+                            hits: AtomicU64::new(0),
+                        });
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "{what}.kind: unknown {other:?} (not_supported, lost, hang)"
+                    ));
+                }
+            }
+        }
+
+        // MIG devices, GPU instances, compute instances.
+        let mut gpu_instances = Vec::new();
+        let mut compute_instances = Vec::new();
+        for idx in 0..total {
+            let plan = &plans[gpu_group[idx]];
+            let Some(profiles) = &plan.mig else { continue };
+            let m = &models[plan.model];
+            let mut start = 0;
+            for (j, &pi) in profiles.iter().enumerate() {
+                let p = &m.mig_profiles[pi];
+                let dev_index = devices.len();
+                let gi_index = gpu_instances.len();
+                let ci_index = compute_instances.len();
+                gpu_instances.push(GpuInstance {
+                    device: idx,
+                    id: j as u32 + 1,
+                    profile: pi,
+                    placement: (start, p.memory_slices),
+                    compute_instance: ci_index,
+                });
+                start += p.memory_slices;
+                compute_instances.push(ComputeInstance {
+                    gpu_instance: gi_index,
+                    device: dev_index,
+                    id: 0,
+                    slices: p.slices,
+                });
+                let parent = &devices[idx];
+                let mig_dev = Device {
+                    gpu: idx,
+                    mig: Some(MigRef {
+                        parent: idx,
+                        gpu_instance: gi_index,
+                        compute_instance: ci_index,
+                        profile: pi,
+                    }),
+                    uuid: uuid_like("MIG-", &format!("{}/gpu/{idx}/mig/{j}", sc.name)),
+                    name: format!("{} MIG {}", m.name, p.name),
+                    model: plan.model,
+                    memory_total: p.memory_mib * MIB,
+                    memory_reserved: 0,
+                    seed: mix64(parent.seed ^ (j as u64 + 1)),
+                    gens: plan.mig_gens,
+                    samples: Default::default(),
+                    mig_enabled: false,
+                    mig_devices: Vec::new(),
+                    gpu_instances: Vec::new(),
+                    pci: parent.pci,
+                    bus_id: parent.bus_id.clone(),
+                    serial: parent.serial.clone(),
+                    numa_node: parent.numa_node,
+                    cpus: parent.cpus.clone(),
+                    display: false,
+                    persistence: parent.persistence,
+                    ecc: parent.ecc,
+                    calls: AtomicU64::new(0),
+                    unsupported: parent.unsupported,
+                    unsupported_fields: parent.unsupported_fields.clone(),
+                    lost: None,
+                    hangs: Vec::new(),
+                };
+                devices.push(mig_dev);
+                devices[idx].mig_devices.push(dev_index);
+                devices[idx].gpu_instances.push(gi_index);
+            }
+        }
+
+        let mut events = Vec::new();
+        for (ei, e) in sc.events.iter().enumerate() {
+            let what = format!("events[{ei}]");
+            if e.gpu as usize >= total {
+                return Err(format!(
+                    "{what}.gpu: index {} out of range (the scenario has {total})",
+                    e.gpu
+                ));
+            }
+            let event_type = match e.kind.as_str() {
+                "xid" => nvmlEventTypeXidCriticalError,
+                "single_bit_ecc" => nvmlEventTypeSingleBitEccError,
+                "double_bit_ecc" => nvmlEventTypeDoubleBitEccError,
+                "pstate" => nvmlEventTypePState,
+                "clock" => nvmlEventTypeClock,
+                o => return Err(format!("{what}.type: unknown {o:?} (xid, single_bit_ecc, double_bit_ecc, pstate, clock)")),
+            };
+            events.push(SimEvent {
+                gpu: e.gpu as usize,
+                at_ns: secs_to_ns(&format!("{what}.at_s"), e.at_s)?,
+                event_type,
+                data: if event_type == nvmlEventTypeXidCriticalError {
+                    e.xid
+                } else {
+                    0
+                },
+                gpu_instance: e.gpu_instance.unwrap_or(u32::MAX),
+                compute_instance: e.compute_instance.unwrap_or(u32::MAX),
+            });
+        }
+        events.sort_by_key(|e| e.at_ns);
+
+        let by_uuid = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.uuid.clone(), i))
+            .collect();
+        let by_bus_id = devices[..total]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.bus_id.clone(), i))
+            .collect();
+        Ok(Sim {
+            path: path.to_string(),
+            nvml_version: sc
+                .driver
+                .nvml_version
+                .clone()
+                .unwrap_or_else(|| format!("12.{}", sc.driver.version)),
+            driver_version: sc.driver.version,
+            name: sc.name,
+            cuda_version,
+            init_error,
+            models,
+            devices,
+            gpu_count: total,
+            gpu_instances,
+            compute_instances,
+            by_uuid,
+            by_bus_id,
+            latency_ns,
+            latency_sleep,
+            events,
+            epoch_ns: AtomicU64::new(now_ns()),
+        })
+    }
+
+    pub fn device_by_uuid(&self, uuid: &str) -> Option<usize> {
+        self.by_uuid.get(uuid).copied()
+    }
+
+    pub fn device_by_bus_id(&self, bus_id: &str) -> Option<usize> {
+        let key = bus_id.to_ascii_uppercase();
+        // Accept the legacy 4-digit domain form too.
+        let key = match key.split_once(':') {
+            Some((dom, rest)) if dom.len() < 8 => format!("{dom:0>8}:{rest}"),
+            _ => key,
+        };
+        self.by_bus_id.get(&key).copied()
+    }
+
+    pub fn model_of(&self, d: &Device) -> &Model {
+        &self.models[d.model]
+    }
+
+    pub fn profile_of(&self, d: &Device) -> Option<&MigProfile> {
+        d.mig.map(|m| &self.models[d.model].mig_profiles[m.profile])
+    }
+
+    /// Nanoseconds since the last nvmlInit that activated this machine.
+    pub fn elapsed_ns(&self) -> u64 {
+        now_ns().saturating_sub(self.epoch_ns.load(Ordering::Relaxed))
+    }
+
+    /// Next value of a metric for a device (advances its sample counter).
+    pub fn sample(&self, d: &Device, m: Metric) -> f64 {
+        let n = d.samples[m as usize].fetch_add(1, Ordering::Relaxed);
+        d.gens[m as usize].at(d.seed, n)
+    }
+
+    /// The per-call prologue: modelled driver latency, hangs, lost GPUs and metrics
+    /// declared unsupported. Err is the NVML code the call returns.
+    pub fn enter(&self, d: &Device, f: fns::Fn) -> Result<(), nvmlReturn_t> {
+        let fi = f as usize;
+        let lat = self.latency_ns[fi];
+        if lat > 0 {
+            self.spend(lat);
+        }
+        let gpu = &self.devices[d.gpu];
+        for h in &gpu.hangs {
+            if h.function == fi
+                && self.elapsed_ns() >= h.after_ns
+                && (h.calls == 0 || h.hits.fetch_add(1, Ordering::Relaxed) < h.calls)
+            {
+                std::thread::sleep(h.duration);
+            }
+        }
+        if let Some(lost) = &gpu.lost {
+            if self.is_lost(gpu, lost) {
+                return Err(NVML_ERROR_GPU_IS_LOST);
+            }
+        }
+        if d.unsupported & (1u128 << fi) != 0 {
+            return Err(NVML_ERROR_NOT_SUPPORTED);
+        }
+        Ok(())
+    }
+
+    fn is_lost(&self, gpu: &Device, lost: &LostFault) -> bool {
+        let (now, start) = match lost.start {
+            Trigger::AfterNs(ns) => (self.elapsed_ns(), ns),
+            Trigger::AfterCalls(n) => (gpu.calls.fetch_add(1, Ordering::Relaxed), n),
+        };
+        now >= start
+            && lost
+                .recover_after
+                .is_none_or(|r| now < start.saturating_add(r))
+    }
+
+    fn spend(&self, ns: u64) {
+        let d = Duration::from_nanos(ns);
+        if self.latency_sleep {
+            std::thread::sleep(d);
+        } else {
+            let t = Instant::now();
+            while t.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EIGHT: &str = r#"
+        name = "t"
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 6
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 2
+        mig = ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]
+    "#;
+
+    #[test]
+    fn builds_gpus_then_mig_devices() {
+        let s = Sim::from_toml("x", EIGHT).unwrap();
+        assert_eq!(s.gpu_count, 8);
+        assert_eq!(s.devices.len(), 16);
+        assert_eq!(s.devices[6].mig_devices, vec![8, 9, 10, 11]);
+        assert!(s.devices[8].uuid.starts_with("MIG-"));
+        assert_eq!(s.devices[8].memory_total, 40192 * MIB);
+        assert_eq!(s.devices[0].bus_id, "00000000:18:00.0");
+        assert_eq!(s.device_by_bus_id("0000:18:00.0"), Some(0));
+        // Same name, same UUIDs.
+        let again = Sim::from_toml("y", EIGHT).unwrap();
+        assert_eq!(again.devices[3].uuid, s.devices[3].uuid);
+        assert_eq!(s.devices[3].uuid.len(), 40);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Sim::from_toml("x", "name = \"t\"\n[[gpus]]\nmodel = \"h100\"\n").unwrap_err();
+        assert!(e.contains("gpus[0].model"), "{e}");
+        let e =
+            Sim::from_toml("x", "name = \"t\"\n[[gpus]]\nmodel = \"l4\"\nmig = []\n").unwrap_err();
+        assert!(e.contains("does not support MIG"), "{e}");
+        let e = Sim::from_toml(
+            "x",
+            "name = \"t\"\n[[gpus]]\nmodel = \"a100-sxm4-40gb\"\nmig = [\"7g.40gb\", \"1g.5gb\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("slices"), "{e}");
+        let e = Sim::from_toml("x", "name = \"t\"\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e =
+            Sim::from_toml("x", "name = \"t\"\n[[gpus]]\nmodel = \"l4\"\ncount = 0\n").unwrap_err();
+        assert!(e.contains("count"), "{e}");
+    }
+
+    #[test]
+    fn lost_after_calls_then_recovers() {
+        let s = Sim::from_toml(
+            "x",
+            "name = \"t\"\n[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"lost\"\ngpu = 0\nafter_calls = 2\nrecover_after_calls = 2\n",
+        )
+        .unwrap();
+        let d = &s.devices[0];
+        let f = fns::Fn::nvmlDeviceGetPowerUsage;
+        let got: Vec<_> = (0..5).map(|_| s.enter(d, f)).collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(()),
+                Ok(()),
+                Err(NVML_ERROR_GPU_IS_LOST),
+                Err(NVML_ERROR_GPU_IS_LOST),
+                Ok(())
+            ]
+        );
+    }
+}
