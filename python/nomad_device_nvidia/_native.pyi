@@ -1,3 +1,32 @@
 """Types of the Rust extension module (checked by mypy.stubtest)."""
 
+from collections.abc import Sequence
+from typing import final
+
+__all__ = ["StatsEngine", "__version__"]
 __version__: str
+
+@final
+class StatsEngine:
+    """Owns an NVML handle (dlopen of `library`, default the libnvidia-ml.so.1
+    the process already loaded) and the tracked devices; each
+    tick reads them in parallel with the GIL released."""
+
+    def __new__(
+        cls,
+        library: str | None = None,
+        *,
+        extended: bool = False,
+        batched: bool | None = None,
+        timeout: float = 1.0,
+        max_workers: int = 32,
+    ) -> StatsEngine: ...
+    def track(self, devices: Sequence[tuple[str, str, str]]) -> None:
+        """Replace the tracked set with (device_id, uuid, group) triples."""
+    def collect(self) -> bytes:
+        """One tick: a serialized StatsResponse."""
+    def take_log(self) -> list[tuple[str, str]]:
+        """(level, message) events since the last call; level is "info" or "warning"."""
+    @property
+    def tracked(self) -> int: ...
+    def close(self) -> None: ...

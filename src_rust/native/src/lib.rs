@@ -3,8 +3,11 @@
 
 use pyo3::prelude::*;
 
+mod stats_engine;
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<stats_engine::StatsEngine>()?;
     Ok(())
 }

@@ -107,7 +107,11 @@ impl Nvml {
         // SAFETY: loading NVML runs no initialisers beyond its own; every
         // symbol is read with the signature of NVIDIA's header.
         unsafe {
-            let lib = Library::new(path).map_err(|e| NvmlError::Load(e.to_string()))?;
+            let lib = Library::new(path).map_err(|e| {
+                // libloading keeps dlerror()'s text (which names the file) in the source.
+                let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                NvmlError::Load(why)
+            })?;
             let init: FnVoid = required(&lib, b"nvmlInit_v2\0")?;
             let nvml = Nvml {
                 shutdown: required(&lib, b"nvmlShutdown\0")?,

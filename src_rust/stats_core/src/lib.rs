@@ -1,0 +1,15 @@
+//! The stats hot path of the NVIDIA device plugin: NVML loaded with dlopen,
+//! every tracked device read in parallel with a per-tick deadline, and
+//! Nomad's StatsResponse encoded by hand. No Python here; the PyO3 glue in
+//! src_rust/native wraps [`Engine`].
+
+pub mod encode;
+pub mod engine;
+pub mod ffi;
+pub mod nvml;
+pub mod pool;
+pub mod sample;
+
+pub use engine::{Engine, EngineConfig, Level, LogEvent, TrackedDevice};
+pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
+pub use sample::{DeviceSample, Extended, ReadOptions, Reading};

@@ -1,0 +1,96 @@
+"""Helpers for the stats tests and benches: the simulated libnvidia-ml.so.1,
+scenario sessions, the tracked set as the fingerprint would build it, and
+decoding an engine's bytes for comparison."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pynvml
+
+from nomad_device_nvidia._proto.nomad import device_pb2
+from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
+
+REPO = Path(__file__).resolve().parent.parent
+SIM_LIB = Path(os.environ.get("NOMAD_DEVICE_NVIDIA_SIM_LIB", REPO / "build" / "sim" / "libnvidia-ml.so.1"))
+
+_loaded: list[ctypes.CDLL] = []
+
+
+def load_sim() -> None:
+    """Loads the simulated library once, before pynvml or Rust open NVML, so
+    both resolve libnvidia-ml.so.1 to it (same SONAME)."""
+    if _loaded:
+        return
+    if not SIM_LIB.is_file():
+        raise RuntimeError(f"simulated NVML not built: {SIM_LIB} is missing (run `make sim`)")
+    # A private copy: `make sim` rewrites build/sim in place, and a mapped
+    # library rewritten under a running process crashes it (SIGBUS).
+    # Once loaded, later opens resolve by SONAME, so the copy can go.
+    tmp = Path(tempfile.mkdtemp(prefix="nvml-sim-"))
+    try:
+        copy = tmp / "libnvidia-ml.so.1"
+        shutil.copyfile(SIM_LIB, copy)
+        _loaded.append(ctypes.CDLL(str(copy), mode=ctypes.RTLD_GLOBAL))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def nvml_session(scenario: Path) -> Iterator[None]:
+    """NVML initialised on `scenario`. The simulator reads the file at the
+    first nvmlInit, so every engine in the block must be closed at its end."""
+    load_sim()
+    os.environ["NVML_SIM_SCENARIO"] = str(scenario)
+    pynvml.nvmlInit()
+    try:
+        yield
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def tracked_devices() -> list[TrackedDevice]:
+    """GPUs, or their MIG instances when MIG is on; grouped by device name."""
+    out: list[TrackedDevice] = []
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        gpu = pynvml.nvmlDeviceGetHandleByIndex(i)
+        try:
+            mig_on = pynvml.nvmlDeviceGetMigMode(gpu)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+        except pynvml.NVMLError:
+            mig_on = False
+        if not mig_on:
+            uuid = pynvml.nvmlDeviceGetUUID(gpu)
+            out.append(TrackedDevice(uuid, uuid, pynvml.nvmlDeviceGetName(gpu)))
+            continue
+        for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu)):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, j)
+            except pynvml.NVMLError:
+                continue
+            uuid = pynvml.nvmlDeviceGetUUID(mig)
+            out.append(TrackedDevice(uuid, uuid, pynvml.nvmlDeviceGetName(mig)))
+    return out
+
+
+def decode(data: bytes, *, clear_timestamps: bool = True) -> device_pb2.StatsResponse:
+    resp = device_pb2.StatsResponse.FromString(data)
+    if clear_timestamps:
+        for g in resp.groups:
+            for ds in g.instance_stats.values():
+                ds.ClearField("timestamp")
+    return resp
+
+
+def value_form(v: object) -> object:
+    """A StatValue as a plain value: "N/A", an int, or (num, den)."""
+    if v.HasField("string_val"):  # type: ignore[attr-defined]
+        return v.string_val.value  # type: ignore[attr-defined]
+    if v.HasField("int_denominator_val"):  # type: ignore[attr-defined]
+        return (v.int_numerator_val.value, v.int_denominator_val.value)  # type: ignore[attr-defined]
+    return v.int_numerator_val.value  # type: ignore[attr-defined]

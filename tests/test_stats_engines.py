@@ -1,0 +1,265 @@
+"""Both stats engines on the simulated driver: the Go plugin's stats vocabulary,
+values as NVML reports them, N/A on faults, a hung GPU, engine selection."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pynvml
+import pytest
+from stats_sim import decode, nvml_session, tracked_devices, value_form
+
+from nomad_device_nvidia.nvidia import stats_python
+from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
+from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+
+STANDARD = {
+    s.name: s
+    for s in (
+        stats_python.POWER,
+        stats_python.GPU_UTIL,
+        stats_python.MEM_UTIL,
+        stats_python.ENC_UTIL,
+        stats_python.DEC_UTIL,
+        stats_python.TEMPERATURE,
+        stats_python.MEMORY,
+        stats_python.BAR1,
+        stats_python.ECC_L1,
+        stats_python.ECC_L2,
+        stats_python.ECC_DEVICE,
+    )
+}
+
+MIXED = """
+name = "stats-mixed"
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 2
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 1
+mig = ["3g.40gb", "2g.20gb", "1g.10gb"]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "scenario.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Iterator[list[TrackedDevice]]:
+    with nvml_session(write(tmp_path, MIXED)):
+        yield tracked_devices()
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_stats_follow_the_go_plugin_and_nvml(mixed: list[TrackedDevice], kind: str) -> None:
+    engine = make_stats_engine(kind)
+    assert isinstance(engine, NativeStatsEngine if kind == "native" else PythonStatsEngine)
+    try:
+        engine.track(mixed)
+        resp = decode(engine.collect(), clear_timestamps=False)
+    finally:
+        engine.close()
+    groups = {g.name: g for g in resp.groups}
+    assert set(groups) == {d.group for d in mixed}
+    assert [g.name for g in resp.groups] == sorted(groups)
+    seen = set()
+    for d in mixed:
+        g = groups[d.group]
+        assert (g.vendor, g.type) == ("nvidia", "gpu")
+        ds = g.instance_stats[d.device_id]
+        seen.add(d.device_id)
+        attrs = ds.stats.attributes
+        assert set(attrs) == set(STANDARD)
+        for name, v in attrs.items():
+            assert (v.unit, v.desc) == (STANDARD[name].unit, STANDARD[name].desc), name
+        assert ds.summary == attrs["Memory state"]
+        assert ds.timestamp.seconds > 0
+        h = pynvml.nvmlDeviceGetHandleByUUID(d.uuid)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+        used, total = value_form(attrs["Memory state"])  # type: ignore[misc]
+        assert total == mem.total // 2**20
+        assert 0 <= used <= total
+        assert not ds.stats.nested
+    assert seen == {d.device_id for d in mixed}
+    # MIG instances report their own memory, smaller than a whole GPU's.
+    mig = [d for d in mixed if "MIG" in d.device_id]
+    full = [d for d in mixed if "MIG" not in d.device_id]
+    assert len(mig) == 3 and len(full) == 2
+    mig_totals = {value_form(groups[d.group].instance_stats[d.device_id].stats.attributes["Memory state"])[1] for d in mig}  # type: ignore[index]
+    assert max(mig_totals) < 81559  # type: ignore[operator]
+
+
+def test_full_gpu_values(mixed: list[TrackedDevice]) -> None:
+    engine = make_stats_engine("native")
+    try:
+        engine.track(mixed)
+        resp = decode(engine.collect())
+    finally:
+        engine.close()
+    d = next(d for d in mixed if "MIG" not in d.device_id)
+    attrs = next(g for g in resp.groups if g.name == d.group).instance_stats[d.device_id].stats.attributes
+    h = pynvml.nvmlDeviceGetHandleByUUID(d.uuid)
+    limit_w = pynvml.nvmlDeviceGetPowerManagementLimit(h) // 1000
+    power = value_form(attrs["Power usage"])
+    assert isinstance(power, tuple) and power[1] == limit_w and 0 <= power[0] <= limit_w
+    for name in ("GPU utilization", "Memory utilization", "Encoder utilization", "Decoder utilization"):
+        assert 0 <= value_form(attrs[name]) <= 100, name  # type: ignore[operator]
+    assert isinstance(value_form(attrs["Temperature"]), int)
+    bar1 = pynvml.nvmlDeviceGetBAR1MemoryInfo(h)
+    assert value_form(attrs["BAR1 buffer state"])[1] == bar1.bar1Total // 2**20  # type: ignore[index]
+    for name in ("ECC L1 errors", "ECC L2 errors", "ECC memory errors"):
+        assert isinstance(value_form(attrs[name]), int), name
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str) -> None:
+    engine = make_stats_engine(kind, extended=True)
+    try:
+        engine.track(mixed)
+        resp = decode(engine.collect())
+    finally:
+        engine.close()
+    for g in resp.groups:
+        for ds in g.instance_stats.values():
+            assert set(ds.stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle"}
+            assert set(ds.stats.nested["Clocks"].attributes) == {"SM clock", "Memory clock"}
+            assert ds.stats.nested["Clocks"].attributes["SM clock"].unit == "MHz"
+            assert len(ds.stats.attributes) == 11
+
+
+NOT_SUPPORTED = """
+name = "stats-not-supported"
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 2
+[[faults]]
+kind = "not_supported"
+gpu = 1
+functions = ["nvmlDeviceGetTemperature", "nvmlDeviceGetBAR1MemoryInfo"]
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_what_nvml_cannot_tell_reads_na(tmp_path: Path, kind: str) -> None:
+    with nvml_session(write(tmp_path, NOT_SUPPORTED)):
+        devices = tracked_devices()
+        engine = make_stats_engine(kind)
+        try:
+            engine.track(devices)
+            resp = decode(engine.collect())
+        finally:
+            engine.close()
+        broken = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(1))
+    (group,) = resp.groups
+    for device_id, ds in group.instance_stats.items():
+        a = ds.stats.attributes
+        na = device_id == broken
+        assert (value_form(a["Temperature"]) == "N/A") is na
+        assert (value_form(a["BAR1 buffer state"]) == "N/A") is na
+        assert a["Temperature"].unit == "C"
+        assert value_form(a["Memory state"]) != "N/A"
+
+
+HANG = """
+name = "stats-hang"
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 3
+[[faults]]
+kind = "hang"
+gpu = 0
+function = "nvmlDeviceGetUtilizationRates"
+duration_ms = 700
+calls = 1
+"""
+
+
+def test_a_hung_gpu_reads_na_without_stalling_the_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
+    with nvml_session(write(tmp_path, HANG)):
+        devices = tracked_devices()
+        hung = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+        engine = NativeStatsEngine(EngineOptions(timeout=0.1, max_workers=2))
+        try:
+            engine.track(devices)
+            ticks = [decode(engine.collect()) for _ in range(2)]
+            for resp in ticks:
+                (group,) = resp.groups
+                for device_id, ds in group.instance_stats.items():
+                    forms = {value_form(v) for v in ds.stats.attributes.values()}
+                    assert (forms == {"N/A"}) is (device_id == hung), device_id
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1, warnings
+            assert hung in warnings[0].getMessage()
+            # Once the call returns the GPU answers again (the sim hangs one call).
+            for _ in range(200):
+                time.sleep(0.05)  # a stats interval; the hang lasts 0.7 s
+                resp = decode(engine.collect())
+                ds = resp.groups[0].instance_stats[hung]
+                if value_form(ds.stats.attributes["Memory state"]) != "N/A":
+                    break
+            else:
+                pytest.fail("the hung GPU never answered again")
+            assert any("answers again" in r.getMessage() for r in caplog.records)
+        finally:
+            engine.close()
+
+
+def test_track_replaces_the_set(mixed: list[TrackedDevice]) -> None:
+    engine = make_stats_engine("native")
+    try:
+        engine.track(mixed)
+        assert sum(len(g.instance_stats) for g in decode(engine.collect()).groups) == len(mixed)
+        engine.track(mixed[:1] + mixed[:1])
+        (group,) = decode(engine.collect()).groups
+        assert list(group.instance_stats) == [mixed[0].device_id]
+        engine.track([])
+        assert engine.collect() == b""
+    finally:
+        engine.close()
+
+
+def test_unknown_uuid_reads_na_and_warns(mixed: list[TrackedDevice], caplog: pytest.LogCaptureFixture) -> None:
+    ghost = TrackedDevice("GPU-ghost", "GPU-00000000-0000-0000-0000-000000000000", "Ghost")
+    for kind in ("native", "python"):
+        caplog.clear()
+        engine = make_stats_engine(kind)
+        try:
+            engine.track([ghost])
+            for _ in range(2):
+                (group,) = decode(engine.collect()).groups
+                assert {value_form(v) for v in group.instance_stats["GPU-ghost"].stats.attributes.values()} == {"N/A"}
+        finally:
+            engine.close()
+        assert len([r for r in caplog.records if "GPU-ghost" in r.getMessage()]) == 1, kind
+
+
+def test_closed_native_engine_says_so(mixed: list[TrackedDevice]) -> None:
+    engine = NativeStatsEngine()
+    engine.close()
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.collect()
+
+
+def test_engine_choice(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mixed: list[TrackedDevice]) -> None:
+    with pytest.raises(ValueError, match="'fast'"):
+        make_stats_engine("fast")
+    monkeypatch.setitem(sys.modules, "nomad_device_nvidia.nvidia.stats_native", None)
+    engine = make_stats_engine("native")
+    assert isinstance(engine, PythonStatsEngine)
+    assert any(r.levelno == logging.WARNING and "python engine" in r.getMessage() for r in caplog.records)
+
+
+def test_native_engine_reports_a_missing_library() -> None:
+    with pytest.raises(RuntimeError, match="cannot load NVML.*no-such-lib"):
+        NativeStatsEngine(EngineOptions(library="/nonexistent/no-such-lib.so"))
