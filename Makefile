@@ -34,17 +34,19 @@ build: native sim harness
 native: venv
 	$(VENV)/bin/maturin develop --release -q
 
-# The simulated NVML library, under the SONAME real tools look for.
+# The simulated NVML library, under the SONAME real tools look for. Replaced
+# by rename, never rewritten in place: a process that has it mapped would crash.
 sim:
-	@if [ -d src_rust/nvml_sim ]; then \
-	  cargo build --release -q -p nvml-sim && mkdir -p $(BUILD)/sim && \
-	  cp -f $(CARGO_TARGET_DIR)/release/libnvml_sim.so $(BUILD)/sim/libnvidia-ml.so.1; fi
+	cargo build --release -q -p nvml-sim
+	mkdir -p $(BUILD)/sim
+	cp -f $(CARGO_TARGET_DIR)/release/libnvml_sim.so $(BUILD)/sim/.libnvidia-ml.so.1.new
+	mv -f $(BUILD)/sim/.libnvidia-ml.so.1.new $(BUILD)/sim/libnvidia-ml.so.1
 
 # The Go harness, Nomad's launcher and HashiCorp's Go plugin, from the module proxy.
 harness:
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin
 
-test-rust:
+test-rust: sim
 	cargo test --release -q --workspace --exclude nomad-device-nvidia-native
 
 test-python: venv
