@@ -1,0 +1,1 @@
+"""The NVIDIA backend: NVML loading, fingerprint, health, reservation and stats engines."""

@@ -1,0 +1,265 @@
+"""The NVIDIA plugin's config: one frozen, validated dataclass and its HCL schema.
+
+The first three keys are HashiCorp's nomad-device-nvidia keys with the same
+defaults, so existing agent configs keep working; the rest are ours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from nomad_device_nvidia.sdk import ConfigError, hclspec, parse_duration
+
+# XIDs that report an application's fault (illegal address, MMU fault from a
+# kernel, ...), not a sick GPU: marking the GPU unhealthy for them would let
+# one buggy job take GPUs away from everyone.
+DEFAULT_IGNORED_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68, 109)
+
+STATS_ENGINES = ("native", "python")
+MAX_SHARES = 64
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True
+    ignored_xids: frozenset[int] = frozenset(DEFAULT_IGNORED_XIDS)
+    # How often every device is probed with one cheap read (loss and recovery).
+    probe_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class ReserveConfig:
+    cuda_visible_devices: bool = False
+    device_nodes: bool = False
+    dev_root: str = "/dev"
+    mig_capabilities_root: str = "/proc/driver/nvidia/capabilities"
+
+
+@dataclass(frozen=True)
+class SharingConfig:
+    # 1 = no sharing; N > 1 advertises every GPU or MIG instance as N devices.
+    shares: int = 1
+
+
+@dataclass(frozen=True)
+class NvidiaConfig:
+    enabled: bool = True
+    ignored_gpu_ids: frozenset[str] = frozenset()
+    fingerprint_period: float = 60.0
+    nvml_library: str = ""
+    simulate: str = ""
+    stats_engine: str = "native"
+    extended_stats: bool = False
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reserve: ReserveConfig = field(default_factory=ReserveConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> NvidiaConfig:
+        """Validate the decoded agent config; absent keys take their defaults.
+
+        Raises ConfigError naming the offending key (dotted for nested blocks).
+        """
+        r = _Reader(raw, "")
+        cfg = cls(
+            enabled=r.get("enabled", _bool, True),
+            ignored_gpu_ids=frozenset(r.get("ignored_gpu_ids", _str_list, list[str]())),
+            fingerprint_period=r.get("fingerprint_period", _positive_duration, 60.0),
+            nvml_library=r.get("nvml_library", _str, ""),
+            simulate=r.get("simulate", _str, ""),
+            stats_engine=r.get("stats_engine", _choice(STATS_ENGINES), "native"),
+            extended_stats=r.get("extended_stats", _bool, False),
+            health=r.get("health", _health, HealthConfig()),
+            reserve=r.get("reserve", _reserve, ReserveConfig()),
+            sharing=r.get("sharing", _sharing, SharingConfig()),
+        )
+        r.reject_unknown()
+        return cfg
+
+
+class _Reader:
+    """Reads keys of one config object, remembering which were seen."""
+
+    def __init__(self, raw: Mapping[str, Any] | None, prefix: str) -> None:
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ConfigError(prefix.rstrip(".") or "config", f"must be a block, got {_kind(raw)}")
+        self._raw: Mapping[str, Any] = raw or {}
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def get(self, key: str, parse: Callable[[str, Any], T], default: T) -> T:
+        self._seen.add(key)
+        value = self._raw.get(key)
+        if value is None:  # absent, or null from an absent block / unset attr
+            return default
+        return parse(self._prefix + key, value)
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(str(k) for k in self._raw if k not in self._seen)
+        if unknown:
+            raise ConfigError(self._prefix + unknown[0], f"unknown key (known keys: {', '.join(sorted(self._seen))})")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a bool", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a block"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {_kind(value)} ({value!r})")
+    return value
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_kind(value)} ({value!r})")
+    return value
+
+
+def _str_list(key: str, value: Any) -> list[str]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"must be a list of strings, got {_kind(value)} ({value!r})")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(key, f"item {i} must be a non-empty string, got {item!r}")
+        out.append(item.strip())
+    return out
+
+
+def _int(key: str, value: Any) -> int:
+    # cty numbers arrive as int, float, or (when huge) a decimal string.
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a whole number, got a bool ({value!r})")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise ConfigError(key, f"must be a whole number, got {_kind(value)} ({value!r})")
+
+
+def _positive_duration(key: str, value: Any) -> float:
+    if not isinstance(value, str):
+        raise ConfigError(key, f'must be a duration string like "1m" or "30s", got {_kind(value)} ({value!r})')
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    if seconds <= 0:
+        raise ConfigError(key, f'must be a positive duration, got "{value}"')
+    return seconds
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        if value not in options:
+            raise ConfigError(key, f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _xid_list(key: str, value: Any) -> frozenset[int]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"must be a list of XID numbers, got {_kind(value)} ({value!r})")
+    xids = set()
+    for i, item in enumerate(value):
+        try:
+            xid = _int(key, item)
+        except ConfigError:
+            raise ConfigError(key, f"item {i} must be an XID number, got {item!r}") from None
+        if not 0 < xid < 2**32:
+            raise ConfigError(key, f"item {i} must be an XID between 1 and 4294967295, got {xid}")
+        xids.add(xid)
+    return frozenset(xids)
+
+
+def _health(key: str, value: Any) -> HealthConfig:
+    r = _Reader(value, key + ".")
+    cfg = HealthConfig(
+        enabled=r.get("enabled", _bool, True),
+        ignored_xids=r.get("ignored_xids", _xid_list, frozenset(DEFAULT_IGNORED_XIDS)),
+        probe_interval=r.get("probe_interval", _positive_duration, 5.0),
+    )
+    r.reject_unknown()
+    return cfg
+
+
+def _absolute_path(key: str, value: Any) -> str:
+    path = _str(key, value)
+    if not path.startswith("/"):
+        raise ConfigError(key, f"must be an absolute path, got {path!r}")
+    return path.rstrip("/") or "/"
+
+
+def _reserve(key: str, value: Any) -> ReserveConfig:
+    r = _Reader(value, key + ".")
+    cfg = ReserveConfig(
+        cuda_visible_devices=r.get("cuda_visible_devices", _bool, False),
+        device_nodes=r.get("device_nodes", _bool, False),
+        dev_root=r.get("dev_root", _absolute_path, "/dev"),
+        mig_capabilities_root=r.get("mig_capabilities_root", _absolute_path, "/proc/driver/nvidia/capabilities"),
+    )
+    r.reject_unknown()
+    return cfg
+
+
+def _shares(key: str, value: Any) -> int:
+    n = _int(key, value)
+    if not 1 <= n <= MAX_SHARES:
+        raise ConfigError(key, f"must be between 1 and {MAX_SHARES}, got {n}")
+    return n
+
+
+def _sharing(key: str, value: Any) -> SharingConfig:
+    r = _Reader(value, key + ".")
+    cfg = SharingConfig(shares=r.get("shares", _shares, 1))
+    r.reject_unknown()
+    return cfg
+
+
+def config_spec() -> hclspec.Spec:
+    """The HCL schema, with a default for every key (the agent fills them in)."""
+    a = hclspec.attr
+    return hclspec.obj(
+        {
+            "enabled": a("enabled", "bool", True),
+            "ignored_gpu_ids": a("ignored_gpu_ids", "list(string)", []),
+            "fingerprint_period": a("fingerprint_period", "string", "1m"),
+            "nvml_library": a("nvml_library", "string", ""),
+            "simulate": a("simulate", "string", ""),
+            "stats_engine": a("stats_engine", "string", "native"),
+            "extended_stats": a("extended_stats", "bool", False),
+            "health": hclspec.block(
+                "health",
+                hclspec.obj(
+                    {
+                        "enabled": a("enabled", "bool", True),
+                        "ignored_xids": a("ignored_xids", "list(number)", list(DEFAULT_IGNORED_XIDS)),
+                        "probe_interval": a("probe_interval", "string", "5s"),
+                    }
+                ),
+            ),
+            "reserve": hclspec.block(
+                "reserve",
+                hclspec.obj(
+                    {
+                        "cuda_visible_devices": a("cuda_visible_devices", "bool", False),
+                        "device_nodes": a("device_nodes", "bool", False),
+                        "dev_root": a("dev_root", "string", "/dev"),
+                        "mig_capabilities_root": a(
+                            "mig_capabilities_root", "string", "/proc/driver/nvidia/capabilities"
+                        ),
+                    }
+                ),
+            ),
+            "sharing": hclspec.block("sharing", hclspec.obj({"shares": a("shares", "number", 1)})),
+        }
+    )

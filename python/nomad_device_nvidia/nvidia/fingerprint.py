@@ -1,0 +1,444 @@
+"""Enumerate GPUs and MIG instances over NVML and turn them into Nomad device groups.
+
+Parity with HashiCorp's plugin: groups by device name; device ID = GPU UUID,
+or the MIG instance UUID when MIG is enabled (the parent is then not offered);
+locality = PCI bus ID; the attribute names and units below. A device whose
+reads fail is kept (from the previous scan when possible) and reported with
+the failure, so one bad GPU never hides the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pynvml
+
+from nomad_device_nvidia.sdk import Attribute, Device, DeviceGroup
+
+log = logging.getLogger(__name__)
+
+VENDOR = "nvidia"
+DEVICE_TYPE = "gpu"
+NOT_AVAILABLE = "N/A"
+
+# Attribute names (HashiCorp's first, then ours) and units.
+MEMORY = "memory"
+POWER = "power"
+BAR1 = "bar1"
+DRIVER_VERSION = "driver_version"
+CORES_CLOCK = "cores_clock"
+MEMORY_CLOCK = "memory_clock"
+PCI_BANDWIDTH = "pci_bandwidth"
+DISPLAY_STATE = "display_state"
+PERSISTENCE_MODE = "persistence_mode"
+COMPUTE_CAPABILITY = "compute_capability"
+ARCHITECTURE = "architecture"
+CUDA_DRIVER_VERSION = "cuda_driver_version"
+NUMA_NODE = "numa_node"
+MIG_PROFILE = "mig_profile"
+PARENT_UUID = "parent_uuid"
+SHARES = "shares"
+
+MIB = "MiB"
+WATT = "W"
+MHZ = "MHz"
+MB_PER_S = "MB/s"
+
+_ARCHITECTURES = {
+    2: "kepler",
+    3: "maxwell",
+    4: "pascal",
+    5: "volta",
+    6: "turing",
+    7: "ampere",
+    8: "ada",
+    9: "hopper",
+    10: "blackwell",
+    13: "rubin",
+}
+
+# MB/s per PCIe lane by generation, as HashiCorp's plugin computes pci_bandwidth.
+_PCIE_LANE_MB_PER_S = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 3072, 6: 4096}
+
+# Calls answering these simply do not know the value: the attribute is left out.
+_UNKNOWN_VALUE = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
+# Codes that mean the GPU itself is gone or must be reset.
+LOST_CODES = frozenset({pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED})
+_NO_MIG_AT_INDEX = frozenset({pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT})
+
+SHARE_SEPARATOR = "::"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One schedulable physical unit: a whole GPU, or a MIG instance."""
+
+    id: str  # GPU UUID or MIG instance UUID
+    name: str
+    pci_bus_id: str
+    slot: tuple[int, int]  # (GPU index, MIG index or -1): where the next scan finds it again
+    attributes: Mapping[str, Attribute]  # the group-level ones, identical within a group
+    numa_node: int | None = None
+    parent_uuid: str = ""
+    minor: int | None = None  # /dev/nvidia<minor> of the physical GPU
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
+
+    @property
+    def physical_uuid(self) -> str:
+        return self.parent_uuid or self.id
+
+
+@dataclass(frozen=True)
+class ScanFailure:
+    """A read that failed; `lost` when NVML says the GPU is gone or needs a reset."""
+
+    description: str
+    lost: bool
+
+
+@dataclass(frozen=True)
+class Inventory:
+    driver_version: str
+    cuda_driver_version: str
+    devices: tuple[GpuDevice, ...]
+    # Devices whose reads failed in the scan that produced this inventory.
+    failures: Mapping[str, ScanFailure] = field(default_factory=dict)
+    # The whole enumeration failed (count or driver version); devices are the previous ones.
+    fatal: str = ""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return str(value).rstrip("\x00").strip()
+
+
+def _optional(call: Callable[[], T]) -> T | None:
+    """The value, or None when NVML cannot tell (other errors propagate)."""
+    try:
+        return call()
+    except pynvml.NVMLError as exc:
+        if exc.value in _UNKNOWN_VALUE:
+            return None
+        raise
+
+
+def failure_of(exc: pynvml.NVMLError) -> ScanFailure:
+    if exc.value in LOST_CODES:
+        return ScanFailure(f"GPU is lost or needs a reset (NVML: {exc})", True)
+    return ScanFailure(f"NVML error: {exc}", False)
+
+
+def _failure(exc: pynvml.NVMLError, what: str) -> ScanFailure:
+    f = failure_of(exc)
+    return ScanFailure(f"{what}: {f.description}", f.lost)
+
+
+def cuda_version_text(raw: int) -> str:
+    return f"{raw // 1000}.{(raw % 1000) // 10}"
+
+
+def pcie_bandwidth(generation: int, width: int) -> int:
+    return _PCIE_LANE_MB_PER_S.get(generation, 0) * width
+
+
+def _mig_profile(name: str, mig_handle: Any) -> str | None:
+    marker = " MIG "
+    if marker in name:
+        return name.rsplit(marker, 1)[1].strip()
+    attrs = _optional(lambda: pynvml.nvmlDeviceGetAttributes(mig_handle))
+    if attrs is None:
+        return None
+    return f"{attrs.gpuInstanceSliceCount}g.{round(attrs.memorySizeMB / 1024)}gb"
+
+
+def _max_clock(gpu: Any, clock: int) -> int | None:
+    value = _optional(lambda: pynvml.nvmlDeviceGetMaxClockInfo(gpu, clock))
+    return None if value is None else int(value)
+
+
+def _gpu_attributes(gpu: Any) -> dict[str, Attribute]:
+    """Attributes read from the physical GPU (for a MIG instance, its parent)."""
+    attrs: dict[str, Attribute] = {}
+    # Power limit, not the momentary draw: a fingerprint attribute must not change
+    # with load (HashiCorp's plugin reports 0 where NVML cannot tell; so do we).
+    power = _optional(lambda: pynvml.nvmlDeviceGetPowerManagementLimit(gpu))
+    attrs[POWER] = Attribute(int(power or 0) // 1000, WATT)
+    bar1 = _optional(lambda: pynvml.nvmlDeviceGetBAR1MemoryInfo(gpu))
+    if bar1 is not None:  # unified-memory parts (GH200) have no BAR1
+        attrs[BAR1] = Attribute(int(bar1.bar1Total) // 2**20, MIB)
+    gen = _optional(lambda: pynvml.nvmlDeviceGetMaxPcieLinkGeneration(gpu)) or 0
+    width = _optional(lambda: pynvml.nvmlDeviceGetMaxPcieLinkWidth(gpu)) or 0
+    attrs[PCI_BANDWIDTH] = Attribute(pcie_bandwidth(int(gen), int(width)), MB_PER_S)
+    # Max clocks: the current ones drop at idle and would churn the fingerprint.
+    for key, clock in ((CORES_CLOCK, pynvml.NVML_CLOCK_GRAPHICS), (MEMORY_CLOCK, pynvml.NVML_CLOCK_MEM)):
+        mhz = _max_clock(gpu, clock)
+        if mhz is not None:
+            attrs[key] = Attribute(int(mhz), MHZ)
+    # HashiCorp's plugin prints these NVML enable states as numbers ("0"/"1").
+    display = _optional(lambda: pynvml.nvmlDeviceGetDisplayMode(gpu))
+    attrs[DISPLAY_STATE] = Attribute(NOT_AVAILABLE if display is None else str(int(display)))
+    persistence = _optional(lambda: pynvml.nvmlDeviceGetPersistenceMode(gpu))
+    attrs[PERSISTENCE_MODE] = Attribute(NOT_AVAILABLE if persistence is None else str(int(persistence)))
+    cc = _optional(lambda: pynvml.nvmlDeviceGetCudaComputeCapability(gpu))
+    if cc is not None:
+        attrs[COMPUTE_CAPABILITY] = Attribute(f"{cc[0]}.{cc[1]}")
+    arch = _optional(lambda: pynvml.nvmlDeviceGetArchitecture(gpu))
+    if arch is not None and int(arch) in _ARCHITECTURES:
+        attrs[ARCHITECTURE] = Attribute(_ARCHITECTURES[int(arch)])
+    return attrs
+
+
+@dataclass(frozen=True)
+class _GpuFacts:
+    uuid: str
+    pci_bus_id: str
+    attributes: Mapping[str, Attribute]
+    numa_node: int | None
+    minor: int | None
+
+
+def _gpu_facts(gpu: Any, uuid: str) -> _GpuFacts:
+    pci = pynvml.nvmlDeviceGetPciInfo(gpu)
+    numa = _optional(lambda: pynvml.nvmlDeviceGetNumaNodeId(gpu))
+    minor = _optional(lambda: pynvml.nvmlDeviceGetMinorNumber(gpu))
+    return _GpuFacts(
+        uuid=uuid,
+        pci_bus_id=_text(pci.busId),
+        attributes=_gpu_attributes(gpu),
+        numa_node=int(numa) if numa is not None and int(numa) >= 0 else None,
+        minor=int(minor) if minor is not None else None,
+    )
+
+
+def _memory_mib(handle: Any) -> int:
+    return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) // 2**20
+
+
+def _read_gpu(handle: Any, uuid: str, index: int, facts: _GpuFacts) -> GpuDevice:
+    attrs = dict(facts.attributes)
+    attrs[MEMORY] = Attribute(_memory_mib(handle), MIB)
+    return GpuDevice(
+        id=uuid,
+        name=_text(pynvml.nvmlDeviceGetName(handle)) or NOT_AVAILABLE,
+        pci_bus_id=facts.pci_bus_id,
+        slot=(index, -1),
+        attributes=attrs,
+        numa_node=facts.numa_node,
+        minor=facts.minor,
+    )
+
+
+def _read_mig(mig: Any, uuid: str, slot: tuple[int, int], facts: _GpuFacts) -> GpuDevice:
+    name = _text(pynvml.nvmlDeviceGetName(mig)) or NOT_AVAILABLE
+    attrs = dict(facts.attributes)
+    attrs[MEMORY] = Attribute(_memory_mib(mig), MIB)
+    profile = _mig_profile(name, mig)
+    if profile:
+        attrs[MIG_PROFILE] = Attribute(profile)
+    gi = _optional(lambda: pynvml.nvmlDeviceGetGpuInstanceId(mig))
+    ci = _optional(lambda: pynvml.nvmlDeviceGetComputeInstanceId(mig))
+    return GpuDevice(
+        id=uuid,
+        name=name,
+        pci_bus_id=facts.pci_bus_id,
+        slot=slot,
+        attributes=attrs,
+        numa_node=facts.numa_node,
+        parent_uuid=facts.uuid,
+        minor=facts.minor,
+        gpu_instance_id=None if gi is None else int(gi),
+        compute_instance_id=None if ci is None else int(ci),
+    )
+
+
+def _mig_enabled(gpu: Any) -> bool:
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(gpu)
+    except pynvml.NVMLError as exc:
+        if exc.value in _UNKNOWN_VALUE:
+            return False
+        raise
+    return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+
+
+class _ScanState:
+    def __init__(self, previous: Inventory | None) -> None:
+        self.by_slot: dict[tuple[int, int], GpuDevice] = {}
+        self.by_gpu: dict[int, list[GpuDevice]] = {}
+        if previous is not None:
+            for dev in previous.devices:
+                self.by_slot[dev.slot] = dev
+                self.by_gpu.setdefault(dev.slot[0], []).append(dev)
+        self.devices: list[GpuDevice] = []
+        self.failures: dict[str, ScanFailure] = {}
+
+    def keep_previous(self, failure: ScanFailure, devices: Iterable[GpuDevice], where: str) -> None:
+        kept = list(devices)
+        for dev in kept:
+            self.devices.append(dev)
+            self.failures[dev.id] = failure
+        if not kept:
+            log.warning("NVML read failed for %s, not seen before, skipped until it answers: %s", where, failure.description)
+
+
+def _scan_gpu(index: int, state: _ScanState) -> None:
+    prior = state.by_gpu.get(index, [])
+    uuid = ""
+    try:
+        gpu = pynvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = _text(pynvml.nvmlDeviceGetUUID(gpu))
+        facts = _gpu_facts(gpu, uuid)
+        if not _mig_enabled(gpu):
+            state.devices.append(_read_gpu(gpu, uuid, index, facts))
+            return
+        count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu))
+    except pynvml.NVMLError as exc:
+        state.keep_previous(_failure(exc, f"GPU {uuid or index}"), prior, f"GPU {uuid or index}")
+        return
+    for j in range(count):
+        mig_uuid = ""
+        try:
+            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, j)
+        except pynvml.NVMLError as exc:
+            if exc.value in _NO_MIG_AT_INDEX:
+                continue
+            kept = [state.by_slot[(index, j)]] if (index, j) in state.by_slot else []
+            state.keep_previous(_failure(exc, f"MIG instance {j} of {uuid}"), kept, f"MIG instance {j} of {uuid}")
+            continue
+        try:
+            mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
+            state.devices.append(_read_mig(mig, mig_uuid, (index, j), facts))
+        except pynvml.NVMLError as exc:
+            where = f"MIG instance {mig_uuid or j} of {uuid}"
+            kept = [state.by_slot[(index, j)]] if (index, j) in state.by_slot else []
+            state.keep_previous(_failure(exc, where), kept, where)
+
+
+def scan(previous: Inventory | None) -> Inventory:
+    """Read every GPU and MIG instance. NVML must be initialised.
+
+    Never raises for NVML errors: a failed read keeps the device from
+    `previous` (same GPU/MIG index) and records the failure.
+    """
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        count = int(pynvml.nvmlDeviceGetCount())
+    except pynvml.NVMLError as exc:
+        devices = previous.devices if previous else ()
+        fatal = f"NVML enumeration failed ({exc})"
+        return Inventory(
+            driver_version=previous.driver_version if previous else "",
+            cuda_driver_version=previous.cuda_driver_version if previous else "",
+            devices=devices,
+            failures={d.id: ScanFailure(fatal, exc.value in LOST_CODES) for d in devices},
+            fatal=fatal,
+        )
+    try:
+        cuda_raw = _optional(pynvml.nvmlSystemGetCudaDriverVersion)
+    except pynvml.NVMLError:
+        cuda_raw = None
+    state = _ScanState(previous)
+    for index in range(count):
+        _scan_gpu(index, state)
+    # A UUID can only appear once; a broken driver repeating one must not make Nomad see it twice.
+    seen: set[str] = set()
+    unique = []
+    for dev in state.devices:
+        if dev.id in seen:
+            log.warning("NVML reported device %s twice; keeping the first", dev.id)
+            continue
+        seen.add(dev.id)
+        unique.append(dev)
+    return Inventory(
+        driver_version=driver,
+        cuda_driver_version=cuda_version_text(int(cuda_raw)) if cuda_raw else "",
+        devices=tuple(unique),
+        failures=state.failures,
+    )
+
+
+# ---- rendering: devices + health + config -> Nomad device groups ----
+
+
+@dataclass(frozen=True)
+class Offered:
+    """One device ID as Nomad sees it (a share, when sharing is on)."""
+
+    id: str
+    device: GpuDevice
+    group: str
+
+
+def is_visible(dev: GpuDevice, ignored: frozenset[str]) -> bool:
+    # Ignoring a GPU also ignores the MIG instances carved out of it.
+    return dev.id not in ignored and not (dev.parent_uuid and dev.parent_uuid in ignored)
+
+
+def share_ids(device_id: str, shares: int) -> list[str]:
+    if shares <= 1:
+        return [device_id]
+    return [f"{device_id}{SHARE_SEPARATOR}{k}" for k in range(shares)]
+
+
+def _attr_key(attrs: Mapping[str, Attribute]) -> tuple[tuple[str, Attribute], ...]:
+    return tuple(sorted(attrs.items()))
+
+
+def render(
+    inventory: Inventory,
+    health: Callable[[str], tuple[bool, str]],
+    ignored: frozenset[str],
+    shares: int,
+) -> tuple[list[DeviceGroup], list[Offered]]:
+    """Group identical devices by name; returns the groups and every offered ID."""
+    visible = [d for d in inventory.devices if is_visible(d, ignored)]
+    # Same name and same attributes = one group. Same-name devices that differ
+    # (a GPU with another power limit) get a numbered group of their own, so a
+    # group never mixes devices a constraint would tell apart.
+    by_name: dict[str, dict[tuple[tuple[str, Attribute], ...], list[GpuDevice]]] = {}
+    for dev in sorted(visible, key=lambda d: d.id):
+        by_name.setdefault(dev.name, {}).setdefault(_attr_key(dev.attributes), []).append(dev)
+
+    common: dict[str, Attribute] = {DRIVER_VERSION: Attribute(inventory.driver_version)}
+    if inventory.cuda_driver_version:
+        common[CUDA_DRIVER_VERSION] = Attribute(inventory.cuda_driver_version)
+
+    groups: list[DeviceGroup] = []
+    offered: list[Offered] = []
+    for name in sorted(by_name):
+        variants = sorted(by_name[name].values(), key=lambda devs: devs[0].id)
+        for n, members in enumerate(variants, start=1):
+            group_name = name if n == 1 else f"{name} ({n})"
+            attrs = dict(members[0].attributes)
+            attrs.update(common)
+            numa = {d.numa_node for d in members}
+            if len(numa) == 1 and None not in numa:
+                attrs[NUMA_NODE] = Attribute(numa.pop() or 0)
+            parents = sorted({d.parent_uuid for d in members if d.parent_uuid})
+            if parents:
+                attrs[PARENT_UUID] = Attribute(",".join(parents))
+            if shares > 1:
+                attrs[SHARES] = Attribute(shares)
+            devices = []
+            for dev in members:
+                healthy, why = health(dev.id)
+                for sid in share_ids(dev.id, shares):
+                    devices.append(Device(id=sid, healthy=healthy, health_description=why, pci_bus_id=dev.pci_bus_id))
+                    offered.append(Offered(sid, dev, group_name))
+            groups.append(DeviceGroup(VENDOR, DEVICE_TYPE, group_name, tuple(devices), attrs))
+    return groups, offered
+
+
+def physical_devices(devices: Sequence[GpuDevice]) -> dict[str, list[GpuDevice]]:
+    """Devices by the UUID of the physical GPU they live on."""
+    out: dict[str, list[GpuDevice]] = {}
+    for dev in devices:
+        out.setdefault(dev.physical_uuid, []).append(dev)
+    return out

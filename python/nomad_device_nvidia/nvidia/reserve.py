@@ -1,0 +1,99 @@
+"""Reserve: check the asked-for IDs, map shares back to devices, say what the task needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+from nomad_device_nvidia.nvidia.config import ReserveConfig
+from nomad_device_nvidia.nvidia.fingerprint import GpuDevice, Offered
+from nomad_device_nvidia.sdk import DeviceSpec, Reservation, ReservationRefused
+
+log = logging.getLogger(__name__)
+
+NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+# Nodes every CUDA process opens besides its GPU's own /dev/nvidiaN.
+CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
+
+
+def resolve(
+    device_ids: Sequence[str],
+    offered: Mapping[str, Offered],
+    health: Callable[[str], tuple[bool, str]],
+) -> list[GpuDevice]:
+    """The devices behind the IDs, in the order given, each once; refuses unknown/unhealthy IDs."""
+    unknown = [i for i in device_ids if i not in offered]
+    unhealthy = []
+    for i in device_ids:
+        if i in offered:
+            ok, why = health(offered[i].device.id)
+            if not ok:
+                unhealthy.append(f"{i} ({why})")
+    problems = []
+    if unknown:
+        problems.append(f"unknown device IDs: {', '.join(unknown)}")
+    if unhealthy:
+        problems.append(f"unhealthy device IDs: {', '.join(unhealthy)}")
+    if problems:
+        raise ReservationRefused("; ".join(problems))
+    devices: dict[str, GpuDevice] = {}
+    for i in device_ids:
+        dev = offered[i].device
+        devices.setdefault(dev.id, dev)  # several shares of one GPU give that GPU once
+    return list(devices.values())
+
+
+def _cap_minor(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "DeviceFileMinor":
+                    return int(value.strip())
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read MIG capability %s: %s", path, exc)
+    return None
+
+
+def device_nodes(devices: Sequence[GpuDevice], config: ReserveConfig) -> list[DeviceSpec]:
+    """The /dev nodes the devices need, present on this host, each once."""
+    names: list[str] = []
+    for dev in devices:
+        if dev.minor is None:
+            log.warning("no device minor known for %s; /dev/nvidiaN not added", dev.id)
+            continue
+        names.append(f"nvidia{dev.minor}")
+    names.extend(CONTROL_NODES)
+    for dev in devices:
+        if dev.parent_uuid and dev.minor is not None and dev.gpu_instance_id is not None:
+            gi_dir = f"{config.mig_capabilities_root}/gpu{dev.minor}/mig/gi{dev.gpu_instance_id}"
+            paths = [f"{gi_dir}/access"]
+            if dev.compute_instance_id is not None:
+                paths.append(f"{gi_dir}/ci{dev.compute_instance_id}/access")
+            for path in paths:
+                minor = _cap_minor(path)
+                if minor is not None:
+                    names.append(f"nvidia-caps/nvidia-cap{minor}")
+    specs: list[DeviceSpec] = []
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        host = f"{config.dev_root}/{name}"
+        if not os.path.exists(host):
+            log.warning("device node %s does not exist on this host; not added", host)
+            continue
+        specs.append(DeviceSpec(task_path=f"/dev/{name}", host_path=host, permissions="rw"))
+    return specs
+
+
+def reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservation:
+    visible = ",".join(d.id for d in devices)
+    envs = {NVIDIA_VISIBLE_DEVICES: visible}
+    if config.cuda_visible_devices:
+        envs[CUDA_VISIBLE_DEVICES] = visible
+    nodes = tuple(device_nodes(devices, config)) if config.device_nodes else ()
+    return Reservation(envs=envs, devices=nodes)

@@ -1,0 +1,193 @@
+"""Runs NvidiaDevicePlugin in a child process for the backend tests.
+
+NVML state (and the loaded libnvidia-ml.so.1) is per process, so each test that
+needs a scenario runs the real plugin here, over the simulated library, and gets
+a JSON transcript of what happened. Steps come as JSON on argv[1]:
+
+  {"op": "plugin", "simulate": "..."}          a new plugin, built as the CLI does from its flags
+  {"op": "config", "config": {...}}            set_config; records the error, if any
+  {"op": "start"}                              opens a Fingerprint stream (background thread)
+  {"op": "wait", "until": "<python expr>", "max_s": 30}
+        waits for the next answer (in order) for which the expression holds (`groups` = that
+        answer, `answers` = all up to it); records it (or "timeout": true)
+  {"op": "reserve", "ids": [...]}              records envs/devices or the refusal
+  {"op": "stats", "ticks": 2}                  collects decoded Stats answers
+  {"op": "stop"}                               sets stop; records whether the stream ended
+  {"op": "shutdown"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
+from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled, ReservationRefused
+
+
+def encode(groups: Any) -> list[dict[str, Any]]:
+    out = []
+    for g in groups:
+        assert isinstance(g, DeviceGroup)
+        out.append(
+            {
+                "vendor": g.vendor,
+                "type": g.device_type,
+                "name": g.name,
+                "attributes": {k: [a.value, a.unit, type(a.value).__name__] for k, a in g.attributes.items()},
+                "devices": [
+                    {"id": d.id, "healthy": d.healthy, "why": d.health_description, "pci": d.pci_bus_id} for d in g.devices
+                ],
+            }
+        )
+    return out
+
+
+class Stream:
+    def __init__(self, plugin: NvidiaDevicePlugin) -> None:
+        self.stop = threading.Event()
+        self.answers: list[list[dict[str, Any]]] = []
+        self.cursor = 0
+        self.error = ""
+        self.ended = threading.Event()
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, args=(plugin,), daemon=True)
+        self.thread.start()
+
+    def _run(self, plugin: NvidiaDevicePlugin) -> None:
+        try:
+            for groups in plugin.fingerprint(self.stop):
+                with self.changed:
+                    self.answers.append(encode(groups))
+                    self.changed.notify_all()
+        except PluginDisabled as exc:
+            self.error = f"PluginDisabled: {exc}"
+        except Exception as exc:  # recorded for the test to see
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.ended.set()
+            with self.changed:
+                self.changed.notify_all()
+
+    def wait(self, until: str, max_s: float, from_start: bool = False) -> dict[str, Any]:
+        """The first answer, from where the last wait matched on, for which `until` holds.
+
+        Answers are checked in order, so a short-lived state (a GPU lost and back
+        between two looks) is still seen.
+        """
+        deadline = time.monotonic() + max_s
+        if from_start:
+            self.cursor = 0
+        with self.changed:
+            while True:
+                for k in range(self.cursor, len(self.answers)):
+                    groups, seen = self.answers[k], self.answers[: k + 1]
+                    if eval(until, {"groups": groups, "answers": seen}):  # noqa: S307
+                        self.cursor = k
+                        return {"groups": groups, "count": len(seen)}
+                if self.ended.is_set():
+                    return {"ended": True, "error": self.error, "count": len(self.answers)}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    latest = self.answers[-1] if self.answers else None
+                    return {"timeout": True, "groups": latest, "count": len(self.answers), "error": self.error}
+                self.changed.wait(remaining)
+
+
+def nvml_view(ids: list[str]) -> dict[str, Any]:
+    """An independent look through pynvml: what each offered ID is, and which GPUs are MIG parents."""
+    import pynvml
+
+    view: dict[str, Any] = {"ids": {}, "mig_parents": [], "gpus": []}
+    for i in ids:
+        h = pynvml.nvmlDeviceGetHandleByUUID(i)
+        is_mig = bool(pynvml.nvmlDeviceIsMigDeviceHandle(h))
+        parent = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(h)) if is_mig else ""
+        view["ids"][i] = {"mig": is_mig, "parent": parent, "name": pynvml.nvmlDeviceGetName(h)}
+    for n in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(n)
+        uuid = pynvml.nvmlDeviceGetUUID(h)
+        view["gpus"].append(uuid)
+        try:
+            if pynvml.nvmlDeviceGetMigMode(h)[0] == pynvml.NVML_DEVICE_MIG_ENABLE:
+                view["mig_parents"].append(uuid)
+        except pynvml.NVMLError:
+            pass
+    return view
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    steps = json.loads(sys.argv[1])
+    plugin = NvidiaDevicePlugin()
+    stream: Stream | None = None
+    out: list[dict[str, Any]] = []
+    for step in steps:
+        op = step["op"]
+        if op == "plugin":  # as the CLI builds it, from --nvml-library / --simulate
+            plugin = NvidiaDevicePlugin(nvml_library=step.get("nvml_library", ""), simulate=step.get("simulate", ""))
+            out.append({"ok": True})
+        elif op == "config":
+            try:
+                plugin.set_config(step["config"])
+                out.append({"ok": True})
+            except ConfigError as exc:
+                out.append({"error": str(exc)})
+        elif op == "start":
+            stream = Stream(plugin)
+            out.append({"ok": True})
+        elif op == "wait":
+            assert stream is not None
+            out.append(stream.wait(step["until"], step.get("max_s", 30), step.get("from_start", False)))
+        elif op == "reserve":
+            try:
+                r = plugin.reserve(step["ids"])
+                out.append(
+                    {
+                        "envs": dict(r.envs),
+                        "devices": [[d.task_path, d.host_path, d.permissions] for d in r.devices],
+                    }
+                )
+            except (ReservationRefused, PluginDisabled) as exc:
+                out.append({"refused": str(exc), "kind": type(exc).__name__})
+        elif op == "stats":
+            from nomad_device_nvidia._proto.nomad import device_pb2
+
+            stop = threading.Event()
+            ticks = []
+            for item in plugin.stats(step.get("interval", 0.05), stop):
+                msg = item if not isinstance(item, bytes) else device_pb2.StatsResponse.FromString(item)
+                ticks.append(
+                    {g.name: sorted(g.instance_stats.keys()) for g in msg.groups}
+                )
+                if len(ticks) >= step.get("ticks", 2):
+                    stop.set()
+            out.append({"ticks": ticks})
+        elif op == "stop":
+            assert stream is not None
+            stream.stop.set()
+            stream.thread.join(timeout=step.get("max_s", 10))
+            out.append({"ended": not stream.thread.is_alive(), "answers": len(stream.answers), "error": stream.error})
+        elif op == "nvml_view":
+            out.append(nvml_view(step["ids"]))
+        elif op == "nvml_loaded":
+            import pynvml
+
+            out.append({"loaded": pynvml.nvmlLib is not None})
+        elif op == "threads":
+            out.append({"names": sorted(t.name for t in threading.enumerate())})
+        elif op == "shutdown":
+            plugin.shutdown()
+            out.append({"ok": True})
+        else:
+            raise SystemExit(f"unknown op {op}")
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

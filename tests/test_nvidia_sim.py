@@ -1,0 +1,674 @@
+"""The NVIDIA backend on the simulated driver, through the real NVML C API.
+
+Each test runs the real NvidiaDevicePlugin in a child process (NVML state is per
+process) over build/sim/libnvidia-ml.so.1 (`make sim`) and checks its transcript.
+Waits are bounded only so a broken build fails instead of hanging; nothing
+asserts on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = Path(__file__).with_name("nvidia_backend_child.py")
+SIM_LIB = REPO / "build" / "sim" / "libnvidia-ml.so.1"
+READY_MADE = ["1gpu", "8xh100-mig", "8xa100-mixed-mig", "gh200", "4096gpus", "faulty"]
+
+ALL_HEALTHY = "all(d['healthy'] for g in groups for d in g['devices'])"
+ANY_UNHEALTHY = "any(not d['healthy'] for g in groups for d in g['devices'])"
+
+
+def why_contains(fragment: str) -> str:
+    """A wait predicate: some device's health description mentions `fragment`."""
+    return f'any({fragment.lower()!r} in d["why"].lower() for g in groups for d in g["devices"])'
+
+
+def run_child(steps: list[dict[str, Any]], timeout: float = 180) -> tuple[list[dict[str, Any]], str]:
+    assert SIM_LIB.exists(), f"{SIM_LIB} missing: run `make sim`"
+    env = dict(os.environ)
+    env["NOMAD_DEVICE_NVIDIA_SIM_LIB"] = str(SIM_LIB)
+    env.pop("NVML_SIM_SCENARIO", None)
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(steps)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout), proc.stderr
+
+
+def scenario(tmp_path: Path, body: str, name: str = "t") -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n' + textwrap.dedent(body))
+    return str(path)
+
+
+def devices(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for g in groups for d in g["devices"]]
+
+
+def ids(groups: list[dict[str, Any]]) -> list[str]:
+    return [d["id"] for d in devices(groups)]
+
+
+def check_invariants(groups: list[dict[str, Any]]) -> None:
+    all_ids = ids(groups)
+    assert len(all_ids) == len(set(all_ids)), "a device appears twice"
+    assert len({g["name"] for g in groups}) == len(groups), "two groups share a name"
+    for g in groups:
+        assert (g["vendor"], g["type"]) == ("nvidia", "gpu")
+        assert g["devices"], f"empty group {g['name']}"
+        attrs = g["attributes"]
+        # HashiCorp's attributes with their types and units.
+        assert attrs["memory"][1:] == ["MiB", "int"]
+        assert attrs["power"][1:] == ["W", "int"]
+        assert attrs["pci_bandwidth"][1:] == ["MB/s", "int"]
+        assert attrs["driver_version"][2] == "str"
+        assert attrs["display_state"][2] == "str" and attrs["persistence_mode"][2] == "str"
+        for clock in ("cores_clock", "memory_clock"):
+            if clock in attrs:
+                assert attrs[clock][1:] == ["MHz", "int"]
+        if "bar1" in attrs:
+            assert attrs["bar1"][1:] == ["MiB", "int"]
+        if "MIG" in g["name"]:
+            assert attrs["mig_profile"][0] == g["name"].rsplit(" MIG ", 1)[1]
+            assert attrs["parent_uuid"][0].startswith("GPU-")
+            assert all(d["id"].startswith("MIG-") for d in g["devices"])
+        else:
+            assert all(d["id"].startswith("GPU-") for d in g["devices"])
+        for d in g["devices"]:
+            assert d["pci"], "hardware locality (PCI bus ID) missing"
+
+
+def expected_device_count(path: Path) -> int:
+    data = tomllib.loads(path.read_text())
+    total = 0
+    for gpu in data.get("gpus", []):
+        count = gpu.get("count", 1)
+        mig = gpu.get("mig")
+        total += count * (len(mig) if mig is not None else 1)
+    return total
+
+
+def first_answer(path: str, extra: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], str]:
+    steps: list[dict[str, Any]] = [
+        {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
+        {"op": "start"},
+        {"op": "wait", "until": "True", "max_s": 120},
+        *(extra or []),
+        {"op": "stop"},
+        {"op": "shutdown"},
+    ]
+    out, log = run_child(steps)
+    assert out[0] == {"ok": True}
+    assert "groups" in out[2], out[2]
+    assert out[-2]["ended"], "stream did not return after stop"
+    return out, log
+
+
+@pytest.mark.parametrize("name", READY_MADE)
+def test_ready_made_scenarios(name: str) -> None:
+    path = REPO / "scenarios" / f"{name}.toml"
+    out, log = first_answer(str(path))
+    groups = out[2]["groups"]
+    check_invariants(groups)
+    assert "simulat" in log.lower(), "the simulation must be announced in the log"
+    if name != "faulty":
+        assert len(ids(groups)) == expected_device_count(path)
+        assert all(d["healthy"] for d in devices(groups))
+    if name == "gh200":
+        assert all("bar1" not in g["attributes"] for g in groups)
+    if name in ("8xh100-mig", "8xa100-mixed-mig", "1gpu"):
+        # An independent look through pynvml: IDs are real, MIG parents are never offered.
+        view = run_child(
+            [
+                {"op": "config", "config": {"simulate": str(path)}},
+                {"op": "reserve", "ids": ids(groups)[:1]},
+                {"op": "nvml_view", "ids": ids(groups)},
+            ]
+        )[0][2]
+        assert not set(view["mig_parents"]) & set(ids(groups))
+        by_name = {d["id"]: g for g in groups for d in g["devices"]}
+        for i, info in view["ids"].items():
+            assert by_name[i]["name"] == info["name"]
+            if info["mig"]:
+                assert info["parent"] in view["mig_parents"]
+                assert info["parent"] in by_name[i]["attributes"]["parent_uuid"][0].split(",")
+        offered_gpus = {i for i, info in view["ids"].items() if not info["mig"]}
+        assert offered_gpus == set(view["gpus"]) - set(view["mig_parents"])
+        if name == "8xh100-mig":
+            assert view["mig_parents"] and any(i["mig"] for i in view["ids"].values())
+            h100 = next(g for g in groups if g["name"] == "NVIDIA H100 80GB HBM3")["attributes"]
+            assert h100["architecture"][0] == "hopper"
+            assert h100["compute_capability"][0] == "9.0"
+            assert h100["cuda_driver_version"][2] == "str"
+
+
+def test_two_gpus_and_mig_attributes(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 2
+
+        [[gpus]]
+        model = "a100-sxm4-40gb"
+        count = 1
+        mig = ["3g.20gb", "1g.5gb", "1g.5gb"]
+        """,
+    )
+    out, _ = first_answer(path)
+    groups = {g["name"]: g for g in out[2]["groups"]}
+    check_invariants(list(groups.values()))
+    h100 = groups["NVIDIA H100 80GB HBM3"]
+    assert len(h100["devices"]) == 2
+    assert h100["attributes"]["memory"][0] > 80000
+    assert h100["attributes"]["architecture"][0] == "hopper"
+    small = groups["NVIDIA A100-SXM4-40GB MIG 1g.5gb"]
+    assert len(small["devices"]) == 2
+    assert small["attributes"]["mig_profile"][0] == "1g.5gb"
+    assert small["attributes"]["memory"][0] < 6000
+    assert small["attributes"]["architecture"][0] == "ampere"
+    assert "NVIDIA A100-SXM4-40GB" not in groups  # the MIG parent is not offered
+    big = groups["NVIDIA A100-SXM4-40GB MIG 3g.20gb"]
+    assert big["attributes"]["parent_uuid"] == small["attributes"]["parent_uuid"]
+
+
+def test_lost_gpu_mid_stream_is_unhealthy_then_recovers(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 2
+
+        [[faults]]
+        kind = "lost"
+        gpu = 1
+        after_s = 1.0
+        recover_after_s = 2.0
+        """,
+    )
+    config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "200ms"}}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
+            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+            {"op": "wait", "until": ALL_HEALTHY + " and len(answers) > 2", "max_s": 60},
+            {"op": "stop"},
+            {"op": "shutdown"},
+        ]
+    )
+    first, lost, back = out[2], out[3], out[4]
+    assert len(ids(first["groups"])) == 2
+    assert "timeout" not in lost, lost
+    sick = [d for d in devices(lost["groups"]) if not d["healthy"]]
+    assert len(sick) == 1, "only the lost GPU is unhealthy"
+    assert "lost" in sick[0]["why"].lower()
+    assert ids(lost["groups"]) == ids(first["groups"]), "a lost GPU stays listed, unhealthy"
+    assert "timeout" not in back, back
+    assert all(d["why"] == "" for d in devices(back["groups"]))
+    assert out[5]["ended"] and out[5]["error"] == ""
+
+
+def test_xid_marks_only_its_device_ignored_xids_do_not_and_reserve_refuses(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 3
+
+        [[events]]
+        gpu = 0
+        at_s = 0.5
+        xid = 13
+
+        [[events]]
+        gpu = 2
+        at_s = 1.0
+        xid = 48
+        """,
+    )
+    out, log = run_child(
+        [
+            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
+            {"op": "start"},
+            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+            {"op": "nvml_view", "ids": []},
+            {"op": "stop"},
+        ]
+    )
+    answer, view = out[2], out[3]
+    assert "timeout" not in answer, answer
+    gpus = view["gpus"]
+    status = {d["id"]: d for d in devices(answer["groups"])}
+    assert status[gpus[0]]["healthy"], "XID 13 is an application fault"
+    assert status[gpus[1]]["healthy"]
+    assert not status[gpus[2]]["healthy"]
+    assert "XID 48" in status[gpus[2]]["why"]
+    assert "XID 13" in log  # noted, not acted on
+
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
+            {"op": "start"},
+            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+            {"op": "reserve", "ids": [gpus[1], gpus[2], "GPU-nope"]},
+            {"op": "reserve", "ids": [gpus[1], gpus[0]]},
+            {"op": "stop"},
+        ]
+    )
+    refused, ok = out[3], out[4]
+    assert refused["kind"] == "ReservationRefused"
+    assert "unknown device IDs: GPU-nope" in refused["refused"]
+    assert f"unhealthy device IDs: {gpus[2]} (XID 48" in refused["refused"]
+    assert gpus[1] not in refused["refused"]
+    assert ok["envs"] == {"NVIDIA_VISIBLE_DEVICES": f"{gpus[1]},{gpus[0]}"}
+
+
+def test_xid_cleared_by_reset(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "a100-sxm4-40gb"
+        count = 2
+
+        [[events]]
+        gpu = 1
+        at_s = 0.5
+        xid = 79
+
+        [[faults]]
+        kind = "lost"
+        gpu = 1
+        after_s = 1.5
+        recover_after_s = 1.0
+        """,
+    )
+    config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "100ms"}}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "any('XID 79' in d['why'] for g in groups for d in g['devices'])", "max_s": 60},
+            {"op": "wait", "until": "any('lost' in d['why'].lower() for g in groups for d in g['devices'])", "max_s": 60},
+            {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
+            {"op": "stop"},
+        ]
+    )
+    for step in out[2:5]:
+        assert "timeout" not in step, step
+    assert "XID 79 (GPU has fallen off the bus)" in " ".join(d["why"] for d in devices(out[2]["groups"]))
+
+
+def test_xid_on_a_mig_gpu_marks_its_instances_only(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "a100-sxm4-40gb"
+        count = 2
+        mig = ["3g.20gb", "3g.20gb"]
+
+        [[events]]
+        gpu = 0
+        at_s = 0.5
+        xid = 94
+        """,
+    )
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
+            {"op": "start"},
+            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+            {"op": "stop"},
+        ]
+    )
+    answer = out[2]
+    assert "timeout" not in answer, answer
+    sick = [d for d in devices(answer["groups"]) if not d["healthy"]]
+    assert len(sick) == 2 and len(devices(answer["groups"])) == 4
+    assert all("XID 94 (contained ECC error)" in d["why"] for d in sick)
+
+
+def test_not_supported_metrics_leave_attributes_out_and_stats_keep_flowing(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 2
+
+        [[faults]]
+        kind = "not_supported"
+        functions = ["nvmlDeviceGetPowerManagementLimit", "nvmlDeviceGetMaxClockInfo", "nvmlDeviceGetNumaNodeId",
+                     "nvmlDeviceGetArchitecture", "nvmlDeviceGetPowerUsage", "nvmlDeviceGetTemperature"]
+        """,
+    )
+    out, _ = first_answer(
+        path, [{"op": "config", "config": {"simulate": path, "stats_engine": "python"}}, {"op": "stats", "ticks": 2}]
+    )
+    groups = out[2]["groups"]
+    check_invariants(groups)
+    attrs = groups[0]["attributes"]
+    assert attrs["power"][0] == 0  # as HashiCorp's plugin reports it
+    assert "cores_clock" not in attrs and "memory_clock" not in attrs and "architecture" not in attrs
+    assert "numa_node" not in attrs
+    assert all(d["healthy"] for d in devices(groups)), "an unsupported metric is not a sick GPU"
+    ticks = out[4]["ticks"]
+    assert len(ticks) == 2 and sorted(ticks[0]["NVIDIA H100 80GB HBM3"]) == sorted(ids(groups))
+
+
+def test_init_failure_ends_the_stream_with_no_devices_and_one_log_line(tmp_path: Path) -> None:
+    path = scenario(tmp_path, '[init]\nerror = "DRIVER_NOT_LOADED"\n\n[[gpus]]\nmodel = "l4"\n')
+    out, log = run_child(
+        [
+            {"op": "config", "config": {"simulate": path}},
+            {"op": "start"},
+            {"op": "wait", "until": "True", "max_s": 60},
+            {"op": "reserve", "ids": ["GPU-x"]},
+            {"op": "stop"},
+        ]
+    )
+    assert out[2].get("ended") and out[2]["count"] == 0, out[2]
+    assert out[3]["kind"] == "ReservationRefused" and "GPU-x" in out[3]["refused"]
+    assert out[4]["error"] == ""
+    assert log.count("no NVIDIA devices will be reported") == 1, log
+
+
+def test_no_nvml_library_at_all() -> None:
+    # This machine has no NVIDIA driver: the system libnvidia-ml.so.1 is absent.
+    out, log = run_child([{"op": "start"}, {"op": "wait", "until": "True", "max_s": 60}, {"op": "stop"}])
+    assert out[1].get("ended") and out[1]["count"] == 0
+    assert log.count("no NVIDIA devices will be reported") == 1, log
+
+
+def test_transient_init_failure_is_retried(tmp_path: Path) -> None:
+    path = scenario(tmp_path, '[init]\nerror = "UNKNOWN"\nfail_count = 2\n\n[[gpus]]\nmodel = "l4"\ncount = 2\n')
+    out, log = run_child(
+        [
+            {"op": "config", "config": {"simulate": path}},
+            {"op": "start"},
+            {"op": "wait", "until": "len(groups) > 0", "max_s": 60},
+            {"op": "stop"},
+        ]
+    )
+    answer = out[2]
+    assert "timeout" not in answer, answer
+    assert len(ids(answer["groups"])) == 2
+    assert answer["count"] == 2  # first an empty answer at once, then the devices
+    assert "retrying" in log
+
+
+def test_config_changes_through_set_config(tmp_path: Path) -> None:
+    path = scenario(tmp_path, '[[gpus]]\nmodel = "h100-sxm5-80gb"\ncount = 3\n')
+    base = {"simulate": path, "fingerprint_period": "1h"}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": base},
+            {"op": "start"},
+            {"op": "wait", "until": "True"},
+            {"op": "nvml_view", "ids": []},
+        ]
+    )
+    gpus = out[3]["gpus"]
+    shares = {"sharing": {"shares": 2}}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": base},
+            {"op": "start"},
+            {"op": "wait", "until": "len(answers) == 1"},
+            {"op": "config", "config": {**base, "ignored_gpu_ids": [gpus[0]]}},
+            {"op": "wait", "until": "len(answers) == 2"},
+            {"op": "config", "config": {**base, "fingerprint_period": "not-a-duration"}},
+            {"op": "config", "config": {**base, "ignored_gpu_ids": [gpus[0]], **shares}},
+            {"op": "wait", "until": "len(answers) == 3"},
+            {"op": "reserve", "ids": [f"{gpus[2]}::1", f"{gpus[1]}::0", f"{gpus[2]}::0"]},
+            {"op": "reserve", "ids": [gpus[1]]},
+            {"op": "reserve", "ids": [f"{gpus[0]}::0"]},
+            {"op": "config", "config": {**base, "reserve": {"cuda_visible_devices": True}}},
+            {"op": "wait", "until": "len(answers) == 4"},
+            {"op": "reserve", "ids": [gpus[0]]},
+            {"op": "config", "config": {**base, "enabled": False}},
+            {"op": "wait", "until": "False", "max_s": 10},
+            {"op": "stop"},
+            {"op": "reserve", "ids": [gpus[0]]},
+        ]
+    )
+    assert sorted(ids(out[2]["groups"])) == sorted(gpus)
+    assert sorted(ids(out[4]["groups"])) == sorted(gpus[1:])
+    assert 'config key "fingerprint_period"' in out[5]["error"]
+    shared = out[7]["groups"]
+    assert sorted(ids(shared)) == sorted(f"{g}::{k}" for g in gpus[1:] for k in range(2))
+    assert shared[0]["attributes"]["shares"][0] == 2
+    assert out[8]["envs"] == {"NVIDIA_VISIBLE_DEVICES": f"{gpus[2]},{gpus[1]}"}
+    assert "unknown device IDs" in out[9]["refused"]  # the plain UUID is not offered while sharing
+    assert "unknown device IDs" in out[10]["refused"]  # ignored GPU
+    assert sorted(ids(out[12]["groups"])) == sorted(gpus)
+    assert out[13]["envs"] == {"NVIDIA_VISIBLE_DEVICES": gpus[0], "CUDA_VISIBLE_DEVICES": gpus[0]}
+    assert out[15].get("ended"), "disabling the plugin ends the stream"
+    assert out[16]["ended"]
+    assert out[17] == {"refused": "device is not enabled", "kind": "PluginDisabled"}
+
+
+def test_lazy_init_and_clean_shutdown(tmp_path: Path) -> None:
+    path = scenario(tmp_path, '[[gpus]]\nmodel = "l4"\n')
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path}},
+            {"op": "nvml_loaded"},
+            {"op": "threads"},
+            {"op": "reserve", "ids": []},
+            {"op": "nvml_loaded"},
+            {"op": "start"},
+            {"op": "wait", "until": "True"},
+            {"op": "nvml_loaded"},
+            {"op": "threads"},
+            {"op": "stop"},
+            {"op": "shutdown"},
+            {"op": "threads"},
+        ]
+    )
+    assert out[1] == {"loaded": False}, "nothing may load NVML before it is needed"
+    assert "nvidia-health" not in out[2]["names"]
+    assert out[4] == {"loaded": False}
+    assert out[7] == {"loaded": True}
+    assert "nvidia-health" in out[8]["names"]
+    assert out[9]["ended"]
+    assert "nvidia-health" not in out[11]["names"]
+
+
+def test_reserve_before_any_fingerprint_scans_lazily(tmp_path: Path) -> None:
+    path = scenario(tmp_path, '[[gpus]]\nmodel = "l4"\ncount = 2\n')
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path}},
+            {"op": "reserve", "ids": ["GPU-unknown"]},
+            {"op": "nvml_view", "ids": []},
+        ]
+    )
+    assert out[1]["kind"] == "ReservationRefused" and "GPU-unknown" in out[1]["refused"]
+    gpus = out[2]["gpus"]
+    out, _ = run_child([{"op": "config", "config": {"simulate": path}}, {"op": "reserve", "ids": gpus[::-1]}])
+    assert out[1]["envs"]["NVIDIA_VISIBLE_DEVICES"] == ",".join(gpus[::-1])
+
+
+# ---- hypothesis over random scenarios ----
+
+MIG_LAYOUTS = {
+    "a100-sxm4-40gb": [["7g.40gb"], ["3g.20gb", "3g.20gb"], ["2g.10gb", "1g.5gb", "1g.5gb"], []],
+    "h100-sxm5-80gb": [["7g.80gb"], ["3g.40gb", "2g.20gb", "1g.10gb"], ["1g.10gb", "1g.10gb"]],
+}
+
+
+@st.composite
+def random_scenarios(draw: st.DrawFn) -> str:
+    parts = []
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        model = draw(st.sampled_from(["h100-sxm5-80gb", "a100-sxm4-40gb", "gh200-96gb", "l4"]))
+        count = draw(st.integers(min_value=1, max_value=4))
+        part = f'[[gpus]]\nmodel = "{model}"\ncount = {count}\n'
+        if model in MIG_LAYOUTS and draw(st.booleans()):
+            part += f"mig = {json.dumps(draw(st.sampled_from(MIG_LAYOUTS[model])))}\n"
+        if draw(st.booleans()):
+            part += f"power_limit_w = {draw(st.sampled_from([300, 450, 700]))}\n"
+        parts.append(part)
+    numa = draw(st.integers(min_value=1, max_value=2))
+    return f"[topology]\nnuma_nodes = {numa}\n\n" + "\n".join(parts)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=random_scenarios(), shares=st.integers(min_value=1, max_value=3), data=st.data())
+def test_random_scenarios_properties(tmp_path: Path, body: str, shares: int, data: st.DataObject) -> None:
+    path = tmp_path / "random.toml"
+    path.write_text('name = "random"\n' + body)
+    config = {"simulate": str(path), "fingerprint_period": "1h", "sharing": {"shares": shares}}
+    out, _ = run_child([{"op": "config", "config": config}, {"op": "start"}, {"op": "wait", "until": "True"}, {"op": "stop"}])
+    groups = out[2]["groups"]
+    check_invariants(groups)
+    assert len(ids(groups)) == expected_device_count(path) * shares
+    # Groups hold only identical devices: one name prefix, and a MIG group one profile.
+    all_ids = ids(groups)
+    pick = data.draw(st.lists(st.sampled_from(all_ids), min_size=1, max_size=5)) if all_ids else []
+    if not pick:
+        return
+    out, _ = run_child([{"op": "config", "config": config}, {"op": "reserve", "ids": pick}])
+    physical = list(dict.fromkeys(i.split("::")[0] for i in pick))
+    assert out[1]["envs"]["NVIDIA_VISIBLE_DEVICES"] == ",".join(physical)
+    assert set(physical) <= {i.split("::")[0] for i in all_ids}, "every reserved ID was fingerprinted"
+
+
+def test_faulty_scenario_health_over_time() -> None:
+    # GPU 0: XID 79 then XID 48; GPU 1: metrics NOT_SUPPORTED; GPU 2: lost after 50 calls, back 20 later.
+    path = str(REPO / "scenarios" / "faulty.toml")
+    config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "100ms"}}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "True"},
+            {"op": "nvml_view", "ids": []},
+            # The XID and the loss overlap in time in either order: look for each from the start.
+            {"op": "wait", "until": why_contains("XID 48"), "max_s": 60, "from_start": True},
+            {"op": "wait", "until": why_contains("lost"), "max_s": 60, "from_start": True},
+            {"op": "wait", "until": "not " + why_contains("lost"), "max_s": 60},
+            {"op": "stop"},
+        ]
+    )
+    gpus = out[3]["gpus"]
+    for step in out[4:7]:
+        assert "timeout" not in step, step
+    xid = {d["id"]: d for d in devices(out[4]["groups"])}
+    assert "XID 48 (double-bit ECC error)" in xid[gpus[0]]["why"]
+    assert xid[gpus[1]]["healthy"] and xid[gpus[3]]["healthy"]
+    lost = {d["id"]: d for d in devices(out[5]["groups"])}
+    assert not lost[gpus[2]]["healthy"] and "lost" in lost[gpus[2]]["why"].lower()
+    assert lost[gpus[1]]["healthy"]
+    back = {d["id"]: d for d in devices(out[6]["groups"])}
+    assert back[gpus[2]]["healthy"], "GPU 2 answers again"
+    assert not back[gpus[0]]["healthy"], "an XID needs a GPU reset to clear"
+    assert out[7]["ended"]
+
+
+def test_double_bit_ecc_event(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "a100-sxm4-80gb"
+        count = 2
+
+        [[events]]
+        gpu = 1
+        at_s = 0.5
+        type = "double_bit_ecc"
+        """,
+    )
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
+            {"op": "start"},
+            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+            {"op": "stop"},
+        ]
+    )
+    assert "timeout" not in out[2], out[2]
+    sick = [d for d in devices(out[2]["groups"]) if not d["healthy"]]
+    assert len(sick) == 1 and "double-bit" in sick[0]["why"]
+
+
+def test_stop_returns_while_an_nvml_call_hangs(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "l4"
+        count = 1
+
+        [[faults]]
+        kind = "hang"
+        gpu = 0
+        function = "nvmlDeviceGetMaxClockInfo"
+        duration_ms = 60000
+        calls = 1
+        """,
+    )
+    out, _ = run_child(
+        [
+            {"op": "config", "config": {"simulate": path}},
+            {"op": "start"},
+            {"op": "wait", "until": "True", "max_s": 1},
+            {"op": "stop", "max_s": 20},
+        ]
+    )
+    assert out[2].get("timeout") and out[2]["count"] == 0, "the scan is still hanging"
+    assert out[3]["ended"], "stop must end the stream even while NVML hangs"
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_stats_cover_every_offered_device_including_shares(engine: str) -> None:
+    path = str(REPO / "scenarios" / "8xh100-mig.toml")
+    config = {"simulate": path, "fingerprint_period": "1h", "stats_engine": engine, "sharing": {"shares": 2}}
+    out, _ = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "True"},
+            {"op": "stats", "ticks": 2},
+            {"op": "stop"},
+            {"op": "shutdown"},
+        ]
+    )
+    groups = out[2]["groups"]
+    for tick in out[3]["ticks"]:
+        assert {g["name"]: sorted(d["id"] for d in g["devices"]) for g in groups} == tick
+
+
+def test_cli_flags_are_the_fallback_and_config_keys_win(tmp_path: Path) -> None:
+    one = scenario(tmp_path, '[[gpus]]\nmodel = "l4"\ncount = 1\n', name="one")
+    three = scenario(tmp_path, '[[gpus]]\nmodel = "l4"\ncount = 3\n', name="three")
+    steps: list[dict[str, Any]] = [{"op": "start"}, {"op": "wait", "until": "True"}, {"op": "stop"}]
+    out, _ = run_child([{"op": "plugin", "simulate": one}, *steps])
+    assert len(ids(out[2]["groups"])) == 1
+    out, _ = run_child([{"op": "plugin", "simulate": one}, {"op": "config", "config": {"simulate": three}}, *steps])
+    assert len(ids(out[3]["groups"])) == 3
