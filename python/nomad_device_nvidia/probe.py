@@ -1,0 +1,168 @@
+"""`nomad-device-nvidia probe`: what Nomad would see on this node, without Nomad.
+
+Runs the plugin in-process with the agent's plugin block (or defaults), takes
+one fingerprint and one stats sample, and prints them as a table or JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nomad_device_nvidia.sdk import ConfigError, DeviceGroup
+
+PLUGIN_BLOCK_NAMES = ("nomad-device-nvidia", "nvidia-gpu")
+
+
+class ProbeError(Exception):
+    """A problem the operator can fix; printed as one line."""
+
+
+def load_plugin_config(path: Path) -> dict[str, Any]:
+    """The `config` of the agent's `plugin "nomad-device-nvidia"` block in an HCL file."""
+    import hcl2
+    from hcl2.utils import SerializationOptions
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProbeError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = hcl2.loads(text, serialization_options=SerializationOptions(
+            strip_string_quotes=True, explicit_blocks=False, with_comments=False))
+    except Exception as exc:
+        raise ProbeError(f"{path} is not valid HCL: {str(exc).splitlines()[0]}") from None
+    for block in doc.get("plugin", []):
+        for name in PLUGIN_BLOCK_NAMES:
+            if name in block:
+                configs = block[name].get("config", [{}])
+                config = _unwrap_blocks(configs[0] if configs else {})
+                if not isinstance(config, dict):
+                    raise ProbeError(f"{path}: the plugin block's config must be a block")
+                return config
+    raise ProbeError(f'{path} has no plugin "nomad-device-nvidia" block')
+
+
+def _unwrap_blocks(value: Any) -> Any:
+    # HCL blocks parse as one-element lists of objects; hcldec hands the plugin the object.
+    if isinstance(value, dict):
+        return {k: _unwrap_blocks(v) for k, v in value.items()}
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        return _unwrap_blocks(value[0])
+    return value
+
+
+def _attr_text(value: Any, unit: str) -> str:
+    return f"{value} {unit}".strip()
+
+
+def render_table(groups: Sequence[DeviceGroup], stats: Mapping[str, Mapping[str, str]]) -> str:
+    lines: list[str] = []
+    if not groups:
+        return "No devices found.\n"
+    for g in groups:
+        lines.append(f"{g.vendor}/{g.device_type}/{g.name}  ({len(g.devices)} devices)")
+        keys = sorted(g.attributes)
+        width = max(len(k) for k in keys) if keys else 0
+        for k in keys:
+            a = g.attributes[k]
+            lines.append(f"  {k.ljust(width)}  {_attr_text(a.value, a.unit)}")
+        lines.append(f"  {'ID':<44} {'HEALTH':<9} {'PCI BUS ID':<18} MEMORY / SUMMARY")
+        for d in g.devices:
+            health = "healthy" if d.healthy else "UNHEALTHY"
+            summary = stats.get(d.id, {}).get("summary", "")
+            lines.append(f"  {d.id:<44} {health:<9} {d.pci_bus_id or '-':<18} {summary}")
+            if d.health_description and not d.healthy:
+                lines.append(f"      ! {d.health_description}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _stat_text(value: Any) -> str:
+    if value.HasField("string_val"):
+        text = value.string_val.value
+    elif value.HasField("int_numerator_val"):
+        text = str(value.int_numerator_val.value)
+        if value.HasField("int_denominator_val"):
+            text += f" / {value.int_denominator_val.value}"
+    elif value.HasField("float_numerator_val"):
+        text = f"{value.float_numerator_val.value:g}"
+        if value.HasField("float_denominator_val"):
+            text += f" / {value.float_denominator_val.value:g}"
+    elif value.HasField("bool_val"):
+        text = str(value.bool_val.value).lower()
+    else:
+        text = ""
+    return f"{text} {value.unit}".strip()
+
+
+def decode_stats(payload: bytes) -> dict[str, dict[str, str]]:
+    from nomad_device_nvidia._proto.nomad import device_pb2
+
+    resp = device_pb2.StatsResponse.FromString(payload)
+    out: dict[str, dict[str, str]] = {}
+    for group in resp.groups:
+        for dev_id, st in group.instance_stats.items():
+            values = {name: _stat_text(v) for name, v in st.stats.attributes.items()}
+            values["summary"] = _stat_text(st.summary)
+            out[dev_id] = values
+    return out
+
+
+def _as_json(groups: Sequence[DeviceGroup], stats: Mapping[str, Mapping[str, str]]) -> str:
+    return json.dumps({"groups": [{
+        "vendor": g.vendor, "type": g.device_type, "name": g.name,
+        "attributes": {k: {"value": a.value, "unit": a.unit} for k, a in sorted(g.attributes.items())},
+        "devices": [{"id": d.id, "healthy": d.healthy, "health_description": d.health_description,
+                     "pci_bus_id": d.pci_bus_id, "stats": dict(stats.get(d.id, {}))} for d in g.devices],
+    } for g in groups]}, indent=2)
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="nomad-device-nvidia probe",
+                                description="Show what Nomad would see on this node: device groups, health, "
+                                            "attributes and one stats sample.")
+    p.add_argument("--config", type=Path, metavar="AGENT_PLUGIN_HCL",
+                   help='an HCL file with the agent\'s plugin "nomad-device-nvidia" block')
+    p.add_argument("--simulate", default="", metavar="SCENARIO", help="use the simulated driver with this scenario")
+    p.add_argument("--nvml-library", default="", metavar="PATH", help="load this libnvidia-ml.so.1")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(list(argv))
+    try:
+        return _probe(args)
+    except (ProbeError, ConfigError) as exc:
+        print(f"nomad-device-nvidia probe: {exc}", file=sys.stderr)
+        return 2
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
+
+    config = load_plugin_config(args.config) if args.config else {}
+    for flag, value in (("--simulate", args.simulate), ("--nvml-library", args.nvml_library)):
+        if value and not Path(value).is_file():
+            raise ProbeError(f"{flag}: {value} does not exist (a {'scenario' if flag == '--simulate' else 'library'} file)")
+    if args.simulate:
+        config["simulate"] = str(Path(args.simulate).resolve())
+    if args.nvml_library:
+        config["nvml_library"] = str(Path(args.nvml_library).resolve())
+    plugin = NvidiaDevicePlugin()
+    plugin.set_config(config)
+    stop = threading.Event()
+    try:
+        groups = list(next(iter(plugin.fingerprint(stop)), []))
+        stats: dict[str, dict[str, str]] = {}
+        if groups:
+            sample = next(iter(plugin.stats(1.0, stop)), None)
+            if sample is not None:
+                stats = decode_stats(sample if isinstance(sample, bytes) else sample.SerializeToString())
+    finally:
+        stop.set()
+        plugin.shutdown()
+    sys.stdout.write(_as_json(groups, stats) + "\n" if args.json else render_table(groups, stats))
+    return 0 if groups else 1
