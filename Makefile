@@ -12,7 +12,7 @@ export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test venv build native sim harness test-rust test-python lint bench wheel clean
+.PHONY: demo test venv build native sim harness test-rust test-python lint bench wheel e2e transcript clean
 
 demo: build
 	$(VPY) scripts/demo.py
@@ -42,9 +42,11 @@ sim:
 	cp -f $(CARGO_TARGET_DIR)/release/libnvml_sim.so $(BUILD)/sim/.libnvidia-ml.so.1.new
 	mv -f $(BUILD)/sim/.libnvidia-ml.so.1.new $(BUILD)/sim/libnvidia-ml.so.1
 
-# The Go harness, Nomad's launcher and HashiCorp's Go plugin, from the module proxy.
+# From the Go module proxy: the Go harness, Nomad's launcher, HashiCorp's Go
+# plugin and the nomad agent itself (slow once: ~14 min on 2 cores; Go's build
+# cache under $HOME makes later builds quick).
 harness:
-	$(MAKE) -C tests/harness BIN=$(BUILD)/bin
+	$(MAKE) -C tests/harness BIN=$(BUILD)/bin all nomad
 
 test-rust: sim
 	cargo test --release -q --workspace --exclude nomad-device-nvidia-native
@@ -61,8 +63,15 @@ lint: venv
 bench: build
 	$(VPY) -m pytest benches --benchmark-enable --benchmark-json=$(BUILD)/bench.json
 
+# An abi3 manylinux2014 wheel (linked with zig so it needs only glibc 2.17) and an sdist.
 wheel: venv
-	$(VENV)/bin/maturin build --release --sdist --compatibility manylinux_2_17 -o dist
+	bash scripts/build_wheel.sh $(CURDIR)/dist
+
+e2e: build
+	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py
+
+transcript: build
+	bash scripts/e2e_transcript.sh
 
 clean:
 	rm -rf $(BUILD) dist

@@ -1,0 +1,118 @@
+"""The release wheel, built once and installed into a fresh venv outside the checkout.
+
+Shared by tests/test_wheel.py and tests/test_agent_e2e.py: the agent end to end
+runs the plugin as a user gets it, from the installed wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DIST = Path(os.environ.get("NOMAD_WHEEL_DIST", REPO / "dist"))
+BUILD_SCRIPT = REPO / "scripts" / "build_wheel.sh"
+SIM_LIB = REPO / "build" / "sim" / "libnvidia-ml.so.1"
+SCENARIOS = REPO / "scenarios"
+
+# Everything the wheel is built from: a wheel older than any of these is stale.
+_INPUTS = ("pyproject.toml", "Cargo.toml", "Cargo.lock", "README.md", "python", "src_rust/native", "src_rust/stats_core",
+           "src_rust/nvml_sys")
+
+
+def project_version() -> str:
+    """The version, from its one home (the Cargo workspace)."""
+    m = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M)
+    assert m, "no version in Cargo.toml [workspace.package]"
+    return m.group(1)
+
+
+def _newest_input() -> float:
+    newest = 0.0
+    for rel in _INPUTS:
+        p = REPO / rel
+        paths = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()] if p.is_dir() else []
+        for q in paths:
+            if "__pycache__" in q.parts or q.suffix in (".pyc", ".so"):
+                continue
+            newest = max(newest, q.stat().st_mtime)
+    return newest
+
+
+def wheel_path() -> Path | None:
+    found = sorted(DIST.glob(f"nomad_device_nvidia-{project_version()}-*.whl"))
+    return found[-1] if found else None
+
+
+def sdist_path() -> Path | None:
+    p = DIST / f"nomad_device_nvidia-{project_version()}.tar.gz"
+    return p if p.is_file() else None
+
+
+def ensure_wheel() -> Path:
+    """The current wheel in dist/, built with scripts/build_wheel.sh unless one newer
+    than every source input is already there."""
+    whl = wheel_path()
+    if whl is None or sdist_path() is None or whl.stat().st_mtime < _newest_input():
+        res = subprocess.run(["bash", str(BUILD_SCRIPT), str(DIST)], capture_output=True, text=True, timeout=1200)
+        assert res.returncode == 0, f"scripts/build_wheel.sh failed ({res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+        whl = wheel_path()
+        assert whl is not None, f"scripts/build_wheel.sh made no wheel in {DIST}"
+    return whl
+
+
+def clean_path() -> str:
+    """PATH without any Rust or Go toolchain: the installed wheel must need neither."""
+    keep = []
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if not d or any(shutil.which(tool, path=d) for tool in ("cargo", "rustc", "go", "maturin")):
+            continue
+        keep.append(d)
+    return os.pathsep.join(keep or ["/usr/bin", "/bin"])
+
+
+@dataclass(frozen=True)
+class InstalledWheel:
+    venv: Path
+    wheel: Path
+    path_env: str  # PATH for running it: the venv, then no toolchains
+
+    @property
+    def binary(self) -> Path:
+        return self.venv / "bin" / "nomad-device-nvidia"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        env.update(PATH=f"{self.venv / 'bin'}{os.pathsep}{self.path_env}", **extra)
+        return env
+
+
+def base_python() -> str:
+    """A Python that is not our .venv's (so the new venv sees nothing of the checkout)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def install_wheel(whl: Path, where: Path | None = None, python: str | None = None) -> InstalledWheel:
+    """A fresh venv (of `python`, default: the suite's base interpreter) with the wheel
+    installed by pip (deps from the registry through the machine's pip cache), with no
+    toolchain on PATH while installing."""
+    venv = where or Path(tempfile.mkdtemp(prefix="nde-wheel-"))
+    path_env = clean_path()
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = path_env
+    subprocess.run([python or base_python(), "-m", "venv", str(venv)], check=True, env=env, timeout=120)
+    res = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                          "--only-binary=:all:", str(whl)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, f"pip install {whl.name} failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+    return InstalledWheel(venv=venv, wheel=whl, path_env=path_env)
