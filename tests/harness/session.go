@@ -1,0 +1,317 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/hcldec"
+	"github.com/hashicorp/nomad/plugins/base"
+	"github.com/hashicorp/nomad/plugins/device"
+)
+
+// started is a launched plugin with both interfaces dispensed and its info
+// and schema checked, ready for SetConfig.
+type started struct {
+	proc *proc
+	base base.BasePlugin
+	dev  device.DevicePlugin
+	api  string
+	spec hcldec.Spec
+}
+
+// start launches the plugin and does what the loader does before SetConfig:
+// dispense "base", PluginInfo, ConfigSchema (converted), then dispense "device".
+func start(o *launchOpts) (*started, error) {
+	p, err := launch(o, true)
+	if err != nil {
+		return nil, err
+	}
+	s := &started{proc: p}
+	fail := func(err error) (*started, error) {
+		emit("shutdown", p.shutdown())
+		return nil, err
+	}
+	raw, err := p.dispense(base.PluginTypeBase)
+	if err != nil {
+		return fail(err)
+	}
+	var ok bool
+	if s.base, ok = raw.(base.BasePlugin); !ok {
+		return fail(atStage("dispense base", fmt.Errorf("dispensed %T, not a base plugin", raw)))
+	}
+	if _, s.api, err = pluginInfo(s.base); err != nil {
+		return fail(err)
+	}
+	if s.spec, err = configSchema(s.base); err != nil {
+		return fail(err)
+	}
+	if raw, err = p.dispense(base.PluginTypeDevice); err != nil {
+		return fail(err)
+	}
+	if s.dev, ok = raw.(device.DevicePlugin); !ok {
+		return fail(atStage("dispense device", fmt.Errorf("dispensed %T, not a device plugin", raw)))
+	}
+	return s, nil
+}
+
+func (s *started) stop() { emit("shutdown", s.proc.shutdown()) }
+
+// configure sends one config the agent's way; a refusal on either side is an
+// error here (session and streams need a configured plugin).
+func (s *started) configure(src configSource, name string, agent *base.AgentConfig) error {
+	data, ok, err := src.prepare(s.spec, name, 1)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return atStage("agent_config", fmt.Errorf("the agent refuses this config (see the config event)"))
+	}
+	return atStage("set_config", setConfig(s.base, data, s.api, agent, 1))
+}
+
+func runInfo(args []string) error {
+	var o launchOpts
+	fs := newFlags("info", &o)
+	if err := parseFlags(fs, &o, args); err != nil {
+		return err
+	}
+	p, err := launch(&o, false)
+	if err != nil {
+		return err
+	}
+	defer func() { emit("shutdown", p.shutdown()) }()
+	raw, err := p.dispense(base.PluginTypeBase)
+	if err != nil {
+		return err
+	}
+	b, ok := raw.(base.BasePlugin)
+	if !ok {
+		return atStage("dispense base", fmt.Errorf("dispensed %T, not a base plugin", raw))
+	}
+	if _, _, err := pluginInfo(b); err != nil {
+		return err
+	}
+	_, err = configSchema(b)
+	return err
+}
+
+func runSession(args []string) error {
+	var o launchOpts
+	fs := newFlags("session", &o)
+	cfgPath := fs.String("config", "", "HCL file: agent form (plugin blocks) or launcher form (a config block)")
+	name := fs.String("name", "", "plugin block name to use from an agent file (default: the plugin's file name)")
+	rawB64 := fs.String("raw-config-msgpack-b64", "", "send these msgpack bytes to SetConfig instead of an encoded HCL config")
+	noAgent := fs.Bool("no-agent-config", false, "send SetConfig without the client's AgentConfig (as the loader's validation does)")
+	fingerprints := fs.Int("fingerprints", 1, "fingerprint responses to wait for")
+	fpWait := fs.Duration("fingerprint-wait", 0, "keep the fingerprint stream open this long after the responses waited for, printing any more")
+	nstats := fs.Int("stats", 0, "stats responses to wait for and print")
+	interval := fs.Duration("interval", time.Second, "stats collection interval sent to the plugin")
+	var reserves listFlag
+	fs.Var(&reserves, "reserve", "comma-separated device IDs to Reserve (repeatable; empty string: no IDs)")
+	reserveFirst := fs.Int("reserve-first", 0, "also Reserve the first N device IDs of the first fingerprinted group")
+	if err := parseFlags(fs, &o, args); err != nil {
+		return err
+	}
+	src := configSource{hclPath: *cfgPath}
+	if *rawB64 != "" {
+		raws, err := rawConfigs([]string{*rawB64})
+		if err != nil {
+			return err
+		}
+		src = raws[0]
+	}
+	blockName := *name
+	if blockName == "" {
+		blockName = filepath.Base(o.plugin)
+	}
+
+	s, err := start(&o)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	agent := agentConfig()
+	if *noAgent {
+		agent = nil
+	}
+	if err := s.configure(src, blockName, agent); err != nil {
+		return err
+	}
+
+	statsLimit := int64(-1)
+	if *nstats > 0 {
+		statsLimit = int64(*nstats)
+	}
+	// Like the device manager: fingerprint first, stats once devices are known.
+	st, err := openStreams(s.dev, *interval, -1, nil, false)
+	if err != nil {
+		return err
+	}
+	if err := st.fp.waitCount(int64(*fingerprints), o.timeout); err != nil {
+		st.close(o.timeout)
+		return atStage("fingerprint", err)
+	}
+	if *fpWait > 0 {
+		time.Sleep(*fpWait)
+	}
+	if fpErrs := st.fp.errs(); len(fpErrs) > 0 {
+		emit("streams_closed", st.close(o.timeout))
+		return atStage("fingerprint", fmt.Errorf("fingerprint stream failed: %s", fpErrs[0]))
+	}
+	if statsLimit > 0 {
+		sch, err := s.dev.Stats(st.ctx, *interval)
+		if err != nil {
+			return atStage("stats", err)
+		}
+		st.st = watchStats(sch, nil, statsLimit, false)
+		if err := st.st.waitCount(statsLimit, o.timeout+time.Duration(statsLimit)*(*interval)); err != nil {
+			emit("streams_closed", st.close(o.timeout))
+			return atStage("stats", err)
+		}
+	}
+
+	if *reserveFirst > 0 {
+		groups := st.fp.lastGroups()
+		if len(groups) == 0 || len(groups[0].Devices) < *reserveFirst {
+			emit("streams_closed", st.close(o.timeout))
+			return atStage("reserve", fmt.Errorf("--reserve-first %d: the first group has fewer devices", *reserveFirst))
+		}
+		var ids []string
+		for _, d := range groups[0].Devices[:*reserveFirst] {
+			ids = append(ids, d.ID)
+		}
+		reserves = append(reserves, strings.Join(ids, ","))
+	}
+	for _, r := range reserves {
+		ids := []string{}
+		if r != "" {
+			ids = strings.Split(r, ",")
+		}
+		res, err := s.dev.Reserve(ids)
+		emit("reserve", fields{"ids": ids, "reservation": reservationJSON(res), "error": errString(err)})
+	}
+	emit("streams_closed", st.close(o.timeout))
+	return nil
+}
+
+func runConfigs(args []string) error {
+	var o launchOpts
+	fs := newFlags("configs", &o)
+	name := fs.String("name", "", "plugin block name to use from agent files (default: the plugin's file name)")
+	var steps listFlag
+	fs.Var(&steps, "step", "hcl:PATH (encode as the agent does, then SetConfig), msgpack:BASE64 (SetConfig with these bytes), or probe (PluginInfo and the first fingerprint); repeatable, run in order")
+	if err := parseFlags(fs, &o, args); err != nil {
+		return err
+	}
+	if len(steps) == 0 {
+		return usageError{"no --step given"}
+	}
+	blockName := *name
+	if blockName == "" {
+		blockName = filepath.Base(o.plugin)
+	}
+	s, err := start(&o)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	agent := agentConfig()
+	for i, step := range steps {
+		src, probe, err := parseStep(step)
+		if err != nil {
+			return err
+		}
+		if probe {
+			s.probe(i+1, o.timeout)
+			continue
+		}
+		data, ok, err := src.prepare(s.spec, blockName, i+1)
+		if err != nil {
+			return err
+		}
+		if ok {
+			_ = setConfig(s.base, data, s.api, agent, i+1)
+		}
+	}
+	return nil
+}
+
+// probe shows the plugin still serves and which config is in force: its info
+// and its first fingerprint response (or the error the stream answers).
+func (s *started) probe(step int, timeout time.Duration) {
+	ev := fields{"step": step, "info_error": nil, "fingerprint_error": nil, "groups": nil, "disabled": false}
+	if _, err := s.base.PluginInfo(); err != nil {
+		ev["info_error"] = err.Error()
+	}
+	st, err := openStreams(s.dev, time.Second, -1, nil, true)
+	if err != nil {
+		ev["fingerprint_error"] = err.Error()
+		emit("probe", ev)
+		return
+	}
+	if err := st.fp.waitCount(1, timeout); err != nil {
+		ev["fingerprint_error"] = err.Error()
+	} else if errs := st.fp.errs(); len(errs) > 0 {
+		ev["fingerprint_error"] = errs[0]
+		ev["disabled"] = strings.Contains(errs[0], device.ErrPluginDisabled.Error())
+	} else {
+		ev["groups"] = groupsJSON(st.fp.lastGroups())
+	}
+	st.close(timeout)
+	emit("probe", ev)
+}
+
+func runStreams(args []string) error {
+	var o launchOpts
+	fs := newFlags("streams", &o)
+	cfgPath := fs.String("config", "", "HCL config file (agent or launcher form)")
+	name := fs.String("name", "", "plugin block name to use from an agent file")
+	cycles := fs.Int("cycles", 5, "open/cancel cycles")
+	perCycle := fs.Int("stats-per-cycle", 2, "stats responses to wait for in each cycle")
+	interval := fs.Duration("interval", 100*time.Millisecond, "stats collection interval")
+	if err := parseFlags(fs, &o, args); err != nil {
+		return err
+	}
+	blockName := *name
+	if blockName == "" {
+		blockName = filepath.Base(o.plugin)
+	}
+	s, err := start(&o)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	if err := s.configure(configSource{hclPath: *cfgPath}, blockName, agentConfig()); err != nil {
+		return err
+	}
+	wait := o.timeout + time.Duration(*perCycle)*(*interval)
+	for n := 1; n <= *cycles; n++ {
+		st, err := openStreams(s.dev, *interval, int64(*perCycle), fields{"cycle": n}, true)
+		if err != nil {
+			return err
+		}
+		ev := fields{"cycle": n, "fingerprint_error": nil, "stats_error": nil}
+		if err := st.fp.waitCount(1, o.timeout); err != nil {
+			ev["fingerprint_error"] = err.Error()
+		}
+		if err := st.st.waitCount(int64(*perCycle), wait); err != nil {
+			ev["stats_error"] = err.Error()
+		}
+		if errs := st.fp.errs(); len(errs) > 0 {
+			ev["fingerprint_error"] = errs[0]
+		}
+		if errs := st.st.errs(); len(errs) > 0 {
+			ev["stats_error"] = errs[0]
+		}
+		for k, v := range st.close(o.timeout) {
+			ev[k] = v
+		}
+		ev["fingerprints"], ev["stats"] = st.fp.count.Load(), st.st.count.Load()
+		ev["plugin_exited"] = s.proc.client.Exited()
+		emit("cycle", ev)
+	}
+	s.probe(*cycles+1, o.timeout)
+	return nil
+}
