@@ -46,13 +46,18 @@ class FileDevices(DevicePlugin):
         unknown = set(config) - {"enabled", "dir", "list_period"}
         if unknown:
             raise ConfigError(sorted(unknown)[0], "unknown key")
+        enabled, root = config.get("enabled", True), config.get("dir", ".")
+        if not isinstance(enabled, bool):
+            raise ConfigError("enabled", f"must be a bool, got {enabled!r}")
+        if not isinstance(root, str) or not os.path.isdir(root):
+            raise ConfigError("dir", f"must name a directory, got {root!r}")
         try:
             period = parse_duration(config.get("list_period", "5s"))
         except ValueError as exc:
             raise ConfigError("list_period", str(exc)) from None
         if period <= 0:
             raise ConfigError("list_period", "must be positive")
-        self.config = Config(bool(config.get("enabled", True)), str(config.get("dir", ".")), period)
+        self.config = Config(enabled, root, period)
 
     def _groups(self) -> list[DeviceGroup]:
         root = self.config.dir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,28 +45,25 @@ def negotiate_version(env: Mapping[str, str]) -> int:
     return APP_PROTOCOL_VERSION
 
 
-@dataclass
+@dataclass(frozen=True)
 class Listener:
-    """Where the gRPC server listens: a unix socket in a private directory, or tcp on loopback."""
+    """Where the host connects: a unix socket path, or host:port on loopback."""
 
     network: str  # "unix" or "tcp"
-    address: str  # socket path, or host:port
-    grpc_target: str
-    socket_dir: str | None = None
-
-    def cleanup(self) -> None:
-        if self.socket_dir:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+    address: str
 
 
-def unix_listener(env: Mapping[str, str]) -> Listener:
-    # A fresh 0700 directory, so no other user can connect to (or replace) the socket.
-    socket_dir = tempfile.mkdtemp(prefix="plugin", dir=env.get("PLUGIN_UNIX_SOCKET_DIR") or None)
+def private_dir(env: Mapping[str, str]) -> str:
+    """A fresh 0700 directory for our sockets, so no other user can connect to (or replace) them.
+
+    Created under PLUGIN_UNIX_SOCKET_DIR when the host sets it, and shared
+    with PLUGIN_UNIX_SOCKET_GROUP when that is set, as go-plugin does.
+    """
+    path = tempfile.mkdtemp(prefix="plugin", dir=env.get("PLUGIN_UNIX_SOCKET_DIR") or None)
     group = env.get("PLUGIN_UNIX_SOCKET_GROUP")
     if group:
-        _share_with_group(socket_dir, group)
-    path = os.path.join(socket_dir, "plugin.sock")
-    return Listener("unix", path, f"unix:{path}", socket_dir)
+        _share_with_group(path, group)
+    return path
 
 
 def _share_with_group(path: str, group: str) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
 from concurrent import futures
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -24,6 +27,9 @@ from nomad_device_nvidia.sdk.handshake import HandshakeError, Listener
 from nomad_device_nvidia.sdk.plugin import DevicePlugin
 from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService, StreamRegistry
 
+if TYPE_CHECKING:  # ssl and the relay load only when the host asks for AutoMTLS
+    from nomad_device_nvidia.sdk.tls import ServerTLS, TLSRelay
+
 log = logging.getLogger(__name__)
 
 PARENT_POLL_SECONDS = 0.2
@@ -32,21 +38,67 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 MAX_WORKERS = 32
 
 
-def _bind(server: grpc.Server, listener: Listener, env: Mapping[str, str], creds: grpc.ServerCredentials | None) -> Listener:
-    def add(target: str) -> int:
+class _Endpoint:
+    """Binds the gRPC server where the host will connect, directly or behind the TLS relay."""
+
+    def __init__(self, server: grpc.Server, network: str, env: Mapping[str, str], sock_dir: str) -> None:
+        self._server = server
+        self._network = network
+        self._env = env
+        self._dir = sock_dir
+        self._relay: TLSRelay | None = None
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    def bind(self, tls: ServerTLS | None) -> Listener:
+        if tls is None:
+            if self._network == "unix":
+                path = os.path.join(self._dir, "plugin.sock")
+                if not self._add(f"unix:{path}"):
+                    raise HandshakeError(f"cannot listen on unix socket {path}")
+                return Listener("unix", path)
+            for port in handshake.tcp_port_range(self._env):
+                if self._add(f"127.0.0.1:{port}"):
+                    return Listener("tcp", f"127.0.0.1:{port}")
+            raise HandshakeError("no free tcp port in the plugin port range")
+        backend = os.path.join(self._dir, "grpc.sock")
+        if not self._add(f"unix:{backend}"):
+            raise HandshakeError(f"cannot listen on unix socket {backend}")
+        from nomad_device_nvidia.sdk.tls import TLSRelay
+
+        public, listener = self._public_socket()
+        self._relay = TLSRelay(tls.context, public, backend)
+        self._relay.start()
+        return listener
+
+    def _add(self, target: str) -> int:
         try:
-            return int(server.add_secure_port(target, creds) if creds else server.add_insecure_port(target))
+            return int(self._server.add_insecure_port(target))
         except RuntimeError:
             return 0
 
-    if listener.network == "unix":
-        if not add(listener.grpc_target):
-            raise HandshakeError(f"cannot listen on unix socket {listener.address}")
-        return listener
-    for port in handshake.tcp_port_range(env):
-        if add(f"127.0.0.1:{port}"):
-            return Listener("tcp", f"127.0.0.1:{port}", f"127.0.0.1:{port}")
-    raise HandshakeError("no free tcp port in the plugin port range")
+    def _public_socket(self) -> tuple[socket.socket, Listener]:
+        if self._network == "unix":
+            path = os.path.join(self._dir, "plugin.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            return sock, Listener("unix", path)
+        for port in handshake.tcp_port_range(self._env):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            return sock, Listener("tcp", f"127.0.0.1:{port}")
+        raise HandshakeError("no free tcp port in the plugin port range")
+
+    def close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _watch_parent(stop: threading.Event, done: threading.Event) -> None:
@@ -66,19 +118,6 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     if not handshake.cookie_ok(env):
         sys.stderr.write(handshake.NOT_A_COMMAND)
         return 1
-    try:
-        version = handshake.negotiate_version(env)
-        server_cert, creds = "", None
-        if env.get("PLUGIN_CLIENT_CERT"):
-            from nomad_device_nvidia.sdk.tls import auto_mtls
-
-            tls = auto_mtls(env["PLUGIN_CLIENT_CERT"])
-            server_cert, creds = tls.handshake_cert, tls.credentials
-        listener = handshake.unix_listener(env) if network == "unix" else Listener("tcp", "", "")
-    except (HandshakeError, RuntimeError, ValueError) as exc:
-        sys.stderr.write(f"Error preparing plugin: {exc}\n")
-        return 1
-
     stop = threading.Event()
     streams = StreamRegistry()
     goplugin = GoPluginServices(stop, streams)
@@ -87,11 +126,20 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     goplugin.register(server)
     server.add_generic_rpc_handlers((BasePluginService(plugin).handler(),
                                      DevicePluginService(plugin, streams).handler()))
+    endpoint: _Endpoint | None = None
     try:
-        listener = _bind(server, listener, env, creds)
+        version = handshake.negotiate_version(env)
+        endpoint = _Endpoint(server, network, env, handshake.private_dir(env))
+        tls = None
+        if env.get("PLUGIN_CLIENT_CERT"):
+            from nomad_device_nvidia.sdk.tls import auto_mtls
+
+            tls = auto_mtls(env["PLUGIN_CLIENT_CERT"], endpoint.directory)
+        listener = endpoint.bind(tls)
         server.start()
-    except HandshakeError as exc:
-        listener.cleanup()
+    except (HandshakeError, RuntimeError, OSError) as exc:
+        if endpoint is not None:
+            endpoint.close()
         sys.stderr.write(f"Error preparing plugin: {exc}\n")
         return 1
 
@@ -102,7 +150,7 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     done = threading.Event()
     threading.Thread(target=_watch_parent, args=(stop, done), name="parent-watch", daemon=True).start()
 
-    sys.stdout.write(handshake.handshake_line(version, listener, server_cert, env) + "\n")
+    sys.stdout.write(handshake.handshake_line(version, listener, tls.handshake_cert if tls else "", env) + "\n")
     sys.stdout.flush()
     # Nothing may follow the handshake on stdout: send any stray write to stderr.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -122,7 +170,7 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
             plugin.shutdown()
         except Exception:
             log.exception("plugin shutdown failed")
-        listener.cleanup()
+        endpoint.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
