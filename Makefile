@@ -12,7 +12,7 @@ export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test venv build native sim harness test-rust test-python lint bench wheel e2e transcript clean
+.PHONY: demo test venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean
 
 demo: build
 	$(VPY) scripts/demo.py
@@ -20,6 +20,7 @@ demo: build
 test: build
 	$(MAKE) test-rust
 	$(MAKE) test-python
+	$(MAKE) bench-ci
 
 venv: $(VENV)/.deps-stamp
 $(VENV)/.deps-stamp: requirements-dev.txt
@@ -60,8 +61,13 @@ lint: venv
 	$(VPY) -m mypy
 	$(VPY) -m mypy.stubtest nomad_device_nvidia._native
 
+# All sizes (8 to 4,096 devices), results in build/bench.json; plot with benches/plot.py.
 bench: build
 	$(VPY) -m pytest benches --benchmark-enable --benchmark-json=$(BUILD)/bench.json
+
+# The small sizes, so the benchmarks run in CI and cannot rot.
+bench-ci: build
+	BENCH_SIZES=8,56 $(VPY) -m pytest benches --benchmark-enable -q
 
 # An abi3 manylinux2014 wheel (linked with zig so it needs only glibc 2.17) and an sdist.
 wheel: venv
