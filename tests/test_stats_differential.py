@@ -1,6 +1,6 @@
 """Differential test: the native engine and the pure-Python reference engine
 decode to the same StatsResponse (timestamps aside) over generated simulated
-scenarios and faults.
+scenarios, faults and XID events.
 
 The simulator's values are a pure function of the scenario and of how many
 times each metric was read, so each engine gets its own fresh copy of the
@@ -88,6 +88,13 @@ def scenario(draw: st.DrawFn) -> str:
         # engines), and after the enumeration's few calls.
         gpu = draw(st.sampled_from(whole))
         lines += ["[[faults]]", 'kind = "lost"', f"gpu = {gpu}", f"after_calls = {draw(st.integers(8, 40))}"]
+    for _ in range(draw(st.integers(0, 3))):
+        # Events due at 0 s: waiting in both engines' event sets by their first
+        # tick, so the XID counts do not depend on timing. Non-XID events must
+        # not be counted.
+        kind = draw(st.sampled_from(["xid", "xid", "pstate"]))
+        gpu = draw(st.integers(0, gpu_count - 1))
+        lines += ["[[events]]", f"gpu = {gpu}", "at_s = 0.0", f'type = "{kind}"', f"xid = {draw(st.integers(1, 150))}"]
     return "\n".join(lines) + "\n"
 
 

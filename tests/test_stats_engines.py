@@ -130,10 +130,69 @@ def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str
         engine.close()
     for g in resp.groups:
         for ds in g.instance_stats.values():
-            assert set(ds.stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle"}
+            assert set(ds.stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle", "XID"}
             assert set(ds.stats.nested["Clocks"].attributes) == {"SM clock", "Memory clock"}
             assert ds.stats.nested["Clocks"].attributes["SM clock"].unit == "MHz"
             assert len(ds.stats.attributes) == 11
+
+
+# MIXED's GPUs (0 and 1 whole, 2 in MIG mode) with events.
+XIDS = MIXED + """
+# Due at 0 s: waiting in every set by the first tick, whatever the timing.
+[[events]]
+gpu = 0
+at_s = 0.0
+xid = 79
+[[events]]
+gpu = 0
+at_s = 0.0
+xid = 48
+[[events]]
+gpu = 2
+at_s = 0.0
+xid = 13
+[[events]]
+gpu = 1
+at_s = 0.0
+type = "pstate"
+[[events]]
+gpu = 1
+at_s = 3600.0
+xid = 31
+"""
+
+
+def test_extended_stats_count_xids_in_both_engines(tmp_path: Path) -> None:
+    """Each engine has its own event set beside the others in the process (as
+    beside the health monitor's) and counts every XID once; MIG instances
+    report their parent GPU's."""
+    with nvml_session(write(tmp_path, XIDS)):
+        devices = tracked_devices()
+        gpus = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(3)]
+        expected = {pynvml.nvmlDeviceGetUUID(gpus[0]): 2, pynvml.nvmlDeviceGetUUID(gpus[1]): 0}
+        for j in range(3):
+            expected[pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpus[2], j))] = 1
+        assert {d.device_id for d in devices} == set(expected)
+        ghost = TrackedDevice("GPU-ghost", "GPU-00000000-0000-0000-0000-000000000000", "Ghost")
+        engines = [make_stats_engine(kind, extended=True) for kind in ("native", "python", "native")]
+        try:
+            for engine in engines:
+                engine.track([*devices, ghost])
+            for _ in range(2):  # counts stay: no new XIDs came due
+                for engine in engines:
+                    got = {
+                        device_id: value_form(ds.stats.nested["XID"].attributes["XID count"])
+                        for g in decode(engine.collect()).groups
+                        for device_id, ds in g.instance_stats.items()
+                    }
+                    assert got == {**expected, "GPU-ghost": "N/A"}
+            plain = make_stats_engine("native")
+            plain.track(devices)
+            assert all(not ds.stats.nested for g in decode(plain.collect()).groups for ds in g.instance_stats.values())
+            plain.close()
+        finally:
+            for engine in engines:
+                engine.close()
 
 
 NOT_SUPPORTED = """

@@ -8,6 +8,7 @@ having called ``pynvml.nvmlInit``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,19 @@ THROTTLE_REASONS = Stat(
     "Active clock event (throttle) reasons, a bitmask of nvmlClocksEventReason values",
 )
 
+XID_COUNT = Stat(
+    "XID count",
+    "#",
+    "Critical XID errors reported for this GPU (for a MIG instance, its parent GPU) since stats collection started",
+)
+EXTENDED = (
+    ("Clocks", (SM_CLOCK, MEM_CLOCK)),
+    ("Energy", (TOTAL_ENERGY,)),
+    ("PCIe", (PCIE_TX, PCIE_RX)),
+    ("Throttle", (THROTTLE_REASONS,)),
+    ("XID", (XID_COUNT,)),
+)
+
 MIB = 1 << 20
 # Field IDs of the batched read (NVML_FI_DEV_*).
 FI_ECC_SBE_VOL_L1 = 7
@@ -77,6 +91,8 @@ FI_ECC_SBE_VOL_L2 = 9
 FI_ECC_SBE_VOL_DEV = 11
 FI_TOTAL_ENERGY = 83
 _BATCH_FALLBACK = (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_NOT_SUPPORTED)
+# Events taken per tick at most, as in the native engine (src_rust/stats_core/src/xid.rs).
+MAX_EVENTS_PER_TICK = 4096
 
 # A reading: None ("N/A"), an int, or a (numerator, denominator) pair.
 Reading = int | tuple[int, int] | None
@@ -134,6 +150,57 @@ def _power(h: Any) -> Reading:
     return None if limit is None else (usage // 1000, limit // 1000)
 
 
+def _address(handle: Any) -> int:
+    """An NVML device handle as a comparable number (the same GPU, the same handle)."""
+    return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
+
+
+class XidCounter:
+    """XID critical errors per physical GPU from an event set of the engine's
+    own, made the same way as the native engine's (src_rust/stats_core/src/xid.rs):
+    a MIG instance counts its parent GPU's XIDs."""
+
+    def __init__(self) -> None:
+        self._set = pynvml.nvmlEventSetCreate()
+        self._counts: dict[int, int] = {}  # GPU handle address -> XIDs; present once registered
+
+    def watch(self, handle: Any) -> int:
+        """Registers the GPU of `handle` (itself, or a MIG instance's parent) once; returns its key."""
+        try:
+            gpu = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+        except pynvml.NVMLError as exc:
+            # INVALID_ARGUMENT: not a MIG instance, so the GPU itself.
+            if exc.value not in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+                raise
+            gpu = handle
+        key = _address(gpu)
+        if key not in self._counts:
+            pynvml.nvmlDeviceRegisterEvents(gpu, pynvml.nvmlEventTypeXidCriticalError, self._set)
+            self._counts[key] = 0
+        return key
+
+    def drain(self) -> None:
+        """Takes every waiting event without blocking."""
+        for _ in range(MAX_EVENTS_PER_TICK):
+            try:
+                e = pynvml.nvmlEventSetWait_v2(self._set, 0)
+            except pynvml.NVMLError:  # NVML_ERROR_TIMEOUT: nothing more waiting
+                return
+            if e.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                key = _address(e.device)
+                if key in self._counts:
+                    self._counts[key] += 1
+
+    def count(self, key: int) -> int | None:
+        return self._counts.get(key)
+
+    def close(self) -> None:
+        try:
+            pynvml.nvmlEventSetFree(self._set)
+        except pynvml.NVMLError:
+            pass
+
+
 class PythonStatsEngine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self._options = options
@@ -141,6 +208,14 @@ class PythonStatsEngine:
         self._handles: dict[str, Any] = {}
         self._handle_reported: set[str] = set()
         self._fields: bool | None = None
+        self._xid: XidCounter | None = None
+        self._xid_gpu: dict[TrackedDevice, int] = {}
+        self._xid_reported: set[TrackedDevice] = set()
+        if options.extended:
+            try:
+                self._xid = XidCounter()
+            except pynvml.NVMLError as exc:
+                log.warning("XID events unavailable (%s); XID counts read N/A", exc)
 
     def track(self, devices: Sequence[TrackedDevice]) -> None:
         # Same order and de-duplication as the native engine: groups by name,
@@ -149,10 +224,35 @@ class PythonStatsEngine:
         for d in devices:
             by_group.setdefault(d.group, {}).setdefault(d.device_id, d)
         self._groups = [(g, [devs[k] for k in sorted(devs)]) for g, devs in sorted(by_group.items())]
+        self._watch_xids()
+
+    def _watch_xids(self) -> None:
+        """Registers the GPUs of tracked devices for XIDs, in tracked order (the
+        native engine makes the same calls in the same order)."""
+        if self._xid is None:
+            return
+        tracked = {d for _, devices in self._groups for d in devices}
+        self._xid_gpu = {d: k for d, k in self._xid_gpu.items() if d in tracked}
+        self._xid_reported &= tracked
+        for _, devices in self._groups:
+            for d in devices:
+                if d in self._xid_gpu:
+                    continue
+                h = self._handle(d)
+                if h is None:
+                    continue
+                try:
+                    self._xid_gpu[d] = self._xid.watch(h)
+                except pynvml.NVMLError as exc:
+                    if d not in self._xid_reported:
+                        self._xid_reported.add(d)
+                        log.warning("device %s: cannot watch XID events (%s); its XID count reads N/A", d.device_id, exc)
 
     def collect(self) -> bytes:
         now = time.time_ns()
         resp = device_pb2.StatsResponse()
+        if self._xid is not None and self._groups:
+            self._xid.drain()
         for name, devices in self._groups:
             group = resp.groups.add(vendor=VENDOR, type=DEVICE_TYPE, name=name)
             for d in devices:
@@ -165,6 +265,9 @@ class PythonStatsEngine:
     def close(self) -> None:
         self._groups = []
         self._handles.clear()
+        if self._xid is not None:
+            self._xid.close()
+            self._xid = None
 
     def _handle(self, d: TrackedDevice) -> Any:
         h = self._handles.get(d.uuid)
@@ -184,18 +287,15 @@ class PythonStatsEngine:
     def _fill(self, ds: device_pb2.DeviceStats, d: TrackedDevice) -> None:
         h = self._handle(d)
         readings = self._read(h) if h is not None else {}
+        if self._xid is not None and d in self._xid_gpu:
+            readings[XID_COUNT.name] = self._xid.count(self._xid_gpu[d])
         attrs = ds.stats.attributes
         for stat in (POWER, GPU_UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, TEMPERATURE, MEMORY, BAR1, ECC_L1, ECC_L2, ECC_DEVICE):
             attrs[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
         ds.summary.CopyFrom(attrs[MEMORY.name])
         if self._options.extended:
             nested = ds.stats.nested
-            for topic, stats in (
-                ("Clocks", (SM_CLOCK, MEM_CLOCK)),
-                ("Energy", (TOTAL_ENERGY,)),
-                ("PCIe", (PCIE_TX, PCIE_RX)),
-                ("Throttle", (THROTTLE_REASONS,)),
-            ):
+            for topic, stats in EXTENDED:
                 obj = nested[topic]
                 for stat in stats:
                     obj.attributes[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))

@@ -416,6 +416,43 @@ pub struct nvmlFieldValue_t {
     pub value: nvmlValue_t,
 }
 
+impl nvmlFieldValue_t {
+    /// A request for one field (scope 0), as passed in to nvmlDeviceGetFieldValues.
+    pub const fn request(fieldId: c_uint) -> Self {
+        nvmlFieldValue_t {
+            fieldId,
+            scopeId: 0,
+            timestamp: 0,
+            latencyUsec: 0,
+            valueType: 0,
+            nvmlReturn: NVML_SUCCESS,
+            value: nvmlValue_t { ullVal: 0 },
+        }
+    }
+
+    /// The answered value as an integer, or None when NVML could not read it or
+    /// the value type is unknown.
+    pub fn as_i64(&self) -> Option<i64> {
+        if self.nvmlReturn != NVML_SUCCESS {
+            return None;
+        }
+        // SAFETY: valueType names the union member NVML wrote; every member is
+        // plain data.
+        unsafe {
+            match self.valueType {
+                NVML_VALUE_TYPE_DOUBLE => Some(self.value.dVal as i64),
+                NVML_VALUE_TYPE_UNSIGNED_INT => Some(i64::from(self.value.uiVal)),
+                NVML_VALUE_TYPE_UNSIGNED_LONG => Some(self.value.ulVal as i64),
+                NVML_VALUE_TYPE_UNSIGNED_LONG_LONG => Some(self.value.ullVal as i64),
+                NVML_VALUE_TYPE_SIGNED_LONG_LONG => Some(self.value.sllVal),
+                NVML_VALUE_TYPE_SIGNED_INT => Some(i64::from(self.value.siVal)),
+                NVML_VALUE_TYPE_UNSIGNED_SHORT => Some(i64::from(self.value.usVal)),
+                _ => None,
+            }
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct nvmlEventData_t {
@@ -615,6 +652,8 @@ pub type nvmlDeviceGetTemperature_fn =
     unsafe extern "C" fn(nvmlDevice_t, nvmlTemperatureSensors_t, *mut c_uint) -> nvmlReturn_t;
 pub type nvmlDeviceGetClockInfo_fn =
     unsafe extern "C" fn(nvmlDevice_t, nvmlClockType_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetPcieThroughput_fn =
+    unsafe extern "C" fn(nvmlDevice_t, nvmlPcieUtilCounter_t, *mut c_uint) -> nvmlReturn_t;
 pub type nvmlDeviceGetTotalEccErrors_fn = unsafe extern "C" fn(
     nvmlDevice_t,
     nvmlMemoryErrorType_t,
@@ -710,6 +749,26 @@ mod layout_tests {
         assert_eq!(offset_of!(nvmlFieldValue_t, nvmlReturn), 28);
         assert_eq!(offset_of!(nvmlFieldValue_t, value), 32);
         assert_eq!(size_of::<nvmlFieldValue_t>(), 40);
+    }
+
+    #[test]
+    fn field_value_reads() {
+        let mut v = nvmlFieldValue_t::request(NVML_FI_DEV_ECC_SBE_VOL_L2);
+        assert_eq!(v.fieldId, 9);
+        v.valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        v.value = nvmlValue_t { ullVal: 42 };
+        assert_eq!(v.as_i64(), Some(42));
+        v.valueType = NVML_VALUE_TYPE_SIGNED_INT;
+        v.value = nvmlValue_t { siVal: -3 };
+        assert_eq!(v.as_i64(), Some(-3));
+        v.valueType = NVML_VALUE_TYPE_DOUBLE;
+        v.value = nvmlValue_t { dVal: 7.9 };
+        assert_eq!(v.as_i64(), Some(7));
+        v.valueType = 99;
+        assert_eq!(v.as_i64(), None);
+        v.valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+        v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        assert_eq!(v.as_i64(), None);
     }
 
     #[test]

@@ -4,14 +4,11 @@
 //!   NVML_SIM_SCENARIO=benches/scenarios/bench-zero.toml \
 //!   cargo run --release -p stats-core --example tick_cost -- build/sim/libnvidia-ml.so.1 512
 
-use std::ffi::CStr;
-use std::os::raw::{c_char, c_int, c_uint};
+use std::os::raw::c_int;
 use std::sync::Arc;
 use std::time::Instant;
 
 use stats_core::{Engine, EngineConfig, Nvml, ReadOptions, TrackedDevice};
-
-type Dev = *mut std::ffi::c_void;
 
 fn cpu_time() -> f64 {
     let mut ts = libc_timespec {
@@ -42,44 +39,19 @@ fn main() {
     let ticks: usize = args.get(3).map_or(200, |s| s.parse().unwrap());
 
     let nvml = Arc::new(Nvml::open(lib_path).expect("open NVML"));
-    // Enumerate whole GPUs with the raw API (the engine never enumerates).
-    let lib = unsafe { libloading::Library::new(lib_path).unwrap() };
-    let (count_fn, by_index, uuid_fn) = unsafe {
-        (
-            *lib.get::<unsafe extern "C" fn(*mut c_uint) -> c_int>(b"nvmlDeviceGetCount_v2\0")
-                .unwrap(),
-            *lib.get::<unsafe extern "C" fn(c_uint, *mut Dev) -> c_int>(
-                b"nvmlDeviceGetHandleByIndex_v2\0",
-            )
-            .unwrap(),
-            *lib.get::<unsafe extern "C" fn(Dev, *mut c_char, c_uint) -> c_int>(
-                b"nvmlDeviceGetUUID\0",
-            )
-            .unwrap(),
-        )
-    };
-    let mut count = 0;
-    unsafe { count_fn(&mut count) };
-    let mut devices = Vec::new();
-    for i in (0..count).rev() {
-        let mut d: Dev = std::ptr::null_mut();
-        let mut buf = [0 as c_char; 96];
-        unsafe {
-            by_index(i, &mut d);
-            if uuid_fn(d, buf.as_mut_ptr(), 96) != 0 {
-                continue;
-            }
-            let uuid = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
-            devices.push(TrackedDevice {
-                device_id: uuid.clone(),
-                uuid,
-                group: "NVIDIA H100 80GB HBM3".into(),
-            });
-        }
-        if devices.len() == n {
-            break;
-        }
-    }
+    // The last `n` GPUs, whole (no MIG instances).
+    let devices: Vec<TrackedDevice> = nvml
+        .gpu_uuids()
+        .expect("enumerate GPUs")
+        .into_iter()
+        .rev()
+        .take(n)
+        .map(|uuid| TrackedDevice {
+            device_id: uuid.clone(),
+            uuid,
+            group: "NVIDIA H100 80GB HBM3".into(),
+        })
+        .collect();
     let handles: Vec<_> = devices
         .iter()
         .map(|d| nvml.handle_by_uuid(&d.uuid).unwrap())

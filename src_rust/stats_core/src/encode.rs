@@ -91,6 +91,13 @@ pub const THROTTLE_REASONS: AttrSpec = spec(
     "Active clock event (throttle) reasons, a bitmask of nvmlClocksEventReason values",
 );
 
+pub const XID: &str = "XID";
+pub const XID_COUNT: AttrSpec = spec(
+    "XID count",
+    "#",
+    "Critical XID errors reported for this GPU (for a MIG instance, its parent GPU) since stats collection started",
+);
+
 pub const VENDOR: &str = "nvidia";
 pub const DEVICE_TYPE: &str = "gpu";
 pub const NOT_AVAILABLE: &str = "N/A";
@@ -303,7 +310,7 @@ fn put_attr_entry(buf: &mut Vec<u8>, t: u8, v: &Val, p: &PreAttr) {
 struct Tables {
     standard: [PreAttr; 11],
     /// (nested object key, its attributes) for extended stats.
-    nested: [(Vec<u8>, Vec<PreAttr>); 4],
+    nested: [(Vec<u8>, Vec<PreAttr>); 5],
 }
 
 fn tables() -> &'static Tables {
@@ -340,6 +347,7 @@ fn tables() -> &'static Tables {
                     vec![PreAttr::new(&PCIE_TX), PreAttr::new(&PCIE_RX)],
                 ),
                 (key(THROTTLE), vec![PreAttr::new(&THROTTLE_REASONS)]),
+                (key(XID), vec![PreAttr::new(&XID_COUNT)]),
             ],
         }
     })
@@ -350,7 +358,7 @@ const MEMORY_INDEX: usize = 6;
 /// One device's values, encoded, with the sizes the headers need.
 struct DeviceEnc {
     standard: [Val; 11],
-    nested: Option<[[Val; 2]; 4]>,
+    nested: Option<[[Val; 2]; 5]>,
     stat_object: usize,
     body: usize,
 }
@@ -378,6 +386,7 @@ impl DeviceEnc {
                 [Val::new(x.energy_mj), na],
                 [Val::new(x.pcie_tx_kbps), Val::new(x.pcie_rx_kbps)],
                 [Val::new(x.throttle_reasons), na],
+                [Val::new(x.xid_count), na],
             ]
         });
         let mut stat_object: usize = standard

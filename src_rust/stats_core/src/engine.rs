@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use nvml_sys::nvmlDevice_st;
+
 use crate::encode::{encode_stats_response, GroupView, Timestamp};
 use crate::nvml::{Handle, Nvml, NvmlError};
 use crate::pool::{Batch, Pool};
-use crate::sample::{DeviceSample, ReadOptions};
+use crate::sample::{DeviceSample, ReadOptions, Reading};
+use crate::xid::XidCounter;
 
 /// A device Nomad knows, as the fingerprint reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +71,11 @@ fn log(sink: &Log, level: Level, message: String) {
 /// Per-device state that outlives ticks (a hung read may finish ticks later).
 struct Slot {
     device: TrackedDevice,
-    handle: AtomicPtr<std::ffi::c_void>,
+    handle: AtomicPtr<nvmlDevice_st>,
+    /// The physical GPU registered for XID events (null: not registered).
+    xid_gpu: AtomicPtr<nvmlDevice_st>,
+    /// The XID registration failure was reported.
+    xid_reported: AtomicBool,
     /// A read is in progress (set by the worker for the duration of the read).
     busy: AtomicBool,
     /// A hang was reported and the device has not answered since.
@@ -82,6 +89,8 @@ impl Slot {
         Slot {
             device,
             handle: AtomicPtr::new(std::ptr::null_mut()),
+            xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
+            xid_reported: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             hung_reported: AtomicBool::new(false),
             handle_reported: AtomicBool::new(false),
@@ -196,23 +205,40 @@ pub struct Engine {
     pool: Pool,
     per_device_ns: u64,
     buf: Vec<u8>,
+    /// Extended stats only.
+    xid: Option<XidCounter>,
 }
 
 impl Engine {
     pub fn new(nvml: Arc<Nvml>, config: EngineConfig) -> Engine {
         let workers = config.max_workers.max(1);
+        let log_sink: Log = Arc::new(Mutex::new(Vec::new()));
+        let xid = if config.extended {
+            XidCounter::new(Arc::clone(&nvml))
+                .map_err(|e| {
+                    log(
+                        &log_sink,
+                        Level::Warning,
+                        format!("XID events unavailable ({e}); XID counts read N/A"),
+                    )
+                })
+                .ok()
+        } else {
+            None
+        };
         Engine {
             nvml,
             config: EngineConfig {
                 max_workers: workers,
                 ..config
             },
-            log: Arc::new(Mutex::new(Vec::new())),
+            log: log_sink,
             slots: Vec::new(),
             groups: Vec::new(),
             pool: Pool::new(workers + MAX_STAND_INS),
             per_device_ns: 0,
             buf: Vec::new(),
+            xid,
         }
     }
 
@@ -256,6 +282,40 @@ impl Engine {
                 self.slots.push(slot);
             }
             self.groups.push((name, idx));
+        }
+        self.watch_xids();
+    }
+
+    /// Registers the GPUs of tracked devices not yet registered for XIDs, in
+    /// tracked order (the python engine makes the same calls in the same order).
+    fn watch_xids(&mut self) {
+        let Some(xid) = self.xid.as_mut() else {
+            return;
+        };
+        for slot in &self.slots {
+            // A device stuck in a hung read is left for the next track().
+            if !slot.xid_gpu.load(Ordering::Relaxed).is_null() || slot.busy.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            let Some(h) = slot.handle(&self.nvml, &self.log) else {
+                continue;
+            };
+            match xid.watch(h) {
+                Ok(gpu) => slot.xid_gpu.store(gpu.0, Ordering::Relaxed),
+                Err(e) => {
+                    if !slot.xid_reported.swap(true, Ordering::Relaxed) {
+                        log(
+                            &self.log,
+                            Level::Warning,
+                            format!(
+                                "device {}: cannot watch XID events ({e}); its XID count reads N/A",
+                                slot.device.device_id
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -305,6 +365,9 @@ impl Engine {
         };
         if n == 0 {
             return Vec::new();
+        }
+        if let Some(xid) = self.xid.as_mut() {
+            xid.drain();
         }
         let deadline = Instant::now() + self.config.timeout;
         let stuck = self
@@ -361,6 +424,16 @@ impl Engine {
                         );
                     }
                     out.push(DeviceSample::unavailable(opts.extended));
+                }
+            }
+        }
+        if let Some(xid) = &self.xid {
+            for (slot, s) in self.slots.iter().zip(out.iter_mut()) {
+                let gpu = slot.xid_gpu.load(Ordering::Relaxed);
+                if let (Some(x), false) = (s.extended.as_mut(), gpu.is_null()) {
+                    x.xid_count = xid
+                        .count(Handle(gpu))
+                        .map_or(Reading::NotAvailable, |c| Reading::Int(c as i64));
                 }
             }
         }

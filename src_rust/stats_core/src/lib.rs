@@ -5,10 +5,10 @@
 
 pub mod encode;
 pub mod engine;
-pub mod ffi;
 pub mod nvml;
 pub mod pool;
 pub mod sample;
+pub mod xid;
 
 pub use engine::{Engine, EngineConfig, Level, LogEvent, TrackedDevice};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};

@@ -4,11 +4,10 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::os::raw::{c_char, c_int, c_uint, c_ulonglong};
+use std::os::raw::c_char;
 
 use libloading::Library;
-
-use crate::ffi::*;
+use nvml_sys::*;
 
 /// The library name the dynamic linker resolves; when the process already
 /// loaded a libnvidia-ml.so.1 (real or simulated), dlopen returns that one.
@@ -21,7 +20,7 @@ pub enum NvmlError {
     /// An NVML call returned an error code.
     Call {
         call: &'static str,
-        code: NvmlReturn,
+        code: nvmlReturn_t,
         message: String,
     },
 }
@@ -41,40 +40,36 @@ impl fmt::Display for NvmlError {
 
 impl std::error::Error for NvmlError {}
 
-type FnVoid = unsafe extern "C" fn() -> NvmlReturn;
-type FnErrorString = unsafe extern "C" fn(NvmlReturn) -> *const c_char;
-type FnHandleByUuid = unsafe extern "C" fn(*const c_char, *mut NvmlDevice) -> NvmlReturn;
-type FnMemory = unsafe extern "C" fn(NvmlDevice, *mut NvmlMemory) -> NvmlReturn;
-type FnBar1 = unsafe extern "C" fn(NvmlDevice, *mut NvmlBar1Memory) -> NvmlReturn;
-type FnUtilization = unsafe extern "C" fn(NvmlDevice, *mut NvmlUtilization) -> NvmlReturn;
-type FnSampledUint = unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut c_uint) -> NvmlReturn;
-type FnUint = unsafe extern "C" fn(NvmlDevice, *mut c_uint) -> NvmlReturn;
-type FnUlonglong = unsafe extern "C" fn(NvmlDevice, *mut c_ulonglong) -> NvmlReturn;
-type FnUintArg = unsafe extern "C" fn(NvmlDevice, c_uint, *mut c_uint) -> NvmlReturn;
-type FnDetailedEcc =
-    unsafe extern "C" fn(NvmlDevice, c_uint, c_uint, *mut NvmlEccErrorCounts) -> NvmlReturn;
-type FnFieldValues = unsafe extern "C" fn(NvmlDevice, c_int, *mut NvmlFieldValue) -> NvmlReturn;
-
 /// The NVML entry points the poller calls. Optional ones are None when the
 /// library does not export them (an older driver, or the simulator).
 pub struct Nvml {
-    shutdown: FnVoid,
-    error_string: Option<FnErrorString>,
-    handle_by_uuid: FnHandleByUuid,
-    pub(crate) memory_info: Option<FnMemory>,
-    pub(crate) bar1_memory_info: Option<FnBar1>,
-    pub(crate) utilization_rates: Option<FnUtilization>,
-    pub(crate) encoder_utilization: Option<FnSampledUint>,
-    pub(crate) decoder_utilization: Option<FnSampledUint>,
-    pub(crate) temperature: Option<FnUintArg>,
-    pub(crate) power_usage: Option<FnUint>,
-    pub(crate) power_limit: Option<FnUint>,
-    pub(crate) detailed_ecc: Option<FnDetailedEcc>,
-    pub(crate) field_values: Option<FnFieldValues>,
-    pub(crate) clock_info: Option<FnUintArg>,
-    pub(crate) total_energy: Option<FnUlonglong>,
-    pub(crate) pcie_throughput: Option<FnUintArg>,
-    pub(crate) clocks_event_reasons: Option<FnUlonglong>,
+    shutdown: nvmlShutdown_fn,
+    error_string: Option<nvmlErrorString_fn>,
+    handle_by_uuid: nvmlDeviceGetHandleByUUID_fn,
+    pub(crate) memory_info: Option<nvmlDeviceGetMemoryInfo_fn>,
+    pub(crate) bar1_memory_info: Option<nvmlDeviceGetBAR1MemoryInfo_fn>,
+    pub(crate) utilization_rates: Option<nvmlDeviceGetUtilizationRates_fn>,
+    pub(crate) encoder_utilization: Option<nvmlDeviceGetCodecUtilization_fn>,
+    pub(crate) decoder_utilization: Option<nvmlDeviceGetCodecUtilization_fn>,
+    pub(crate) temperature: Option<nvmlDeviceGetTemperature_fn>,
+    pub(crate) power_usage: Option<nvmlDeviceGetUint_fn>,
+    pub(crate) power_limit: Option<nvmlDeviceGetUint_fn>,
+    pub(crate) detailed_ecc: Option<nvmlDeviceGetDetailedEccErrors_fn>,
+    pub(crate) field_values: Option<nvmlDeviceGetFieldValues_fn>,
+    pub(crate) clock_info: Option<nvmlDeviceGetClockInfo_fn>,
+    pub(crate) total_energy: Option<nvmlDeviceGetUlonglong_fn>,
+    pub(crate) pcie_throughput: Option<nvmlDeviceGetPcieThroughput_fn>,
+    pub(crate) clocks_event_reasons: Option<nvmlDeviceGetUlonglong_fn>,
+    // XID counting (extended stats): see xid.rs.
+    pub(crate) parent_of_mig: Option<nvmlDeviceGetDeviceHandleFromMigDeviceHandle_fn>,
+    pub(crate) event_set_create: Option<nvmlEventSetCreate_fn>,
+    pub(crate) register_events: Option<nvmlDeviceRegisterEvents_fn>,
+    pub(crate) event_set_wait: Option<nvmlEventSetWait_v2_fn>,
+    pub(crate) event_set_free: Option<nvmlEventSetFree_fn>,
+    // Enumeration, for tools and tests (the engine itself never enumerates).
+    device_count: Option<nvmlDeviceGetCount_v2_fn>,
+    handle_by_index: Option<nvmlDeviceGetHandleByIndex_v2_fn>,
+    uuid: Option<nvmlDeviceGetString_fn>,
     // Kept last so it is dropped after the calls above can no longer run.
     _lib: Library,
 }
@@ -112,7 +107,7 @@ impl Nvml {
                 let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
                 NvmlError::Load(why)
             })?;
-            let init: FnVoid = required(&lib, b"nvmlInit_v2\0")?;
+            let init: nvmlInit_v2_fn = required(&lib, b"nvmlInit_v2\0")?;
             let nvml = Nvml {
                 shutdown: required(&lib, b"nvmlShutdown\0")?,
                 error_string: optional(&lib, b"nvmlErrorString\0"),
@@ -132,6 +127,14 @@ impl Nvml {
                 pcie_throughput: optional(&lib, b"nvmlDeviceGetPcieThroughput\0"),
                 clocks_event_reasons: optional(&lib, b"nvmlDeviceGetCurrentClocksEventReasons\0")
                     .or_else(|| optional(&lib, b"nvmlDeviceGetCurrentClocksThrottleReasons\0")),
+                parent_of_mig: optional(&lib, b"nvmlDeviceGetDeviceHandleFromMigDeviceHandle\0"),
+                event_set_create: optional(&lib, b"nvmlEventSetCreate\0"),
+                register_events: optional(&lib, b"nvmlDeviceRegisterEvents\0"),
+                event_set_wait: optional(&lib, b"nvmlEventSetWait_v2\0"),
+                event_set_free: optional(&lib, b"nvmlEventSetFree\0"),
+                device_count: optional(&lib, b"nvmlDeviceGetCount_v2\0"),
+                handle_by_index: optional(&lib, b"nvmlDeviceGetHandleByIndex_v2\0"),
+                uuid: optional(&lib, b"nvmlDeviceGetUUID\0"),
                 _lib: lib,
             };
             let code = init();
@@ -145,7 +148,7 @@ impl Nvml {
         }
     }
 
-    pub(crate) fn call_error(&self, call: &'static str, code: NvmlReturn) -> NvmlError {
+    pub(crate) fn call_error(&self, call: &'static str, code: nvmlReturn_t) -> NvmlError {
         NvmlError::Call {
             call,
             code,
@@ -154,7 +157,7 @@ impl Nvml {
     }
 
     /// NVML's own text for a return code.
-    pub fn error_string(&self, code: NvmlReturn) -> String {
+    pub fn error_string(&self, code: nvmlReturn_t) -> String {
         match self.error_string {
             // SAFETY: nvmlErrorString returns a static NUL-terminated string.
             Some(f) => unsafe {
@@ -173,16 +176,45 @@ impl Nvml {
     pub fn handle_by_uuid(&self, uuid: &str) -> Result<Handle, NvmlError> {
         let c = CString::new(uuid).map_err(|_| NvmlError::Call {
             call: "nvmlDeviceGetHandleByUUID",
-            code: 2,
+            code: NVML_ERROR_INVALID_ARGUMENT,
             message: format!("UUID {uuid:?} contains a NUL byte"),
         })?;
-        let mut dev: NvmlDevice = std::ptr::null_mut();
+        let mut dev: nvmlDevice_t = std::ptr::null_mut();
         // SAFETY: valid C string and out pointer.
         let code = unsafe { (self.handle_by_uuid)(c.as_ptr(), &mut dev) };
         if code != NVML_SUCCESS {
             return Err(self.call_error("nvmlDeviceGetHandleByUUID", code));
         }
         Ok(Handle(dev))
+    }
+
+    /// The UUIDs of the whole GPUs, in index order; GPUs whose UUID cannot be
+    /// read are left out. For tools and tests: the engine never enumerates.
+    pub fn gpu_uuids(&self) -> Result<Vec<String>, NvmlError> {
+        let (Some(count), Some(by_index), Some(uuid)) =
+            (self.device_count, self.handle_by_index, self.uuid)
+        else {
+            return Err(NvmlError::Load("NVML has no device enumeration".into()));
+        };
+        let mut n = 0;
+        // SAFETY: out pointers are live locals; the buffer length is passed.
+        unsafe {
+            let code = count(&mut n);
+            if code != NVML_SUCCESS {
+                return Err(self.call_error("nvmlDeviceGetCount_v2", code));
+            }
+            let mut out = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let mut dev: nvmlDevice_t = std::ptr::null_mut();
+                let mut buf = [0 as c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE];
+                if by_index(i, &mut dev) == NVML_SUCCESS
+                    && uuid(dev, buf.as_mut_ptr(), buf.len() as u32) == NVML_SUCCESS
+                {
+                    out.push(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned());
+                }
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -198,7 +230,7 @@ impl Drop for Nvml {
 /// An NVML device handle. Handles stay valid while NVML is initialised and
 /// may be used from any thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handle(pub(crate) NvmlDevice);
+pub struct Handle(pub(crate) nvmlDevice_t);
 
 // SAFETY: an NVML handle is an opaque token NVML accepts from any thread.
 unsafe impl Send for Handle {}

@@ -3,7 +3,8 @@
 
 use std::os::raw::{c_uint, c_ulonglong};
 
-use crate::ffi::*;
+use nvml_sys::*;
+
 use crate::nvml::{Handle, Nvml};
 
 /// A stat value in one of the Go plugin's three forms.
@@ -27,6 +28,9 @@ pub struct Extended {
     pub pcie_tx_kbps: Reading,
     pub pcie_rx_kbps: Reading,
     pub throttle_reasons: Reading,
+    /// Critical XID errors since the engine started; a MIG instance shows
+    /// its parent GPU's count (see xid.rs).
+    pub xid_count: Reading,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -71,9 +75,6 @@ fn int(v: impl Into<i64>) -> Reading {
     Reading::Int(v.into())
 }
 
-// Field values read in one batch; the energy counter joins when extended.
-const NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: c_uint = 83;
-
 impl Nvml {
     /// Reads every stat of one device. Each failed call makes only its own
     /// values "N/A"; nothing here returns an error.
@@ -84,13 +85,13 @@ impl Nvml {
         // pointer is a live local of the type the header declares.
         unsafe {
             if let Some(f) = self.memory_info {
-                let mut m = NvmlMemory::default();
+                let mut m = nvmlMemory_t::default();
                 if f(h, &mut m) == NVML_SUCCESS {
                     s.memory_mib = Reading::Ratio((m.used / MIB) as i64, (m.total / MIB) as i64);
                 }
             }
             if let Some(f) = self.utilization_rates {
-                let mut u = NvmlUtilization::default();
+                let mut u = nvmlUtilization_t::default();
                 if f(h, &mut u) == NVML_SUCCESS {
                     s.gpu_utilization = int(u.gpu);
                     s.memory_utilization = int(u.memory);
@@ -119,10 +120,10 @@ impl Nvml {
                 }
             }
             if let Some(f) = self.bar1_memory_info {
-                let mut b = NvmlBar1Memory::default();
+                let mut b = nvmlBAR1Memory_t::default();
                 if f(h, &mut b) == NVML_SUCCESS {
                     s.bar1_mib =
-                        Reading::Ratio((b.bar1_used / MIB) as i64, (b.bar1_total / MIB) as i64);
+                        Reading::Ratio((b.bar1Used / MIB) as i64, (b.bar1Total / MIB) as i64);
                 }
             }
             let mut energy = Reading::NotAvailable;
@@ -147,7 +148,7 @@ impl Nvml {
     /// at all, so the caller falls back to single calls.
     unsafe fn read_fields(
         &self,
-        h: NvmlDevice,
+        h: nvmlDevice_t,
         extended: bool,
         s: &mut DeviceSample,
         energy: &mut Reading,
@@ -156,10 +157,11 @@ impl Nvml {
             return false;
         };
         let mut fv = [
-            NvmlFieldValue::request(NVML_FI_DEV_ECC_SBE_VOL_L1),
-            NvmlFieldValue::request(NVML_FI_DEV_ECC_SBE_VOL_L2),
-            NvmlFieldValue::request(NVML_FI_DEV_ECC_SBE_VOL_DEV),
-            NvmlFieldValue::request(NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION),
+            nvmlFieldValue_t::request(NVML_FI_DEV_ECC_SBE_VOL_L1),
+            nvmlFieldValue_t::request(NVML_FI_DEV_ECC_SBE_VOL_L2),
+            nvmlFieldValue_t::request(NVML_FI_DEV_ECC_SBE_VOL_DEV),
+            // The energy counter joins the batch when extended.
+            nvmlFieldValue_t::request(NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION),
         ];
         let n = if extended { 4 } else { 3 };
         let code = f(h, n, fv.as_mut_ptr());
@@ -167,7 +169,7 @@ impl Nvml {
             return false;
         }
         if code == NVML_SUCCESS {
-            let r = |v: &NvmlFieldValue| v.as_i64().map_or(Reading::NotAvailable, Reading::Int);
+            let r = |v: &nvmlFieldValue_t| v.as_i64().map_or(Reading::NotAvailable, Reading::Int);
             s.ecc_l1 = r(&fv[0]);
             s.ecc_l2 = r(&fv[1]);
             s.ecc_device = r(&fv[2]);
@@ -178,9 +180,9 @@ impl Nvml {
         true
     }
 
-    unsafe fn read_ecc_single(&self, h: NvmlDevice, s: &mut DeviceSample) {
+    unsafe fn read_ecc_single(&self, h: nvmlDevice_t, s: &mut DeviceSample) {
         if let Some(f) = self.detailed_ecc {
-            let mut e = NvmlEccErrorCounts::default();
+            let mut e = nvmlEccErrorCounts_t::default();
             if f(
                 h,
                 NVML_MEMORY_ERROR_TYPE_CORRECTED,
@@ -188,14 +190,14 @@ impl Nvml {
                 &mut e,
             ) == NVML_SUCCESS
             {
-                s.ecc_l1 = Reading::Int(e.l1_cache as i64);
-                s.ecc_l2 = Reading::Int(e.l2_cache as i64);
-                s.ecc_device = Reading::Int(e.device_memory as i64);
+                s.ecc_l1 = Reading::Int(e.l1Cache as i64);
+                s.ecc_l2 = Reading::Int(e.l2Cache as i64);
+                s.ecc_device = Reading::Int(e.deviceMemory as i64);
             }
         }
     }
 
-    unsafe fn read_energy_single(&self, h: NvmlDevice) -> Reading {
+    unsafe fn read_energy_single(&self, h: nvmlDevice_t) -> Reading {
         let mut e: c_ulonglong = 0;
         match self.total_energy {
             Some(f) if f(h, &mut e) == NVML_SUCCESS => Reading::Int(e as i64),
@@ -203,7 +205,7 @@ impl Nvml {
         }
     }
 
-    unsafe fn read_extended(&self, h: NvmlDevice, x: &mut Extended) {
+    unsafe fn read_extended(&self, h: nvmlDevice_t, x: &mut Extended) {
         let mut v: c_uint = 0;
         if let Some(f) = self.clock_info {
             if f(h, NVML_CLOCK_SM, &mut v) == NVML_SUCCESS {

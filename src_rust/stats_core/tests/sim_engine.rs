@@ -1,59 +1,17 @@
 //! The engine against the simulated driver (build/sim, `make sim`): values
 //! read, a hung GPU bounded by the timeout and reported once.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use stats_core::{Engine, EngineConfig, Level, Nvml, Reading, TrackedDevice};
-
-fn sim_library() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/sim/libnvidia-ml.so.1");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make sim` first",
-        p.display()
-    );
-    p
-}
-
-// UUIDs as the simulator derives them are not known here, so devices are
-// found through the raw API the engine itself never needs.
-fn uuids(lib: &PathBuf) -> Vec<String> {
-    use std::ffi::CStr;
-    use std::os::raw::{c_char, c_int, c_uint};
-    type Dev = *mut std::ffi::c_void;
-    // SAFETY: signatures from nvml.h; NVML is initialised by the caller.
-    unsafe {
-        let l = libloading::Library::new(lib).unwrap();
-        let count: libloading::Symbol<unsafe extern "C" fn(*mut c_uint) -> c_int> =
-            l.get(b"nvmlDeviceGetCount_v2\0").unwrap();
-        let by_index: libloading::Symbol<unsafe extern "C" fn(c_uint, *mut Dev) -> c_int> =
-            l.get(b"nvmlDeviceGetHandleByIndex_v2\0").unwrap();
-        let uuid: libloading::Symbol<unsafe extern "C" fn(Dev, *mut c_char, c_uint) -> c_int> =
-            l.get(b"nvmlDeviceGetUUID\0").unwrap();
-        let mut n = 0;
-        assert_eq!(count(&mut n), 0);
-        (0..n)
-            .map(|i| {
-                let mut d: Dev = std::ptr::null_mut();
-                assert_eq!(by_index(i, &mut d), 0);
-                let mut buf = [0 as c_char; 96];
-                assert_eq!(uuid(d, buf.as_mut_ptr(), 96), 0);
-                CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-            })
-            .collect()
-    }
-}
+use stats_core::{Engine, EngineConfig, Level, Reading};
 
 #[test]
 fn reads_devices_and_bounds_a_hung_one() {
-    let lib = sim_library();
-    let dir = std::env::temp_dir().join(format!("stats-core-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let scenario = dir.join("hang.toml");
-    std::fs::write(
-        &scenario,
+    let (dir, nvml, ids) = common::open(
+        "hang",
         r#"name = "stats-core-hang"
 [[gpus]]
 model = "h100-sxm5-80gb"
@@ -65,11 +23,7 @@ function = "nvmlDeviceGetTemperature"
 duration_ms = 400
 calls = 1
 "#,
-    )
-    .unwrap();
-    std::env::set_var("NVML_SIM_SCENARIO", &scenario);
-    let nvml = Arc::new(Nvml::open(lib.to_str().unwrap()).expect("NVML on the simulator"));
-    let ids = uuids(&lib);
+    );
     assert_eq!(ids.len(), 3);
     let mut engine = Engine::new(
         Arc::clone(&nvml),
@@ -79,15 +33,7 @@ calls = 1
             ..EngineConfig::default()
         },
     );
-    engine.track(
-        ids.iter()
-            .map(|u| TrackedDevice {
-                device_id: u.clone(),
-                uuid: u.clone(),
-                group: "H100".into(),
-            })
-            .collect(),
-    );
+    engine.track(common::tracked(&ids, "H100"));
     // Tracked order is by device ID; find the hung GPU's place.
     let mut sorted = ids.clone();
     sorted.sort();
