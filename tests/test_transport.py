@@ -106,14 +106,14 @@ def test_multiplex_field_only_when_the_host_asks() -> None:
 def test_exits_when_its_parent_is_killed() -> None:
     # A shell stands in for the Nomad agent: it starts the plugin and is then SIGKILLed.
     cmd = " ".join(f"'{a}'" for a in EXAMPLE)
-    parent = subprocess.Popen(["sh", "-c", f"{cmd} >/dev/null & echo $!; wait"], env=plugin_env(),
+    parent = subprocess.Popen(["sh", "-c", f"{cmd} & echo $!; wait"], env=plugin_env(),
                               stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
-    pid = int(parent.stdout.readline())
-    deadline = time.monotonic() + 20
-    while not any(Path("/proc", str(pid), "fd").glob("*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # let it reach its serving loop
+    # The shell's pid line and the plugin's handshake line share the pipe; the
+    # handshake comes once the plugin serves (its parent watch is running then).
+    lines = [parent.stdout.readline(), parent.stdout.readline()]
+    pid = int(next(line for line in lines if "|" not in line))
+    assert any(line.startswith("1|2|unix|") for line in lines), lines
     assert alive(pid)
     parent.kill()
     parent.wait()
@@ -122,3 +122,5 @@ def test_exits_when_its_parent_is_killed() -> None:
     while alive(pid) and time.monotonic() - killed_at < 10:
         time.sleep(0.05)
     assert not alive(pid), "the plugin outlived its parent"
+    # The budget is a second: the watch polls every 0.2 s. Reported, not asserted (timing).
+    print(f"plugin exited {time.monotonic() - killed_at:.2f} s after its parent was killed")

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any heavy import: the agent may die while we start, and the
+    # parent-death watch must compare against the process that launched us.
+    parent_pid = os.getppid()
     args_in = list(sys.argv[1:] if argv is None else argv)
     from nomad_device_nvidia.sdk import handshake
 
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(args.log_level)
     plugin = NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
-    return int(serve(plugin, network=args.listen))
+    return int(serve(plugin, network=args.listen, parent_pid=parent_pid))
 
 
 if __name__ == "__main__":

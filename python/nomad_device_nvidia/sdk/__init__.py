@@ -21,11 +21,11 @@ from nomad_device_nvidia.sdk.model import (
 from nomad_device_nvidia.sdk.plugin import DevicePlugin
 
 
-def serve(plugin: DevicePlugin, *, network: str = "unix") -> int:
+def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None = None) -> int:
     """Serve `plugin` over go-plugin (see `sdk.server`); returns the exit code."""
     from nomad_device_nvidia.sdk.server import serve as _serve
 
-    return _serve(plugin, network=network)
+    return _serve(plugin, network=network, parent_pid=parent_pid)
 
 
 __all__ = [

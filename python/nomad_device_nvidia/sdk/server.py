@@ -101,19 +101,26 @@ class _Endpoint:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _watch_parent(stop: threading.Event, done: threading.Event) -> None:
-    parent = os.getppid()
+def _watch_parent(parent: int, stop: threading.Event, done: threading.Event) -> None:
     if parent == 1:
-        return  # launched by init: nothing to watch
-    while not done.wait(PARENT_POLL_SECONDS):
+        return  # launched by init (or an agent that is PID 1 of a container): nothing to watch
+    while True:
         if os.getppid() != parent:
             log.warning("the process that launched the plugin is gone; exiting", extra={"parent_pid": parent})
             stop.set()
             return
+        if done.wait(PARENT_POLL_SECONDS):
+            return
 
 
-def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str] | None = None) -> int:
-    """Serve `plugin` to a go-plugin host; returns the process exit code."""
+def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str] | None = None,
+          parent_pid: int | None = None) -> int:
+    """Serve `plugin` to a go-plugin host; returns the process exit code.
+
+    `parent_pid` is the launching process as seen at the very start of the
+    program (before imports), so a host that died while we started is noticed.
+    """
+    parent = os.getppid() if parent_pid is None else parent_pid
     env = os.environ if env is None else env
     if not handshake.cookie_ok(env):
         sys.stderr.write(handshake.NOT_A_COMMAND)
@@ -148,7 +155,7 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     done = threading.Event()
-    threading.Thread(target=_watch_parent, args=(stop, done), name="parent-watch", daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent, stop, done), name="parent-watch", daemon=True).start()
 
     sys.stdout.write(handshake.handshake_line(version, listener, tls.handshake_cert if tls else "", env) + "\n")
     sys.stdout.flush()

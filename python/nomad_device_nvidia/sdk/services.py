@@ -42,7 +42,9 @@ class StreamRegistry:
             if self._closed:
                 stop.set()
             self._events.add(stop)
-        context.add_callback(stop.set)
+        # False means the RPC has already ended: stop at once.
+        if not context.add_callback(stop.set):
+            stop.set()
         return stop
 
     def close(self, stop: threading.Event) -> None:
