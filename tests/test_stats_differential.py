@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from stats_sim import decode, nvml_session, tracked_devices
 
 from nomad_device_nvidia._proto.nomad import device_pb2
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions
+from nomad_device_nvidia.nvidia.fingerprint import share_ids
+from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
 
@@ -98,10 +99,13 @@ def scenario(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(engine_kind: str, path: Path, extended: bool, batched: bool, ticks: int) -> list[device_pb2.StatsResponse]:
+def run(
+    engine_kind: str, path: Path, extended: bool, batched: bool, ticks: int, shares: int
+) -> list[device_pb2.StatsResponse]:
     opts = EngineOptions(extended=extended, batched=batched)
     with nvml_session(path):
-        devices = tracked_devices()
+        # With sharing, every device is tracked under `shares` IDs (one read each tick).
+        devices = [TrackedDevice(s, d.uuid, d.group) for d in tracked_devices() for s in share_ids(d.device_id, shares)]
         engine = NativeStatsEngine(opts) if engine_kind == "native" else PythonStatsEngine(opts)
         try:
             engine.track(devices)
@@ -123,15 +127,15 @@ def strip_time_based(resp: device_pb2.StatsResponse) -> device_pb2.StatsResponse
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=scenario(), extended=st.booleans(), batched=st.booleans(), ticks=st.integers(1, 3))
-def test_native_matches_python(text: str, extended: bool, batched: bool, ticks: int) -> None:
+@given(text=scenario(), extended=st.booleans(), batched=st.booleans(), ticks=st.integers(1, 3), shares=st.integers(1, 3))
+def test_native_matches_python(text: str, extended: bool, batched: bool, ticks: int, shares: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Same scenario text, two files: the simulator keeps per-file state.
         a, b = Path(tmp, "a.toml"), Path(tmp, "b.toml")
         a.write_text(text)
         b.write_text(text)
-        python = run("python", a, extended, batched, ticks)
-        native = run("native", b, extended, batched, ticks)
+        python = run("python", a, extended, batched, ticks, shares)
+        native = run("native", b, extended, batched, ticks, shares)
     assert len(python) == len(native) == ticks
     for p, n in zip(python, native):
         assert [g.name for g in n.groups] == [g.name for g in p.groups]

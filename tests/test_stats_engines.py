@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pynvml
@@ -14,6 +14,8 @@ import pytest
 from stats_sim import decode, nvml_session, tracked_devices, value_form
 
 from nomad_device_nvidia.nvidia import stats_python
+from nomad_device_nvidia.nvidia.config import MAX_SHARES
+from nomad_device_nvidia.nvidia.fingerprint import share_ids
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
@@ -121,8 +123,12 @@ def test_full_gpu_values(mixed: list[TrackedDevice]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["native", "python"])
-def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str) -> None:
-    engine = make_stats_engine(kind, extended=True)
+@pytest.mark.parametrize("by_options", [False, True])
+def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str, by_options: bool) -> None:
+    if by_options:
+        engine = make_stats_engine(kind, options=EngineOptions(extended=True, timeout=5.0))
+    else:
+        engine = make_stats_engine(kind, extended=True)
     try:
         engine.track(mixed)
         resp = decode(engine.collect())
@@ -228,8 +234,10 @@ def test_what_nvml_cannot_tell_reads_na(tmp_path: Path, kind: str) -> None:
         assert value_form(a["Memory state"]) != "N/A"
 
 
-HANG = """
-name = "stats-hang"
+def hang_scenario(duration_ms: int) -> str:
+    """Three GPUs; GPU 0's first utilization call hangs for `duration_ms`."""
+    return f"""
+name = "stats-hang-{duration_ms}"
 [[gpus]]
 model = "h100-sxm5-80gb"
 count = 3
@@ -237,17 +245,44 @@ count = 3
 kind = "hang"
 gpu = 0
 function = "nvmlDeviceGetUtilizationRates"
-duration_ms = 700
+duration_ms = {duration_ms}
 calls = 1
 """
 
 
+def wait_for(condition: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
+    """Polls `condition` (a bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {limit_s} s")
+        time.sleep(0.05)
+
+
+def wait_for_nvml_released() -> None:
+    """After the session's nvmlShutdown: waits until no engine holds NVML
+    initialised (a read hung past close holds it until it returns), so the
+    next test's nvmlInit loads its own scenario."""
+
+    def released() -> bool:
+        try:
+            pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError_Uninitialized:
+            return True
+        return False
+
+    wait_for(released, "NVML released by the engine")
+
+
 def test_a_hung_gpu_reads_na_without_stalling_the_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
-    with nvml_session(write(tmp_path, HANG)):
+    # The hang far outlasts the timeout, and the timeout is far beyond a
+    # healthy read even on a loaded machine: which devices read N/A does not
+    # depend on scheduling.
+    with nvml_session(write(tmp_path, hang_scenario(10_000))):
         devices = tracked_devices()
         hung = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-        engine = NativeStatsEngine(EngineOptions(timeout=0.1, max_workers=2))
+        engine = NativeStatsEngine(EngineOptions(timeout=2.0, max_workers=2))
         try:
             engine.track(devices)
             ticks = [decode(engine.collect()) for _ in range(2)]
@@ -259,18 +294,68 @@ def test_a_hung_gpu_reads_na_without_stalling_the_others(tmp_path: Path, caplog:
             warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
             assert len(warnings) == 1, warnings
             assert hung in warnings[0].getMessage()
+
             # Once the call returns the GPU answers again (the sim hangs one call).
-            for _ in range(200):
-                time.sleep(0.05)  # a stats interval; the hang lasts 0.7 s
-                resp = decode(engine.collect())
-                ds = resp.groups[0].instance_stats[hung]
-                if value_form(ds.stats.attributes["Memory state"]) != "N/A":
-                    break
-            else:
-                pytest.fail("the hung GPU never answered again")
+            def answers() -> bool:
+                ds = decode(engine.collect()).groups[0].instance_stats[hung]
+                return value_form(ds.stats.attributes["Memory state"]) != "N/A"
+
+            wait_for(answers, "the hung GPU answering again")
             assert any("answers again" in r.getMessage() for r in caplog.records)
         finally:
             engine.close()
+
+
+def test_closing_during_a_hang_keeps_its_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What the Rust engine logs while closing (a read still hung) reaches
+    the logger, though the engine is gone by then."""
+    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
+    with nvml_session(write(tmp_path, hang_scenario(5_000))):
+        hung = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+        engine = NativeStatsEngine(EngineOptions(timeout=0.5))
+        engine.track(tracked_devices())
+        engine.collect()
+        engine.close()
+    closing = [r for r in caplog.records if "closing while" in r.getMessage()]
+    assert len(closing) == 1 and hung in closing[0].getMessage(), caplog.records
+    assert closing[0].levelno == logging.WARNING
+    wait_for_nvml_released()
+
+
+SHARED = """
+name = "stats-shared"
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 2
+# A counter advances once per read: a GPU read once per tick shows +1 per tick.
+stats.temperature_c = { kind = "counter", value = 30, step = 1 }
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_shares_of_a_gpu_are_read_once(tmp_path: Path, kind: str) -> None:
+    with nvml_session(write(tmp_path, SHARED)):
+        shared, single = tracked_devices()
+        shares = [TrackedDevice(sid, shared.uuid, shared.group) for sid in share_ids(shared.device_id, MAX_SHARES)]
+        engine = make_stats_engine(kind)
+        try:
+            engine.track([*shares, single])
+            ticks = [decode(engine.collect()) for _ in range(3)]
+        finally:
+            engine.close()
+    temperatures = []
+    for resp in ticks:
+        (group,) = resp.groups
+        assert set(group.instance_stats) == {d.device_id for d in [*shares, single]}
+        first = group.instance_stats[shares[0].device_id]
+        for d in shares:
+            assert group.instance_stats[d.device_id] == first, d.device_id
+        temperature = value_form(first.stats.attributes["Temperature"])
+        # The unshared GPU, read once per tick, has the same counter.
+        assert temperature == value_form(group.instance_stats[single.device_id].stats.attributes["Temperature"])
+        temperatures.append(temperature)
+    assert isinstance(temperatures[0], int)
+    assert temperatures == [temperatures[0] + t for t in range(3)]
 
 
 def test_track_replaces_the_set(mixed: list[TrackedDevice]) -> None:

@@ -22,11 +22,13 @@ class StatsEngine:
         max_workers: int = 32,
     ) -> StatsEngine: ...
     def track(self, devices: Sequence[tuple[str, str, str]]) -> None:
-        """Replace the tracked set with (device_id, uuid, group) triples."""
+        """Replace the tracked set with (device_id, uuid, group) triples;
+        device IDs with the same uuid share one read per tick."""
     def collect(self) -> bytes:
         """One tick: a serialized StatsResponse."""
     def take_log(self) -> list[tuple[str, str]]:
-        """(level, message) events since the last call; level is "info" or "warning"."""
+        """(level, message) events since the last call; level is "info" or
+        "warning". Still answers after close()."""
     @property
     def tracked(self) -> int: ...
     def close(self) -> None: ...

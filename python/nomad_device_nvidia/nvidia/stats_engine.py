@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from nomad_device_nvidia.nvidia.config import STATS_ENGINES
 
-ENGINE_KINDS = ("native", "python")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrackedDevice:
-    device_id: str  # the ID Nomad knows: GPU UUID, or MIG instance UUID
-    uuid: str  # NVML UUID used to get the handle (nvmlDeviceGetHandleByUUID)
+    device_id: str  # the ID Nomad knows: GPU UUID, MIG instance UUID, or a share of one
+    # NVML UUID used to get the handle (nvmlDeviceGetHandleByUUID). Shares of
+    # one GPU have the same UUID; engines read it once per tick for all.
+    uuid: str
     group: str  # DeviceGroup.name it belongs to
 
 
@@ -41,10 +43,6 @@ class EngineOptions:
     # nvmlDeviceGetDetailedEccErrors (+ the energy call). None: only when
     # extended, the one case where it saves a call (measured: benches/).
     batched: bool | None = None
-
-    @property
-    def use_fields(self) -> bool:
-        return self.extended if self.batched is None else self.batched
     # Seconds a tick waits for one device before its values read "N/A".
     timeout: float = 1.0
     max_workers: int = 32
@@ -52,19 +50,34 @@ class EngineOptions:
     # resolves to the one the process already loaded (real or simulated).
     library: str | None = None
 
+    @property
+    def use_fields(self) -> bool:
+        return self.extended if self.batched is None else self.batched
 
-def make_stats_engine(kind: str = "native", extended: bool = False, **options: object) -> StatsEngine:
-    """Build an engine; "native" falls back to "python" with a warning when the extension cannot load."""
-    if kind not in ENGINE_KINDS:
-        raise ValueError(f"stats engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}")
-    opts = EngineOptions(extended=extended, **options)  # type: ignore[arg-type]
+
+def make_stats_engine(
+    kind: str = "native", extended: bool = False, *, options: EngineOptions | None = None
+) -> StatsEngine:
+    """Build an engine; "native" falls back to "python" with a warning when the extension cannot load.
+
+    `extended` is shorthand for ``EngineOptions(extended=True)``; with `options`, either turns extended stats on.
+    """
+    if kind not in STATS_ENGINES:
+        raise ValueError(f"stats engine {kind!r} is not one of {', '.join(STATS_ENGINES)}")
+    opts = options or EngineOptions()
+    if extended and not opts.extended:
+        opts = replace(opts, extended=True)
     if kind == "native":
         try:
             from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 
-            return NativeStatsEngine(opts)
+            engine: StatsEngine = NativeStatsEngine(opts)
+            log.info("stats engine: native", extra={"extended": opts.extended})
+            return engine
         except Exception as exc:  # ImportError, or the extension failing to open NVML
             log.warning("native stats engine unavailable (%s); using the python engine", exc)
     from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
 
-    return PythonStatsEngine(opts)
+    engine = PythonStatsEngine(opts)
+    log.info("stats engine: python", extra={"extended": opts.extended})
+    return engine

@@ -35,6 +35,8 @@ class NativeStatsEngine:
 
     def close(self) -> None:
         self._engine.close()
+        # The log outlives the Rust engine: this takes what close() itself
+        # logged (a read still hung) along with anything not yet taken.
         self._flush_log()
 
     def _flush_log(self) -> None:

@@ -8,7 +8,6 @@ having called ``pynvml.nvmlInit``.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,13 +17,14 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
+from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR
+
+# Private there, shared on purpose: XID events name a GPU by the same handle
+# address the health monitor keys them by.
+from nomad_device_nvidia.nvidia.health import _address
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
 
 log = logging.getLogger(__name__)
-
-NOT_AVAILABLE = "N/A"
-VENDOR = "nvidia"
-DEVICE_TYPE = "gpu"
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,6 @@ def _power(h: Any) -> Reading:
     return None if limit is None else (usage // 1000, limit // 1000)
 
 
-def _address(handle: Any) -> int:
-    """An NVML device handle as a comparable number (the same GPU, the same handle)."""
-    return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
-
-
 class XidCounter:
     """XID critical errors per physical GPU from an event set of the engine's
     own, made the same way as the native engine's (src_rust/stats_core/src/xid.rs):
@@ -205,12 +200,15 @@ class PythonStatsEngine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self._options = options
         self._groups: list[tuple[str, list[TrackedDevice]]] = []
+        # One per distinct UUID, the first tracked device reading it (named in
+        # logs), in tracked order: shares of a GPU are read once per tick.
+        self._readers: list[TrackedDevice] = []
         self._handles: dict[str, Any] = {}
         self._handle_reported: set[str] = set()
         self._fields: bool | None = None
         self._xid: XidCounter | None = None
-        self._xid_gpu: dict[TrackedDevice, int] = {}
-        self._xid_reported: set[TrackedDevice] = set()
+        self._xid_gpu: dict[str, int] = {}  # UUID -> XidCounter key
+        self._xid_reported: set[str] = set()
         if options.extended:
             try:
                 self._xid = XidCounter()
@@ -224,6 +222,11 @@ class PythonStatsEngine:
         for d in devices:
             by_group.setdefault(d.group, {}).setdefault(d.device_id, d)
         self._groups = [(g, [devs[k] for k in sorted(devs)]) for g, devs in sorted(by_group.items())]
+        readers: dict[str, TrackedDevice] = {}
+        for _, group_devices in self._groups:
+            for d in group_devices:
+                readers.setdefault(d.uuid, d)
+        self._readers = list(readers.values())
         self._watch_xids()
 
     def _watch_xids(self) -> None:
@@ -231,39 +234,41 @@ class PythonStatsEngine:
         native engine makes the same calls in the same order)."""
         if self._xid is None:
             return
-        tracked = {d for _, devices in self._groups for d in devices}
-        self._xid_gpu = {d: k for d, k in self._xid_gpu.items() if d in tracked}
-        self._xid_reported &= tracked
-        for _, devices in self._groups:
-            for d in devices:
-                if d in self._xid_gpu:
-                    continue
-                h = self._handle(d)
-                if h is None:
-                    continue
-                try:
-                    self._xid_gpu[d] = self._xid.watch(h)
-                except pynvml.NVMLError as exc:
-                    if d not in self._xid_reported:
-                        self._xid_reported.add(d)
-                        log.warning("device %s: cannot watch XID events (%s); its XID count reads N/A", d.device_id, exc)
+        uuids = {d.uuid for d in self._readers}
+        self._xid_gpu = {u: k for u, k in self._xid_gpu.items() if u in uuids}
+        self._xid_reported &= uuids
+        for d in self._readers:
+            if d.uuid in self._xid_gpu:
+                continue
+            h = self._handle(d)
+            if h is None:
+                continue
+            try:
+                self._xid_gpu[d.uuid] = self._xid.watch(h)
+            except pynvml.NVMLError as exc:
+                if d.uuid not in self._xid_reported:
+                    self._xid_reported.add(d.uuid)
+                    log.warning("device %s: cannot watch XID events (%s); its XID count reads N/A", d.device_id, exc)
 
     def collect(self) -> bytes:
         now = time.time_ns()
         resp = device_pb2.StatsResponse()
         if self._xid is not None and self._groups:
             self._xid.drain()
+        # Each GPU read once, in tracked order; its shares get copies.
+        read = {d.uuid: self._stats(d) for d in self._readers}
         for name, devices in self._groups:
             group = resp.groups.add(vendor=VENDOR, type=DEVICE_TYPE, name=name)
             for d in devices:
                 ds = group.instance_stats[d.device_id]
-                self._fill(ds, d)
+                ds.CopyFrom(read[d.uuid])
                 ds.timestamp.seconds, ds.timestamp.nanos = divmod(now, 1_000_000_000)
         data: bytes = resp.SerializeToString()
         return data
 
     def close(self) -> None:
         self._groups = []
+        self._readers = []
         self._handles.clear()
         if self._xid is not None:
             self._xid.close()
@@ -284,11 +289,13 @@ class PythonStatsEngine:
         self._handles[d.uuid] = h
         return h
 
-    def _fill(self, ds: device_pb2.DeviceStats, d: TrackedDevice) -> None:
+    def _stats(self, d: TrackedDevice) -> device_pb2.DeviceStats:
+        """One read of the GPU `d` names (by its UUID)."""
+        ds = device_pb2.DeviceStats()
         h = self._handle(d)
         readings = self._read(h) if h is not None else {}
-        if self._xid is not None and d in self._xid_gpu:
-            readings[XID_COUNT.name] = self._xid.count(self._xid_gpu[d])
+        if self._xid is not None and d.uuid in self._xid_gpu:
+            readings[XID_COUNT.name] = self._xid.count(self._xid_gpu[d.uuid])
         attrs = ds.stats.attributes
         for stat in (POWER, GPU_UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, TEMPERATURE, MEMORY, BAR1, ECC_L1, ECC_L2, ECC_DEVICE):
             attrs[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
@@ -299,6 +306,7 @@ class PythonStatsEngine:
                 obj = nested[topic]
                 for stat in stats:
                     obj.attributes[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
+        return ds
 
     def _read(self, h: Any) -> dict[str, Reading]:
         r: dict[str, Reading] = {MEMORY.name: _memory(h)}

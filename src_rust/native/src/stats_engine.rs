@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use stats_core::{Engine, EngineConfig, Level, TrackedDevice, DEFAULT_LIBRARY};
+use stats_core::{Engine, EngineConfig, Level, LogSink, TrackedDevice, DEFAULT_LIBRARY};
 
 #[pyclass(frozen, module = "nomad_device_nvidia._native")]
 pub struct StatsEngine {
@@ -17,6 +17,9 @@ pub struct StatsEngine {
     // The encode buffer, reused: a fresh multi-100-KB buffer per tick costs
     // an mmap, page faults and an munmap each time.
     scratch: Mutex<Vec<u8>>,
+    // The engine's log, kept past close(): events logged by close() and by a
+    // hung read returning after it are still taken.
+    log: LogSink,
 }
 
 fn closed() -> PyErr {
@@ -63,6 +66,7 @@ impl StatsEngine {
             .detach(|| Engine::open(&library, config))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(StatsEngine {
+            log: engine.log_sink(),
             engine: Mutex::new(Some(engine)),
             scratch: Mutex::new(Vec::new()),
         })
@@ -106,11 +110,10 @@ impl StatsEngine {
     }
 
     /// Log events since the last call, as (level, message); level is
-    /// "info" or "warning".
-    fn take_log(&self, py: Python<'_>) -> Vec<(&'static str, String)> {
-        let events = py.detach(|| self.lock().as_ref().map(|e| e.take_log()));
-        events
-            .unwrap_or_default()
+    /// "info" or "warning". Also after close().
+    fn take_log(&self) -> Vec<(&'static str, String)> {
+        self.log
+            .take()
             .into_iter()
             .map(|e| {
                 let level = match e.level {
@@ -129,8 +132,12 @@ impl StatsEngine {
     }
 
     /// Stops the workers and releases NVML (nvmlShutdown once no read is in
-    /// flight). Idempotent.
+    /// flight). Idempotent; take_log() still answers afterwards.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| drop(self.lock().take()));
+        py.detach(|| {
+            if let Some(engine) = self.lock().take() {
+                engine.close();
+            }
+        });
     }
 }

@@ -59,177 +59,48 @@ pub struct Model {
     pub mig_total_memory_slices: u32,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn p(
-    name: String,
-    index: u32,
-    id: u32,
-    slices: u32,
-    memory_slices: u32,
-    instance_count: u32,
-    multiprocessors: u32,
-    engines: u32,
-    memory_mib: u64,
-) -> MigProfile {
-    MigProfile {
-        name,
-        index,
-        id,
-        slices,
-        memory_slices,
-        instance_count,
-        multiprocessors,
-        copy_engines: engines,
-        decoders: engines,
-        encoders: 0,
-        jpegs: engines,
-        ofas: if slices == 7 { 1 } else { 0 },
-        memory_mib,
-    }
-}
+/// The MIG GPU-instance profiles Ampere and Hopper boards share, one row per
+/// profile: (size prefix, NVML_GPU_INSTANCE_PROFILE_* index, profile id,
+/// slices, memory slices, instance count, engines). "Engines" is the count of
+/// copy engines, decoders and JPEG units alike.
+const MIG_LAYOUT: [(&str, u32, u32, u32, u32, u32, u32); 6] = [
+    ("1g", NVML_GPU_INSTANCE_PROFILE_1_SLICE, 19, 1, 1, 7, 1),
+    ("1g", NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2, 15, 1, 2, 4, 1),
+    ("2g", NVML_GPU_INSTANCE_PROFILE_2_SLICE, 14, 2, 2, 3, 2),
+    ("3g", NVML_GPU_INSTANCE_PROFILE_3_SLICE, 9, 3, 4, 2, 3),
+    ("4g", NVML_GPU_INSTANCE_PROFILE_4_SLICE, 5, 4, 4, 1, 4),
+    ("7g", NVML_GPU_INSTANCE_PROFILE_7_SLICE, 0, 7, 8, 1, 7),
+];
 
-fn hopper_profiles(gb: [u64; 6], mib: [u64; 6]) -> Vec<MigProfile> {
-    let name = |s: &str, g: u64| format!("{s}.{g}gb");
-    vec![
-        p(
-            name("1g", gb[0]),
-            NVML_GPU_INSTANCE_PROFILE_1_SLICE,
-            19,
-            1,
-            1,
-            7,
-            16,
-            1,
-            mib[0],
-        ),
-        p(
-            name("1g", gb[1]),
-            NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2,
-            15,
-            1,
-            2,
-            4,
-            16,
-            1,
-            mib[1],
-        ),
-        p(
-            name("2g", gb[2]),
-            NVML_GPU_INSTANCE_PROFILE_2_SLICE,
-            14,
-            2,
-            2,
-            3,
-            32,
-            2,
-            mib[2],
-        ),
-        p(
-            name("3g", gb[3]),
-            NVML_GPU_INSTANCE_PROFILE_3_SLICE,
-            9,
-            3,
-            4,
-            2,
-            60,
-            3,
-            mib[3],
-        ),
-        p(
-            name("4g", gb[4]),
-            NVML_GPU_INSTANCE_PROFILE_4_SLICE,
-            5,
-            4,
-            4,
-            1,
-            64,
-            4,
-            mib[4],
-        ),
-        p(
-            name("7g", gb[5]),
-            NVML_GPU_INSTANCE_PROFILE_7_SLICE,
-            0,
-            7,
-            8,
-            1,
-            132,
-            7,
-            mib[5],
-        ),
-    ]
-}
+/// Multiprocessors per profile (rows of MIG_LAYOUT), by architecture.
+const HOPPER_SMS: [u32; 6] = [16, 16, 32, 60, 64, 132];
+const AMPERE_SMS: [u32; 6] = [14, 14, 28, 42, 56, 98];
 
-fn ampere_profiles(gb: [u64; 6], mib: [u64; 6]) -> Vec<MigProfile> {
-    let name = |s: &str, g: u64| format!("{s}.{g}gb");
-    vec![
-        p(
-            name("1g", gb[0]),
-            NVML_GPU_INSTANCE_PROFILE_1_SLICE,
-            19,
-            1,
-            1,
-            7,
-            14,
-            1,
-            mib[0],
-        ),
-        p(
-            name("1g", gb[1]),
-            NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2,
-            15,
-            1,
-            2,
-            4,
-            14,
-            1,
-            mib[1],
-        ),
-        p(
-            name("2g", gb[2]),
-            NVML_GPU_INSTANCE_PROFILE_2_SLICE,
-            14,
-            2,
-            2,
-            3,
-            28,
-            2,
-            mib[2],
-        ),
-        p(
-            name("3g", gb[3]),
-            NVML_GPU_INSTANCE_PROFILE_3_SLICE,
-            9,
-            3,
-            4,
-            2,
-            42,
-            3,
-            mib[3],
-        ),
-        p(
-            name("4g", gb[4]),
-            NVML_GPU_INSTANCE_PROFILE_4_SLICE,
-            5,
-            4,
-            4,
-            1,
-            56,
-            4,
-            mib[4],
-        ),
-        p(
-            name("7g", gb[5]),
-            NVML_GPU_INSTANCE_PROFILE_7_SLICE,
-            0,
-            7,
-            8,
-            1,
-            98,
-            7,
-            mib[5],
-        ),
-    ]
+/// A board's MIG profiles: MIG_LAYOUT with the architecture's multiprocessor
+/// counts and the board's memory per profile (GB in the name, MiB reported).
+fn mig_profiles(sms: [u32; 6], gb: [u64; 6], mib: [u64; 6]) -> Vec<MigProfile> {
+    MIG_LAYOUT
+        .iter()
+        .enumerate()
+        .map(
+            |(i, &(size, index, id, slices, memory_slices, instance_count, engines))| MigProfile {
+                name: format!("{size}.{}gb", gb[i]),
+                index,
+                id,
+                slices,
+                memory_slices,
+                instance_count,
+                multiprocessors: sms[i],
+                copy_engines: engines,
+                decoders: engines,
+                encoders: 0,
+                jpegs: engines,
+                // The one optical-flow accelerator goes to the full-GPU profile.
+                ofas: u32::from(slices == 7),
+                memory_mib: mib[i],
+            },
+        )
+        .collect()
 }
 
 /// Names accepted by `model = "..."`.
@@ -268,7 +139,8 @@ pub fn preset(key: &str) -> Option<Model> {
         temp_thresholds_c: [92, 89, 95, 87],
         has_fan: false,
         vbios: "96.00.99.00.01".into(),
-        mig_profiles: hopper_profiles(
+        mig_profiles: mig_profiles(
+            HOPPER_SMS,
             [10, 20, 20, 40, 40, 80],
             [9856, 19968, 19968, 40192, 40192, 80384],
         ),
@@ -289,7 +161,8 @@ pub fn preset(key: &str) -> Option<Model> {
             pci_device_id: 0x2342_10DE,
             pci_subsystem_id: 0x16EB_10DE,
             vbios: "96.00.74.00.1C".into(),
-            mig_profiles: hopper_profiles(
+            mig_profiles: mig_profiles(
+                HOPPER_SMS,
                 [12, 24, 24, 48, 48, 96],
                 [11776, 23808, 23808, 47872, 47872, 95744],
             ),
@@ -329,12 +202,14 @@ pub fn preset(key: &str) -> Option<Model> {
                 temp_thresholds_c: [92, 89, 95, 85],
                 vbios: "92.00.36.00.02".into(),
                 mig_profiles: if big {
-                    ampere_profiles(
+                    mig_profiles(
+                        AMPERE_SMS,
                         [10, 20, 20, 40, 40, 80],
                         [9728, 19968, 19968, 40192, 40192, 80896],
                     )
                 } else {
-                    ampere_profiles(
+                    mig_profiles(
+                        AMPERE_SMS,
                         [5, 10, 10, 20, 20, 40],
                         [4864, 9856, 9856, 19968, 19968, 40192],
                     )

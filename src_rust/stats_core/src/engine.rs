@@ -1,7 +1,7 @@
 //! The stats engine: the tracked devices, one tick of parallel reads with a
 //! deadline, and the encoded StatsResponse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -60,17 +60,38 @@ pub struct LogEvent {
     pub message: String,
 }
 
-type Log = Arc<Mutex<Vec<LogEvent>>>;
+/// Where the engine's log events wait to be taken. It outlives the engine:
+/// a read still hung at close logs when it returns, and those events must
+/// not be lost with the engine.
+#[derive(Clone, Default)]
+pub struct LogSink(Arc<Mutex<Vec<LogEvent>>>);
 
-fn log(sink: &Log, level: Level, message: String) {
-    sink.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(LogEvent { level, message });
+impl LogSink {
+    fn push(&self, level: Level, message: String) {
+        self.lock().push(LogEvent { level, message });
+    }
+
+    /// Events since the last call.
+    pub fn take(&self) -> Vec<LogEvent> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LogEvent>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// Per-device state that outlives ticks (a hung read may finish ticks later).
+fn log(sink: &LogSink, level: Level, message: String) {
+    sink.push(level, message);
+}
+
+/// Per-GPU state that outlives ticks (a hung read may finish ticks later).
+/// One per distinct NVML UUID: the shares of a GPU (several device IDs, one
+/// UUID) are read once per tick.
 struct Slot {
-    device: TrackedDevice,
+    uuid: String,
+    /// The first tracked device ID reading this UUID, to name it in logs.
+    label: Mutex<String>,
     handle: AtomicPtr<nvmlDevice_st>,
     /// The physical GPU registered for XID events (null: not registered).
     xid_gpu: AtomicPtr<nvmlDevice_st>,
@@ -85,9 +106,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(device: TrackedDevice) -> Slot {
+    fn new(uuid: String, label: String) -> Slot {
         Slot {
-            device,
+            uuid,
+            label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
             xid_reported: AtomicBool::new(false),
@@ -97,12 +119,23 @@ impl Slot {
         }
     }
 
-    fn handle(&self, nvml: &Nvml, log_sink: &Log) -> Option<Handle> {
+    fn label(&self) -> String {
+        self.label.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_label(&self, label: &str) {
+        let mut l = self.label.lock().unwrap_or_else(|p| p.into_inner());
+        if *l != label {
+            *l = label.to_string();
+        }
+    }
+
+    fn handle(&self, nvml: &Nvml, log_sink: &LogSink) -> Option<Handle> {
         let p = self.handle.load(Ordering::Acquire);
         if !p.is_null() {
             return Some(Handle(p));
         }
-        match nvml.handle_by_uuid(&self.device.uuid) {
+        match nvml.handle_by_uuid(&self.uuid) {
             Ok(h) => {
                 self.handle.store(h.0, Ordering::Release);
                 self.handle_reported.store(false, Ordering::Relaxed);
@@ -115,7 +148,8 @@ impl Slot {
                         Level::Warning,
                         format!(
                             "device {}: no NVML handle for UUID {} ({e}); its stats read N/A",
-                            self.device.device_id, self.device.uuid
+                            self.label(),
+                            self.uuid
                         ),
                     );
                 }
@@ -124,7 +158,7 @@ impl Slot {
         }
     }
 
-    fn read(&self, nvml: &Nvml, opts: ReadOptions, log_sink: &Log) -> DeviceSample {
+    fn read(&self, nvml: &Nvml, opts: ReadOptions, log_sink: &LogSink) -> DeviceSample {
         match self.handle(nvml, log_sink) {
             Some(h) => nvml.read_device(h, opts),
             None => DeviceSample::unavailable(opts.extended),
@@ -136,7 +170,7 @@ impl Slot {
 struct Tick {
     nvml: Arc<Nvml>,
     opts: ReadOptions,
-    log: Log,
+    log: LogSink,
     slots: Vec<Arc<Slot>>,
     results: Vec<OnceLock<DeviceSample>>,
     next: AtomicUsize,
@@ -171,7 +205,7 @@ impl Batch for Tick {
                 log(
                     &self.log,
                     Level::Info,
-                    format!("device {} answers again", slot.device.device_id),
+                    format!("device {} answers again", slot.label()),
                 );
             }
             self.complete();
@@ -198,10 +232,12 @@ const MAX_STAND_INS: usize = 64;
 pub struct Engine {
     nvml: Arc<Nvml>,
     config: EngineConfig,
-    log: Log,
+    log: LogSink,
+    /// One per distinct UUID, in the order of first appearance in `groups`.
     slots: Vec<Arc<Slot>>,
-    /// Group name -> indexes into `slots`, sorted by name then device ID.
-    groups: Vec<(String, Vec<usize>)>,
+    /// Group name -> (device ID, index into `slots`), sorted by name then
+    /// device ID. Shares of one GPU point at the same slot.
+    groups: Vec<(String, Vec<(String, usize)>)>,
     pool: Pool,
     per_device_ns: u64,
     buf: Vec<u8>,
@@ -212,7 +248,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(nvml: Arc<Nvml>, config: EngineConfig) -> Engine {
         let workers = config.max_workers.max(1);
-        let log_sink: Log = Arc::new(Mutex::new(Vec::new()));
+        let log_sink = LogSink::default();
         let xid = if config.extended {
             XidCounter::new(Arc::clone(&nvml))
                 .map_err(|e| {
@@ -255,33 +291,41 @@ impl Engine {
         self.pool.threads()
     }
 
-    /// Replaces the tracked set. Devices tracked before keep their state
+    /// Replaces the tracked set. GPUs tracked before keep their state
     /// (cached handle, a read still hung), so a re-fingerprint does not
-    /// re-report a hang.
+    /// re-report a hang. Device IDs sharing a UUID share one read.
     pub fn track(&mut self, devices: Vec<TrackedDevice>) {
-        let mut old: BTreeMap<(String, String), Arc<Slot>> = self
-            .slots
-            .drain(..)
-            .map(|s| ((s.device.device_id.clone(), s.device.uuid.clone()), s))
-            .collect();
+        let mut old: HashMap<String, Arc<Slot>> =
+            self.slots.drain(..).map(|s| (s.uuid.clone(), s)).collect();
         let mut by_group: BTreeMap<String, Vec<TrackedDevice>> = BTreeMap::new();
         for d in devices {
             by_group.entry(d.group.clone()).or_default().push(d);
         }
         self.groups.clear();
+        let mut by_uuid: HashMap<String, usize> = HashMap::new();
         for (name, mut devs) in by_group {
             devs.sort_by(|a, b| a.device_id.cmp(&b.device_id));
             devs.dedup_by(|a, b| a.device_id == b.device_id);
-            let mut idx = Vec::with_capacity(devs.len());
+            let mut members = Vec::with_capacity(devs.len());
             for d in devs {
-                let slot = match old.remove(&(d.device_id.clone(), d.uuid.clone())) {
-                    Some(s) if s.device.group == d.group => s,
-                    _ => Arc::new(Slot::new(d)),
+                let i = match by_uuid.get(&d.uuid) {
+                    Some(&i) => i,
+                    None => {
+                        let slot = match old.remove(&d.uuid) {
+                            Some(s) => {
+                                s.set_label(&d.device_id);
+                                s
+                            }
+                            None => Arc::new(Slot::new(d.uuid.clone(), d.device_id.clone())),
+                        };
+                        self.slots.push(slot);
+                        by_uuid.insert(d.uuid, self.slots.len() - 1);
+                        self.slots.len() - 1
+                    }
                 };
-                idx.push(self.slots.len());
-                self.slots.push(slot);
+                members.push((d.device_id, i));
             }
-            self.groups.push((name, idx));
+            self.groups.push((name, members));
         }
         self.watch_xids();
     }
@@ -310,7 +354,7 @@ impl Engine {
                             Level::Warning,
                             format!(
                                 "device {}: cannot watch XID events ({e}); its XID count reads N/A",
-                                slot.device.device_id
+                                slot.label()
                             ),
                         );
                     }
@@ -319,13 +363,43 @@ impl Engine {
         }
     }
 
+    /// Device IDs tracked.
     pub fn tracked(&self) -> usize {
+        self.groups.iter().map(|(_, m)| m.len()).sum()
+    }
+
+    /// Distinct GPUs (UUIDs) read per tick: [`Engine::read_all`]'s length.
+    pub fn read_units(&self) -> usize {
         self.slots.len()
     }
 
     /// Log events since the last call.
     pub fn take_log(&self) -> Vec<LogEvent> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+        self.log.take()
+    }
+
+    /// The engine's log, to keep taking events from after the engine is gone.
+    pub fn log_sink(&self) -> LogSink {
+        self.log.clone()
+    }
+
+    /// Stops the engine and returns its log, which outlives it: a read
+    /// still hung keeps NVML initialised until it returns (then
+    /// nvmlShutdown), and logs then that the device answers again.
+    pub fn close(self) -> LogSink {
+        for slot in &self.slots {
+            if slot.busy.load(Ordering::Acquire) {
+                log(
+                    &self.log,
+                    Level::Warning,
+                    format!(
+                        "closing while device {} is still in an NVML call; NVML is shut down once it returns",
+                        slot.label()
+                    ),
+                );
+            }
+        }
+        self.log.clone()
     }
 
     /// One tick: reads every tracked device and returns the encoded
@@ -344,19 +418,20 @@ impl Engine {
         let groups: Vec<GroupView<'_>> = self
             .groups
             .iter()
-            .map(|(name, idx)| GroupView {
+            .map(|(name, members)| GroupView {
                 name,
-                devices: idx
+                devices: members
                     .iter()
-                    .map(|&i| (self.slots[i].device.device_id.as_str(), &samples[i]))
+                    .map(|(id, i)| (id.as_str(), &samples[*i]))
                     .collect(),
             })
             .collect();
         encode_stats_response(buf, &groups, t);
     }
 
-    /// Reads every tracked device; values of devices that did not answer in
-    /// time are "N/A".
+    /// Reads every tracked GPU once: one sample per distinct UUID, in the
+    /// order of first appearance (groups by name, devices by ID). Values of
+    /// GPUs that did not answer in time are "N/A".
     pub fn read_all(&mut self) -> Vec<DeviceSample> {
         let n = self.slots.len();
         let opts = ReadOptions {
@@ -382,7 +457,7 @@ impl Engine {
         let tick = Arc::new(Tick {
             nvml: Arc::clone(&self.nvml),
             opts,
-            log: Arc::clone(&self.log),
+            log: self.log.clone(),
             slots: self.slots.clone(),
             results: (0..n).map(|_| OnceLock::new()).collect(),
             next: AtomicUsize::new(0),
@@ -419,7 +494,8 @@ impl Engine {
                             Level::Warning,
                             format!(
                                 "device {} did not answer NVML within {:?}; its stats read N/A until it does",
-                                slot.device.device_id, self.config.timeout
+                                slot.label(),
+                                self.config.timeout
                             ),
                         );
                     }

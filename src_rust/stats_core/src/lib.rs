@@ -10,6 +10,6 @@ pub mod pool;
 pub mod sample;
 pub mod xid;
 
-pub use engine::{Engine, EngineConfig, Level, LogEvent, TrackedDevice};
+pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
 pub use sample::{DeviceSample, Extended, ReadOptions, Reading};
