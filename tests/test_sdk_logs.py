@@ -6,18 +6,28 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
+
+import pytest
 
 from nomad_device_nvidia.sdk import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    """logs.configure sets the process-wide root logger; give later tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_hclog_json_line_has_level_message_module_timestamp_and_pairs() -> None:
     out = io.StringIO()
     logs.configure("debug", stream=out)
-    try:
-        logging.getLogger("nomad_device_nvidia.test").warning("gpu lost", extra={"uuid": "GPU-1", "n": 3})
-        logging.getLogger("x").debug("detail")
-    finally:
-        logging.getLogger().handlers.clear()
+    logging.getLogger("nomad_device_nvidia.test").warning("gpu lost", extra={"uuid": "GPU-1", "n": 3})
+    logging.getLogger("x").debug("detail")
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["@level"] == "warn"
     assert first["@message"] == "gpu lost"
@@ -31,9 +41,6 @@ def test_hclog_json_line_has_level_message_module_timestamp_and_pairs() -> None:
 def test_level_filter() -> None:
     out = io.StringIO()
     logs.configure("error", stream=out)
-    try:
-        logging.getLogger("x").warning("quiet")
-        logging.getLogger("x").error("loud")
-    finally:
-        logging.getLogger().handlers.clear()
+    logging.getLogger("x").warning("quiet")
+    logging.getLogger("x").error("loud")
     assert [json.loads(line)["@message"] for line in out.getvalue().splitlines()] == ["loud"]
