@@ -4,14 +4,20 @@ NVML state (and the loaded libnvidia-ml.so.1) is per process, so each test that
 needs a scenario runs the real plugin here, over the simulated library, and gets
 a JSON transcript of what happened. Steps come as JSON on argv[1]:
 
-  {"op": "plugin", "simulate": "..."}          a new plugin, built as the CLI does from its flags
+  {"op": "plugin", "simulate": "...", "fail_scans": [1, 3], "reserve_timeout": 1}
+        a new plugin, built as the CLI does from its flags; scan calls numbered in
+        `fail_scans` raise instead of reading NVML (the constructor's scan seam)
+  {"op": "wait_scans", "n": 3, "max_s": 30}    waits until the plugin has started n scans
+  {"op": "sleep", "s": 1}
   {"op": "config", "config": {...}}            set_config; records the error, if any
   {"op": "start"}                              opens a Fingerprint stream (background thread)
   {"op": "wait", "until": "<python expr>", "max_s": 30}
         waits for the next answer (in order) for which the expression holds (`groups` = that
         answer, `answers` = all up to it); records it (or "timeout": true)
   {"op": "reserve", "ids": [...]}              records envs/devices or the refusal
-  {"op": "stats", "ticks": 2}                  collects decoded Stats answers
+  {"op": "stats", "ticks": 2, "stop_after_s": null, "max_s": 60}
+        collects decoded Stats answers on a thread; records whether the stream ended
+  {"op": "stats_start"} / {"op": "stats_wait", "ticks": 1}   a Stats stream left open across steps
   {"op": "stop"}                               sets stop; records whether the stream ended
   {"op": "shutdown"}
 """
@@ -25,7 +31,8 @@ import threading
 import time
 from typing import Any
 
-from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
+from nomad_device_nvidia.nvidia import fingerprint as fp
+from nomad_device_nvidia.nvidia.plugin import RESERVE_TIMEOUT_S, NvidiaDevicePlugin
 from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled, ReservationRefused
 
 
@@ -47,6 +54,63 @@ def encode(groups: Any) -> list[dict[str, Any]]:
     return out
 
 
+class Scans:
+    """The plugin's scan function: counts calls and raises for the numbered ones."""
+
+    def __init__(self, fail: list[int]) -> None:
+        self.calls = 0
+        self.fail = set(fail)
+        self.changed = threading.Condition()
+
+    def __call__(self, previous: fp.Inventory | None) -> fp.Inventory:
+        with self.changed:
+            self.calls += 1
+            n = self.calls
+            self.changed.notify_all()
+        if n in self.fail:
+            raise RuntimeError(f"injected scan failure {n}")
+        return fp.scan(previous)
+
+    def wait(self, n: int, max_s: float) -> dict[str, Any]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.calls >= n, timeout=max_s)
+            return {"scans": self.calls}
+
+
+class StatsRun:
+    """One Stats stream on its own thread, as the gRPC service runs it."""
+
+    def __init__(self, plugin: NvidiaDevicePlugin, interval: float) -> None:
+        self.stop = threading.Event()
+        self.ticks: list[dict[str, list[str]]] = []
+        self.error = ""
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, args=(plugin, interval), daemon=True)
+        self.thread.start()
+
+    def _run(self, plugin: NvidiaDevicePlugin, interval: float) -> None:
+        from nomad_device_nvidia._proto.nomad import device_pb2
+
+        try:
+            for item in plugin.stats(interval, self.stop):
+                msg = item if not isinstance(item, bytes) else device_pb2.StatsResponse.FromString(item)
+                with self.changed:
+                    self.ticks.append({g.name: sorted(g.instance_stats.keys()) for g in msg.groups})
+                    self.changed.notify_all()
+        except Exception as exc:  # recorded for the test to see
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self.changed:
+                self.changed.notify_all()
+
+    def wait(self, ticks: int, max_s: float) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.ticks) >= ticks or not self.thread.is_alive(), timeout=max_s)
+
+    def report(self) -> dict[str, Any]:
+        return {"ticks": list(self.ticks), "ended": not self.thread.is_alive(), "error": self.error}
+
+
 class Stream:
     def __init__(self, plugin: NvidiaDevicePlugin) -> None:
         self.stop = threading.Event()
@@ -61,8 +125,12 @@ class Stream:
     def _run(self, plugin: NvidiaDevicePlugin) -> None:
         try:
             for groups in plugin.fingerprint(self.stop):
+                answer = encode(groups)
                 with self.changed:
-                    self.answers.append(encode(groups))
+                    # As the SDK service does: an answer equal to the last one is not sent.
+                    if self.answers and self.answers[-1] == answer:
+                        continue
+                    self.answers.append(answer)
                     self.changed.notify_all()
         except PluginDisabled as exc:
             self.error = f"PluginDisabled: {exc}"
@@ -123,13 +191,26 @@ def nvml_view(ids: list[str]) -> dict[str, Any]:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     steps = json.loads(sys.argv[1])
-    plugin = NvidiaDevicePlugin()
+    scans = Scans([])
+    plugin = NvidiaDevicePlugin(scan=scans)
     stream: Stream | None = None
+    stats_run: StatsRun | None = None
     out: list[dict[str, Any]] = []
     for step in steps:
         op = step["op"]
         if op == "plugin":  # as the CLI builds it, from --nvml-library / --simulate
-            plugin = NvidiaDevicePlugin(nvml_library=step.get("nvml_library", ""), simulate=step.get("simulate", ""))
+            scans = Scans(step.get("fail_scans", []))
+            plugin = NvidiaDevicePlugin(
+                nvml_library=step.get("nvml_library", ""),
+                simulate=step.get("simulate", ""),
+                scan=scans,
+                reserve_timeout=step.get("reserve_timeout", RESERVE_TIMEOUT_S),
+            )
+            out.append({"ok": True})
+        elif op == "wait_scans":
+            out.append(scans.wait(step["n"], step.get("max_s", 30)))
+        elif op == "sleep":
+            time.sleep(step["s"])
             out.append({"ok": True})
         elif op == "config":
             try:
@@ -155,18 +236,26 @@ def main() -> int:
             except (ReservationRefused, PluginDisabled) as exc:
                 out.append({"refused": str(exc), "kind": type(exc).__name__})
         elif op == "stats":
-            from nomad_device_nvidia._proto.nomad import device_pb2
-
-            stop = threading.Event()
-            ticks = []
-            for item in plugin.stats(step.get("interval", 0.05), stop):
-                msg = item if not isinstance(item, bytes) else device_pb2.StatsResponse.FromString(item)
-                ticks.append(
-                    {g.name: sorted(g.instance_stats.keys()) for g in msg.groups}
-                )
-                if len(ticks) >= step.get("ticks", 2):
-                    stop.set()
-            out.append({"ticks": ticks})
+            run = StatsRun(plugin, step.get("interval", 0.05))
+            if step.get("stop_after_s") is not None:
+                run.thread.join(step["stop_after_s"])
+            else:
+                run.wait(step.get("ticks", 2), step.get("max_s", 60))
+            run.stop.set()
+            run.thread.join(step.get("max_s", 60))
+            out.append(run.report())
+        elif op == "stats_start":
+            stats_run = StatsRun(plugin, step.get("interval", 0.05))
+            out.append({"ok": True})
+        elif op == "stats_wait":
+            assert stats_run is not None
+            stats_run.wait(step.get("ticks", 1), step.get("max_s", 30))
+            out.append(stats_run.report())
+        elif op == "stats_stop":
+            assert stats_run is not None
+            stats_run.stop.set()
+            stats_run.thread.join(step.get("max_s", 10))
+            out.append(stats_run.report())
         elif op == "stop":
             assert stream is not None
             stream.stop.set()

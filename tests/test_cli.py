@@ -99,3 +99,22 @@ def test_probe_bad_config_value_names_the_key(tmp_path: Path) -> None:
     out = run("probe", "--config", str(hcl))
     assert out.returncode == 2
     assert 'config key "fingerprint_period"' in out.stderr and "Traceback" not in out.stderr
+
+
+def test_probe_of_a_disabled_plugin_is_one_line(tmp_path: Path) -> None:
+    hcl = tmp_path / "client.hcl"
+    scenario = ROOT / "scenarios" / "1gpu.toml"
+    hcl.write_text(f'plugin "nomad-device-nvidia" {{\n  config {{\n    enabled = false\n    simulate = "{scenario}"\n  }}\n}}\n')
+    out = run("probe", "--config", str(hcl))
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("nomad-device-nvidia probe:")]
+    assert len(errors) == 1 and "enabled = false" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_probe_refuses_a_relative_scenario_in_the_config_naming_the_key(tmp_path: Path) -> None:
+    hcl = tmp_path / "client.hcl"
+    hcl.write_text('plugin "nomad-device-nvidia" {\n  config {\n    simulate = "scenarios/1gpu.toml"\n  }\n}\n')
+    out = run("probe", "--config", str(hcl))
+    assert out.returncode == 2
+    assert 'config key "simulate": must be an absolute path' in out.stderr and "Traceback" not in out.stderr

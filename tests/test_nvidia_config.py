@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomad_device_nvidia.nvidia.config import DEFAULT_IGNORED_XIDS, NvidiaConfig, config_spec
+from nomad_device_nvidia.nvidia.config import DEFAULT_IGNORED_XIDS, NvidiaConfig, config_spec, format_duration
 from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 from nomad_device_nvidia.sdk import ConfigError
 
@@ -58,18 +59,27 @@ def test_agent_style_config_with_null_blocks() -> None:
         ({"ignored_gpu_ids": "GPU-1"}, "ignored_gpu_ids", "list of strings"),
         ({"ignored_gpu_ids": ["GPU-1", 3]}, "ignored_gpu_ids", "item 1"),
         ({"fingerprint_period": "soon"}, "fingerprint_period", "invalid duration"),
-        ({"fingerprint_period": "-5s"}, "fingerprint_period", "positive"),
-        ({"fingerprint_period": "0"}, "fingerprint_period", "positive"),
+        ({"fingerprint_period": "-5s"}, "fingerprint_period", "at least 1s"),
+        ({"fingerprint_period": "0"}, "fingerprint_period", "at least 1s"),
+        ({"fingerprint_period": "1ns"}, "fingerprint_period", "at least 1s"),
+        ({"fingerprint_period": "999ms"}, "fingerprint_period", "at least 1s"),
         ({"fingerprint_period": 60}, "fingerprint_period", "duration string"),
         ({"stats_engine": "rust"}, "stats_engine", "one of"),
         ({"nvml_library": 1}, "nvml_library", "string"),
+        ({"nvml_library": "lib/libnvidia-ml.so.1"}, "nvml_library", "absolute path"),
+        ({"nvml_library": "/nonexistent/libnvidia-ml.so.1"}, "nvml_library", "not an existing file"),
+        ({"nvml_library": "/"}, "nvml_library", "not an existing file"),
+        ({"simulate": "scenarios/1gpu.toml"}, "simulate", "absolute path"),
+        ({"simulate": "/nonexistent/scenario.toml"}, "simulate", "not an existing file"),
         ({"bogus": 1}, "bogus", "unknown key"),
         ({"health": {"ignored_xids": "13"}}, "health.ignored_xids", "list of XID"),
         ({"health": {"ignored_xids": [13, "x"]}}, "health.ignored_xids", "item 1"),
         ({"health": {"ignored_xids": [13, 1.5]}}, "health.ignored_xids", "item 1"),
         ({"health": {"ignored_xids": [0]}}, "health.ignored_xids", "between"),
         ({"health": {"ignored_xids": [True]}}, "health.ignored_xids", "item 0"),
-        ({"health": {"probe_interval": "-1s"}}, "health.probe_interval", "positive"),
+        ({"health": {"probe_interval": "-1s"}}, "health.probe_interval", "at least 100ms"),
+        ({"health": {"probe_interval": "1us"}}, "health.probe_interval", "at least 100ms"),
+        ({"health": {"probe_interval": "99ms"}}, "health.probe_interval", "at least 100ms"),
         ({"health": {"typo": 1}}, "health.typo", "unknown key"),
         ({"health": "on"}, "health", "must be a block"),
         ({"reserve": {"dev_root": "dev"}}, "reserve.dev_root", "absolute path"),
@@ -77,6 +87,11 @@ def test_agent_style_config_with_null_blocks() -> None:
         ({"sharing": {"shares": 0}}, "sharing.shares", "between 1 and"),
         ({"sharing": {"shares": 1000}}, "sharing.shares", "between 1 and"),
         ({"sharing": {"shares": 2.5}}, "sharing.shares", "whole number"),
+        ({"sharing": {"shares": "2.5"}}, "sharing.shares", "whole number"),
+        ({"sharing": {"shares": "two"}}, "sharing.shares", "whole number"),
+        ({"sharing": {"shares": "NaN"}}, "sharing.shares", "whole number"),
+        ({"sharing": {"shares": "100000000000000000000000"}}, "sharing.shares", "between 1 and"),
+        ({"health": {"ignored_xids": ["1e400"]}}, "health.ignored_xids", "between"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict[str, Any], key: str, fragment: str) -> None:
@@ -85,6 +100,28 @@ def test_bad_values_name_the_key(raw: dict[str, Any], key: str, fragment: str) -
     assert info.value.key == key
     assert f'config key "{key}"' in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_floors_and_paths_that_are_accepted(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "s"\n')
+    cfg = NvidiaConfig.from_mapping(
+        {"fingerprint_period": "1s", "health": {"probe_interval": "100ms"}, "simulate": str(scenario), "nvml_library": ""}
+    )
+    assert (cfg.fingerprint_period, cfg.health.probe_interval) == (1.0, 0.1)
+    assert (cfg.simulate, cfg.nvml_library) == (str(scenario), "")
+
+
+def test_numbers_as_decimal_strings_as_cty_sends_big_ones() -> None:
+    cfg = NvidiaConfig.from_mapping({"sharing": {"shares": "8"}, "health": {"ignored_xids": ["79", 48, "4294967295"]}})
+    assert cfg.sharing.shares == 8
+    assert cfg.health.ignored_xids == frozenset({79, 48, 2**32 - 1})
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(60.0, "1m"), (5.0, "5s"), (0.1, "100ms"), (90.0, "90s"), (7200.0, "2h")])
+def test_format_duration_round_trips(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert NvidiaConfig.from_mapping({"fingerprint_period": format_duration(seconds + 1)}).fingerprint_period == seconds + 1
 
 
 def test_rejected_config_keeps_the_previous_one() -> None:
@@ -126,11 +163,13 @@ def test_schema_has_a_default_for_every_key_that_parses_to_the_dataclass_default
         "sharing",
     }
     assert NvidiaConfig.from_mapping(defaults) == NvidiaConfig()
+    # The agent-visible form of the defaults (HashiCorp's first three keys).
+    assert (defaults["enabled"], defaults["ignored_gpu_ids"], defaults["fingerprint_period"]) == (True, [], "1m")
+    assert defaults["health"]["probe_interval"] == "5s"
+    assert defaults["health"]["ignored_xids"] == sorted(DEFAULT_IGNORED_XIDS)
 
 
-durations = st.builds(
-    lambda n, u: f"{n}{u}", st.integers(min_value=1, max_value=10_000), st.sampled_from(["ms", "s", "m", "h"])
-)
+durations = st.builds(lambda n, u: f"{n}{u}", st.integers(min_value=1, max_value=10_000), st.sampled_from(["s", "m", "h"]))
 
 
 @given(

@@ -15,13 +15,15 @@ from hypothesis import strategies as st
 
 from nomad_device_nvidia.nvidia.config import ReserveConfig
 from nomad_device_nvidia.nvidia.fingerprint import (
+    GROUPING_ATTRIBUTES,
     MIB,
     SHARE_SEPARATOR,
     GpuDevice,
     Inventory,
     pcie_bandwidth,
-    render,
     cuda_version_text,
+    render,
+    variant_key,
 )
 from nomad_device_nvidia.nvidia.reserve import device_nodes, reservation, resolve
 from nomad_device_nvidia.sdk import Attribute, ReservationRefused
@@ -44,7 +46,11 @@ def inventories(draw: st.DrawFn) -> Inventory:
                 name=name,
                 pci_bus_id=f"00000000:{i:02X}:00.0",
                 slot=(i, -1),
-                attributes={"memory": Attribute(mem, MIB), "power": Attribute(power, "W")},
+                attributes={
+                    "memory": Attribute(mem, MIB),
+                    "power": Attribute(power, "W"),
+                    **({"architecture": Attribute("ampere")} if draw(st.booleans()) else {}),
+                },
                 numa_node=draw(st.sampled_from([None, 0, 1])),
                 parent_uuid=parent,
                 minor=i,
@@ -73,11 +79,19 @@ def test_render_properties(inv: Inventory, shares: int, data: st.DataObject) -> 
     for g in groups:
         assert (g.vendor, g.device_type) == ("nvidia", "gpu")
         members = {by_id[d.id].id: by_id[d.id] for d in g.devices}.values()
-        # Only identical devices: same name and attributes.
-        assert len({(m.name, tuple(sorted(m.attributes.items()))) for m in members}) == 1
+        # Only identical devices: same name and the same SKU attributes.
+        assert len({(m.name, variant_key(m.attributes)) for m in members}) == 1
         assert g.name.startswith(next(iter(members)).name)
-        for k, a in next(iter(members)).attributes.items():
-            assert g.attributes[k] == a
+        for k in GROUPING_ATTRIBUTES:
+            assert g.attributes.get(k) == next(iter(members)).attributes.get(k)
+        # A group attribute holds for every member; one they disagree on is left out.
+        for m in members:
+            for k, a in m.attributes.items():
+                if k in g.attributes:
+                    assert g.attributes[k] == a
+        for k in {k for m in members for k in m.attributes}:
+            if len({m.attributes.get(k) for m in members}) > 1:
+                assert k not in g.attributes
         assert g.attributes["driver_version"].value == "550.90.07"
         if "numa_node" in g.attributes:
             assert {m.numa_node for m in members} == {g.attributes["numa_node"].value}
@@ -123,15 +137,47 @@ def test_refusal_names_unknown_and_unhealthy_ids() -> None:
     )
 
 
-def test_same_name_different_attributes_split_into_numbered_groups() -> None:
-    def mk(i: int, power: int) -> GpuDevice:
-        return GpuDevice(f"GPU-{i}", "NVIDIA A100", "", (i, -1), {"power": Attribute(power, "W")})
+def _gpu(i: int, memory: int = 40960, power: int = 400, name: str = "NVIDIA A100") -> GpuDevice:
+    attrs = {"memory": Attribute(memory, MIB), "power": Attribute(power, "W")}
+    return GpuDevice(f"GPU-{i}", name, "", (i, -1), attrs)
 
-    groups, _ = render(Inventory("1", "", (mk(0, 400), mk(1, 250), mk(2, 400))), healthy, frozenset(), 1)
-    assert [(g.name, [d.id for d in g.devices]) for g in groups] == [
-        ("NVIDIA A100", ["GPU-0", "GPU-2"]),
-        ("NVIDIA A100 (2)", ["GPU-1"]),
+
+def test_power_limit_does_not_split_a_group_and_is_left_out_when_it_differs() -> None:
+    # `nvidia-smi -pl` on one GPU must not rename the group a job asks for.
+    groups, _ = render(Inventory("1", "", (_gpu(0, power=400), _gpu(1, power=250), _gpu(2))), healthy, frozenset(), 1)
+    assert [(g.name, [d.id for d in g.devices]) for g in groups] == [("NVIDIA A100", ["GPU-0", "GPU-1", "GPU-2"])]
+    assert "power" not in groups[0].attributes and groups[0].attributes["memory"].value == 40960
+    groups, _ = render(Inventory("1", "", (_gpu(0), _gpu(1))), healthy, frozenset(), 1)
+    assert groups[0].attributes["power"] == Attribute(400, "W")
+
+
+def test_sku_attributes_split_and_the_largest_variant_keeps_the_plain_name() -> None:
+    # The odd GPU sorts first by UUID, yet the two 80 GB ones keep the plain name.
+    inv = Inventory("1", "", (_gpu(0, memory=40960), _gpu(1, memory=81920), _gpu(2, memory=81920)))
+    groups, _ = render(inv, healthy, frozenset(), 1)
+    assert [(g.name, [d.id for d in g.devices], g.attributes["memory"].value) for g in groups] == [
+        ("NVIDIA A100", ["GPU-1", "GPU-2"], 81920),
+        ("NVIDIA A100 (2)", ["GPU-0"], 40960),
     ]
+    # A tie goes to the variant holding the lowest UUID, whatever order NVML lists them in.
+    tie = (_gpu(3, memory=81920), _gpu(1, memory=40960))
+    groups, _ = render(Inventory("1", "", tie), healthy, frozenset(), 1)
+    assert [(g.name, [d.id for d in g.devices]) for g in groups] == [
+        ("NVIDIA A100", ["GPU-1"]),
+        ("NVIDIA A100 (2)", ["GPU-3"]),
+    ]
+
+
+def test_refusal_lists_each_repeated_id_once() -> None:
+    a = GpuDevice("GPU-a", "X", "", (0, -1), {})
+    _, offered = render(Inventory("1", "", (a,)), healthy, frozenset(), 1)
+
+    def sick(_: str) -> tuple[bool, str]:
+        return False, "lost"
+
+    with pytest.raises(ReservationRefused) as info:
+        resolve(["GPU-z", "GPU-a", "GPU-z", "GPU-a"], {o.id: o for o in offered}, sick)
+    assert str(info.value) == "unknown device IDs: GPU-z; unhealthy device IDs: GPU-a (lost)"
 
 
 def test_ignoring_a_gpu_hides_its_mig_instances() -> None:

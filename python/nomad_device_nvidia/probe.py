@@ -7,6 +7,7 @@ one fingerprint and one stats sample, and prints them as a table or JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nomad_device_nvidia.sdk import ConfigError, DeviceGroup
+from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled
 
 PLUGIN_BLOCK_NAMES = ("nomad-device-nvidia", "nvidia-gpu")
 
@@ -155,12 +156,17 @@ def _probe(args: argparse.Namespace) -> int:
     plugin.set_config(config)
     stop = threading.Event()
     try:
-        groups = list(next(iter(plugin.fingerprint(stop)), []))
+        # closing(): the streams' finally blocks (unsubscribe, stats engine close) run now.
+        with contextlib.closing(plugin.fingerprint(stop)) as answers:
+            groups = list(next(answers, []))
         stats: dict[str, dict[str, str]] = {}
         if groups:
-            sample = next(iter(plugin.stats(1.0, stop)), None)
+            with contextlib.closing(plugin.stats(1.0, stop)) as samples:
+                sample = next(samples, None)
             if sample is not None:
                 stats = decode_stats(sample if isinstance(sample, bytes) else sample.SerializeToString())
+    except PluginDisabled:
+        raise ProbeError("the plugin is disabled by its config (enabled = false)") from None
     finally:
         stop.set()
         plugin.shutdown()

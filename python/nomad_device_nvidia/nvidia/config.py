@@ -6,7 +6,9 @@ defaults, so existing agent configs keep working; the rest are ours.
 
 from __future__ import annotations
 
+import decimal
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -20,6 +22,9 @@ DEFAULT_IGNORED_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68, 109)
 
 STATS_ENGINES = ("native", "python")
 MAX_SHARES = 64
+# Floors that keep a typo ("1ns") from turning a loop into a busy loop.
+MIN_FINGERPRINT_PERIOD = 1.0
+MIN_PROBE_INTERVAL = 0.1
 
 T = TypeVar("T")
 
@@ -65,18 +70,19 @@ class NvidiaConfig:
 
         Raises ConfigError naming the offending key (dotted for nested blocks).
         """
+        d = cls()  # the defaults live in the field declarations only
         r = _Reader(raw, "")
         cfg = cls(
-            enabled=r.get("enabled", _bool, True),
-            ignored_gpu_ids=frozenset(r.get("ignored_gpu_ids", _str_list, list[str]())),
-            fingerprint_period=r.get("fingerprint_period", _positive_duration, 60.0),
-            nvml_library=r.get("nvml_library", _str, ""),
-            simulate=r.get("simulate", _str, ""),
-            stats_engine=r.get("stats_engine", _choice(STATS_ENGINES), "native"),
-            extended_stats=r.get("extended_stats", _bool, False),
-            health=r.get("health", _health, HealthConfig()),
-            reserve=r.get("reserve", _reserve, ReserveConfig()),
-            sharing=r.get("sharing", _sharing, SharingConfig()),
+            enabled=r.get("enabled", _bool, d.enabled),
+            ignored_gpu_ids=r.get("ignored_gpu_ids", _str_set, d.ignored_gpu_ids),
+            fingerprint_period=r.get("fingerprint_period", _duration_at_least(MIN_FINGERPRINT_PERIOD), d.fingerprint_period),
+            nvml_library=r.get("nvml_library", _existing_file, d.nvml_library),
+            simulate=r.get("simulate", _existing_file, d.simulate),
+            stats_engine=r.get("stats_engine", _choice(STATS_ENGINES), d.stats_engine),
+            extended_stats=r.get("extended_stats", _bool, d.extended_stats),
+            health=r.get("health", _health, d.health),
+            reserve=r.get("reserve", _reserve, d.reserve),
+            sharing=r.get("sharing", _sharing, d.sharing),
         )
         r.reject_unknown()
         return cfg
@@ -123,6 +129,22 @@ def _str(key: str, value: Any) -> str:
     return value
 
 
+def _existing_file(key: str, value: Any) -> str:
+    # Checked here so a typo is refused by SetConfig, not found on the first Fingerprint.
+    path = _str(key, value)
+    if not path:
+        return path  # "" = off
+    if not os.path.isabs(path):
+        raise ConfigError(key, f"must be an absolute path, got {path!r}")
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"{path!r} is not an existing file")
+    return path
+
+
+def _str_set(key: str, value: Any) -> frozenset[str]:
+    return frozenset(_str_list(key, value))
+
+
 def _str_list(key: str, value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise ConfigError(key, f"must be a list of strings, got {_kind(value)} ({value!r})")
@@ -135,26 +157,45 @@ def _str_list(key: str, value: Any) -> list[str]:
 
 
 def _int(key: str, value: Any) -> int:
-    # cty numbers arrive as int, float, or (when huge) a decimal string.
+    # cty numbers arrive as int, float, or (when too big for either) a decimal string.
     if isinstance(value, bool):
         raise ConfigError(key, f"must be a whole number, got a bool ({value!r})")
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, int):
         return value
+    if isinstance(value, str):
+        try:
+            number = decimal.Decimal(value.strip())
+        except decimal.InvalidOperation:
+            number = None
+        if number is not None and number.is_finite() and number == number.to_integral_value():
+            return int(number)
     raise ConfigError(key, f"must be a whole number, got {_kind(value)} ({value!r})")
 
 
-def _positive_duration(key: str, value: Any) -> float:
-    if not isinstance(value, str):
-        raise ConfigError(key, f'must be a duration string like "1m" or "30s", got {_kind(value)} ({value!r})')
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(key, str(exc)) from None
-    if seconds <= 0:
-        raise ConfigError(key, f'must be a positive duration, got "{value}"')
-    return seconds
+def _duration_at_least(floor: float) -> Callable[[str, Any], float]:
+    def parse(key: str, value: Any) -> float:
+        if not isinstance(value, str):
+            raise ConfigError(key, f'must be a duration string like "1m" or "30s", got {_kind(value)} ({value!r})')
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+        if seconds < floor:
+            raise ConfigError(key, f'must be at least {format_duration(floor)}, got "{value}"')
+        return seconds
+
+    return parse
+
+
+def format_duration(seconds: float) -> str:
+    """Go duration text for `seconds`, in the largest unit that states it exactly ("1m", "100ms")."""
+    ns = round(seconds * 1e9)
+    for unit, size in (("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
@@ -182,11 +223,12 @@ def _xid_list(key: str, value: Any) -> frozenset[int]:
 
 
 def _health(key: str, value: Any) -> HealthConfig:
+    d = HealthConfig()
     r = _Reader(value, key + ".")
     cfg = HealthConfig(
-        enabled=r.get("enabled", _bool, True),
-        ignored_xids=r.get("ignored_xids", _xid_list, frozenset(DEFAULT_IGNORED_XIDS)),
-        probe_interval=r.get("probe_interval", _positive_duration, 5.0),
+        enabled=r.get("enabled", _bool, d.enabled),
+        ignored_xids=r.get("ignored_xids", _xid_list, d.ignored_xids),
+        probe_interval=r.get("probe_interval", _duration_at_least(MIN_PROBE_INTERVAL), d.probe_interval),
     )
     r.reject_unknown()
     return cfg
@@ -200,12 +242,13 @@ def _absolute_path(key: str, value: Any) -> str:
 
 
 def _reserve(key: str, value: Any) -> ReserveConfig:
+    d = ReserveConfig()
     r = _Reader(value, key + ".")
     cfg = ReserveConfig(
-        cuda_visible_devices=r.get("cuda_visible_devices", _bool, False),
-        device_nodes=r.get("device_nodes", _bool, False),
-        dev_root=r.get("dev_root", _absolute_path, "/dev"),
-        mig_capabilities_root=r.get("mig_capabilities_root", _absolute_path, "/proc/driver/nvidia/capabilities"),
+        cuda_visible_devices=r.get("cuda_visible_devices", _bool, d.cuda_visible_devices),
+        device_nodes=r.get("device_nodes", _bool, d.device_nodes),
+        dev_root=r.get("dev_root", _absolute_path, d.dev_root),
+        mig_capabilities_root=r.get("mig_capabilities_root", _absolute_path, d.mig_capabilities_root),
     )
     r.reject_unknown()
     return cfg
@@ -220,30 +263,35 @@ def _shares(key: str, value: Any) -> int:
 
 def _sharing(key: str, value: Any) -> SharingConfig:
     r = _Reader(value, key + ".")
-    cfg = SharingConfig(shares=r.get("shares", _shares, 1))
+    cfg = SharingConfig(shares=r.get("shares", _shares, SharingConfig().shares))
     r.reject_unknown()
     return cfg
 
 
 def config_spec() -> hclspec.Spec:
-    """The HCL schema, with a default for every key (the agent fills them in)."""
+    """The HCL schema, with a default for every key (the agent fills them in).
+
+    Defaults come from the dataclasses, in the agent's form, so the two cannot drift.
+    """
     a = hclspec.attr
+    d = NvidiaConfig()
+    h, rs = d.health, d.reserve
     return hclspec.obj(
         {
-            "enabled": a("enabled", "bool", True),
-            "ignored_gpu_ids": a("ignored_gpu_ids", "list(string)", []),
-            "fingerprint_period": a("fingerprint_period", "string", "1m"),
-            "nvml_library": a("nvml_library", "string", ""),
-            "simulate": a("simulate", "string", ""),
-            "stats_engine": a("stats_engine", "string", "native"),
-            "extended_stats": a("extended_stats", "bool", False),
+            "enabled": a("enabled", "bool", d.enabled),
+            "ignored_gpu_ids": a("ignored_gpu_ids", "list(string)", sorted(d.ignored_gpu_ids)),
+            "fingerprint_period": a("fingerprint_period", "string", format_duration(d.fingerprint_period)),
+            "nvml_library": a("nvml_library", "string", d.nvml_library),
+            "simulate": a("simulate", "string", d.simulate),
+            "stats_engine": a("stats_engine", "string", d.stats_engine),
+            "extended_stats": a("extended_stats", "bool", d.extended_stats),
             "health": hclspec.block(
                 "health",
                 hclspec.obj(
                     {
-                        "enabled": a("enabled", "bool", True),
-                        "ignored_xids": a("ignored_xids", "list(number)", list(DEFAULT_IGNORED_XIDS)),
-                        "probe_interval": a("probe_interval", "string", "5s"),
+                        "enabled": a("enabled", "bool", h.enabled),
+                        "ignored_xids": a("ignored_xids", "list(number)", sorted(h.ignored_xids)),
+                        "probe_interval": a("probe_interval", "string", format_duration(h.probe_interval)),
                     }
                 ),
             ),
@@ -251,15 +299,13 @@ def config_spec() -> hclspec.Spec:
                 "reserve",
                 hclspec.obj(
                     {
-                        "cuda_visible_devices": a("cuda_visible_devices", "bool", False),
-                        "device_nodes": a("device_nodes", "bool", False),
-                        "dev_root": a("dev_root", "string", "/dev"),
-                        "mig_capabilities_root": a(
-                            "mig_capabilities_root", "string", "/proc/driver/nvidia/capabilities"
-                        ),
+                        "cuda_visible_devices": a("cuda_visible_devices", "bool", rs.cuda_visible_devices),
+                        "device_nodes": a("device_nodes", "bool", rs.device_nodes),
+                        "dev_root": a("dev_root", "string", rs.dev_root),
+                        "mig_capabilities_root": a("mig_capabilities_root", "string", rs.mig_capabilities_root),
                     }
                 ),
             ),
-            "sharing": hclspec.block("sharing", hclspec.obj({"shares": a("shares", "number", 1)})),
+            "sharing": hclspec.block("sharing", hclspec.obj({"shares": a("shares", "number", d.sharing.shares)})),
         }
     )

@@ -153,7 +153,8 @@ def _load_system() -> NvmlSource:
     try:
         lib = ctypes.CDLL(SONAME, mode=ctypes.RTLD_GLOBAL)
     except OSError:
-        log.info("no %s on this machine (no NVIDIA driver)", SONAME)
+        # Not logged above debug: the plugin says it once, when nvmlInit then fails.
+        log.debug("no %s on this machine (no NVIDIA driver)", SONAME)
         return NvmlSource(path=None, simulated=False, scenario=None)
     path = _mapped_nvml()
     if hasattr(lib, SIM_MARKER_SYMBOL):

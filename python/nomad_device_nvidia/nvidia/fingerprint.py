@@ -63,8 +63,9 @@ _ARCHITECTURES = {
 # MB/s per PCIe lane by generation, as HashiCorp's plugin computes pci_bandwidth.
 _PCIE_LANE_MB_PER_S = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 3072, 6: 4096}
 
-# Calls answering these simply do not know the value: the attribute is left out.
-_UNKNOWN_VALUE = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
+# Calls answering these simply do not know the value (the attribute is left out,
+# the health check skipped); the one definition both modules use.
+UNSUPPORTED_CODES = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
 # Codes that mean the GPU itself is gone or must be reset.
 LOST_CODES = frozenset({pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_REQUIRED})
 _NO_MIG_AT_INDEX = frozenset({pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT})
@@ -124,7 +125,7 @@ def _optional(call: Callable[[], T]) -> T | None:
     try:
         return call()
     except pynvml.NVMLError as exc:
-        if exc.value in _UNKNOWN_VALUE:
+        if exc.value in UNSUPPORTED_CODES:
             return None
         raise
 
@@ -262,7 +263,7 @@ def _mig_enabled(gpu: Any) -> bool:
     try:
         current, _pending = pynvml.nvmlDeviceGetMigMode(gpu)
     except pynvml.NVMLError as exc:
-        if exc.value in _UNKNOWN_VALUE:
+        if exc.value in UNSUPPORTED_CODES:
             return False
         raise
     return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
@@ -387,8 +388,21 @@ def share_ids(device_id: str, shares: int) -> list[str]:
     return [f"{device_id}{SHARE_SEPARATOR}{k}" for k in range(shares)]
 
 
-def _attr_key(attrs: Mapping[str, Attribute]) -> tuple[tuple[str, Attribute], ...]:
-    return tuple(sorted(attrs.items()))
+# What a SKU fixes, so the same model never splits over an operator's setting:
+# power (`nvidia-smi -pl`), persistence and display mode can be changed at run
+# time, and pci_bandwidth depends on the slot. Those stay group attributes only
+# while every member agrees on them.
+GROUPING_ATTRIBUTES = (MEMORY, BAR1, CORES_CLOCK, MEMORY_CLOCK, COMPUTE_CAPABILITY, ARCHITECTURE, MIG_PROFILE)
+
+
+def variant_key(attrs: Mapping[str, Attribute]) -> tuple[Attribute | None, ...]:
+    return tuple(attrs.get(k) for k in GROUPING_ATTRIBUTES)
+
+
+def _shared_attributes(members: Sequence[GpuDevice]) -> dict[str, Attribute]:
+    """The attributes every member has with the same value."""
+    first, rest = members[0].attributes, members[1:]
+    return {k: a for k, a in first.items() if all(m.attributes.get(k) == a for m in rest)}
 
 
 def render(
@@ -399,12 +413,12 @@ def render(
 ) -> tuple[list[DeviceGroup], list[Offered]]:
     """Group identical devices by name; returns the groups and every offered ID."""
     visible = [d for d in inventory.devices if is_visible(d, ignored)]
-    # Same name and same attributes = one group. Same-name devices that differ
-    # (a GPU with another power limit) get a numbered group of their own, so a
-    # group never mixes devices a constraint would tell apart.
-    by_name: dict[str, dict[tuple[tuple[str, Attribute], ...], list[GpuDevice]]] = {}
+    # Same name and same SKU attributes = one group. Same-name devices that differ
+    # in one (another memory size) get a numbered group of their own, so a group
+    # never mixes devices a constraint would tell apart.
+    by_name: dict[str, dict[tuple[Attribute | None, ...], list[GpuDevice]]] = {}
     for dev in sorted(visible, key=lambda d: d.id):
-        by_name.setdefault(dev.name, {}).setdefault(_attr_key(dev.attributes), []).append(dev)
+        by_name.setdefault(dev.name, {}).setdefault(variant_key(dev.attributes), []).append(dev)
 
     common: dict[str, Attribute] = {DRIVER_VERSION: Attribute(inventory.driver_version)}
     if inventory.cuda_driver_version:
@@ -413,10 +427,12 @@ def render(
     groups: list[DeviceGroup] = []
     offered: list[Offered] = []
     for name in sorted(by_name):
-        variants = sorted(by_name[name].values(), key=lambda devs: devs[0].id)
+        # The plain name goes to the largest variant (ties: lowest UUID), so a
+        # job's `device "nvidia/gpu/<name>"` keeps meaning the node's main model.
+        variants = sorted(by_name[name].values(), key=lambda devs: (-len(devs), devs[0].id))
         for n, members in enumerate(variants, start=1):
             group_name = name if n == 1 else f"{name} ({n})"
-            attrs = dict(members[0].attributes)
+            attrs = _shared_attributes(members)
             attrs.update(common)
             numa = {d.numa_node for d in members}
             if len(numa) == 1 and None not in numa:

@@ -20,7 +20,13 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia.nvidia.config import HealthConfig
-from nomad_device_nvidia.nvidia.fingerprint import GpuDevice, ScanFailure, failure_of, physical_devices
+from nomad_device_nvidia.nvidia.fingerprint import (
+    UNSUPPORTED_CODES,
+    GpuDevice,
+    ScanFailure,
+    failure_of,
+    physical_devices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,6 @@ _RESET_CLEARED = (LOST, XID, ECC)
 
 _NO_INSTANCE = 0xFFFFFFFF
 _EVENT_TYPES = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
-_UNSUPPORTED = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
 
 # Short meanings of the XIDs operators meet most, to make health_description useful.
 XID_MEANINGS = {
@@ -158,12 +163,12 @@ def _retirement_problem(handle: Any) -> str:
         if pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle):
             return "pending page retirement after uncorrectable ECC errors (reset the GPU)"
     except pynvml.NVMLError as exc:
-        if exc.value not in _UNSUPPORTED:
+        if exc.value not in UNSUPPORTED_CODES:
             raise
     try:
         _corr, _uncorr, pending, failed = pynvml.nvmlDeviceGetRemappedRows(handle)
     except pynvml.NVMLError as exc:
-        if exc.value not in _UNSUPPORTED:
+        if exc.value not in UNSUPPORTED_CODES:
             raise
         return ""
     if failed:
@@ -218,11 +223,22 @@ class HealthMonitor:
         self._thread = threading.Thread(target=self._run, name="nvidia-health", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the thread; False when it is still inside an NVML call after `timeout`.
+
+        The thread frees its event set itself on the way out, so the caller must
+        keep NVML initialised (no nvmlShutdown) until this has returned True.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout=timeout)
+        if thread.is_alive():
+            log.warning("the health monitor is still inside an NVML call after %.0fs", timeout)
+            return False
+        self._thread = None
+        return True
 
     # -- the thread --
 
@@ -278,7 +294,7 @@ class HealthMonitor:
                 handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
                 pynvml.nvmlDeviceRegisterEvents(handle, _EVENT_TYPES, event_set)
             except pynvml.NVMLError as exc:
-                if exc.value in _UNSUPPORTED:
+                if exc.value in UNSUPPORTED_CODES:
                     unsupported.append(uuid)
                 else:
                     log.warning("cannot watch GPU %s for XID events: %s", uuid, exc)
@@ -295,7 +311,7 @@ class HealthMonitor:
         except pynvml.NVMLError as exc:
             if exc.value == pynvml.NVML_ERROR_TIMEOUT:
                 return
-            if exc.value in _UNSUPPORTED:
+            if exc.value in UNSUPPORTED_CODES:
                 log.info("waiting on NVML events is not supported (%s); health relies on probes", exc)
                 self._free()
                 return

@@ -19,8 +19,16 @@ log = logging.getLogger(__name__)
 _ABSENT_CODES = frozenset({pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED})
 
 
+#: The one line logged (with "; no NVIDIA devices will be reported") on a node without NVML.
+NO_LIBRARY = "no libnvidia-ml.so.1 on this machine (no NVIDIA driver)"
+
+
 class NvmlAbsent(Exception):
     """No usable NVML on this machine (no library, no driver, or the asked-for one cannot load)."""
+
+
+class SessionClosed(NvmlAbsent):
+    """The plugin is shut down: NVML is (or is about to be) released and must not be opened again."""
 
 
 class NvmlUnavailable(Exception):
@@ -32,6 +40,7 @@ class NvmlSession:
         self._lock = threading.Lock()
         self._loaded_with: tuple[str, str] | None = None
         self._initialised = False
+        self._closed = False
 
     @property
     def initialised(self) -> bool:
@@ -40,6 +49,8 @@ class NvmlSession:
     def open(self, library: str, simulate: str) -> None:
         """Initialise NVML once (thread-safe); raises NvmlAbsent or NvmlUnavailable."""
         with self._lock:
+            if self._closed:
+                raise SessionClosed("the plugin is shut down")
             if self._initialised:
                 if self._loaded_with != (library, simulate):
                     log.warning("nvml_library/simulate changed after NVML was loaded; restart the plugin to apply it")
@@ -56,6 +67,8 @@ class NvmlSession:
             try:
                 pynvml.nvmlInit()
             except pynvml.NVMLError as exc:
+                if exc.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND:
+                    raise NvmlAbsent(NO_LIBRARY) from exc
                 if exc.value in _ABSENT_CODES:
                     raise NvmlAbsent(f"NVML is not available: {exc}") from exc
                 raise NvmlUnavailable(f"NVML failed to initialise: {exc}") from exc
@@ -63,7 +76,9 @@ class NvmlSession:
             log.debug("NVML initialised")
 
     def close(self) -> None:
+        """Shut NVML down for good; a later `open` raises SessionClosed."""
         with self._lock:
+            self._closed = True
             if not self._initialised:
                 return
             self._initialised = False

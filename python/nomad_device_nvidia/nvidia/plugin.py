@@ -8,15 +8,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.health import HealthBook, HealthMonitor, check_memory_retirement
-from nomad_device_nvidia.nvidia.nvml_session import NvmlAbsent, NvmlSession, NvmlUnavailable
+from nomad_device_nvidia.nvidia.nvml_session import NvmlAbsent, NvmlSession, NvmlUnavailable, SessionClosed
 from nomad_device_nvidia.nvidia.reserve import reservation, resolve
-from nomad_device_nvidia.sdk import DeviceGroup, DevicePlugin, PluginDisabled, PluginInfo, Reservation
+from nomad_device_nvidia.sdk import (
+    DeviceGroup,
+    DevicePlugin,
+    PluginDisabled,
+    PluginInfo,
+    Reservation,
+    ReservationRefused,
+)
 
 if TYPE_CHECKING:
     from nomad_device_nvidia._proto.nomad import device_pb2, hclspec_pb2
@@ -29,6 +36,45 @@ PLUGIN_NAME = "nvidia-gpu"
 _STOP_CHECK_S = 0.2
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
+# How long Reserve waits for NVML before refusing: Nomad's task start waits on it.
+RESERVE_TIMEOUT_S = 10.0
+# How long shutdown waits for a scan inside NVML before it leaves NVML initialised.
+_SHUTDOWN_SCAN_WAIT_S = 5.0
+
+ScanFunction = Callable[["fp.Inventory | None"], "fp.Inventory"]
+
+
+class ScanTimeout(Exception):
+    """NVML did not answer a scan in time (a hung driver call)."""
+
+
+class _ScanJob:
+    """One `_refresh` on a worker thread; every caller that needs a scan meanwhile waits on it.
+
+    Sharing one job keeps a hung NVML call from piling up a thread per Reserve.
+    """
+
+    def __init__(self, work: Callable[[], fp.Inventory]) -> None:
+        self.done = threading.Event()
+        self._work = work
+        self._outcome: fp.Inventory | Exception | None = None
+        self.thread = threading.Thread(target=self._run, name="nvidia-scan", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._outcome = self._work()
+        except Exception as exc:  # handed to whoever waits
+            self._outcome = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> fp.Inventory:
+        outcome = self._outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is None:
+            raise RuntimeError("the scan ended without a result")
+        return outcome
 
 
 class _Backoff:
@@ -54,21 +100,36 @@ def _plugin_version() -> str:
 
 
 class NvidiaDevicePlugin(DevicePlugin):
-    """`nvml_library` / `simulate` come from the CLI flags; the config keys, when set, win."""
+    """`nvml_library` / `simulate` come from the CLI flags; the config keys, when set, win.
 
-    def __init__(self, *, nvml_library: str = "", simulate: str = "") -> None:
+    `scan` and `reserve_timeout` are seams for tests (a failing scan, a short deadline).
+    """
+
+    def __init__(
+        self,
+        *,
+        nvml_library: str = "",
+        simulate: str = "",
+        scan: ScanFunction = fp.scan,
+        reserve_timeout: float = RESERVE_TIMEOUT_S,
+    ) -> None:
         self._default_library = nvml_library
         self._default_simulate = simulate
+        self._scan_devices = scan
+        self._reserve_timeout = reserve_timeout
         self._config = NvidiaConfig()
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()
         self._session = NvmlSession()
+        self._job: _ScanJob | None = None
         self._inventory: fp.Inventory | None = None
         self._offered: dict[str, fp.Offered] = {}
         self._offered_generation = 0
         self._subscribers: set[threading.Event] = set()
         self._book = HealthBook(self._wake_streams)
         self._monitor: HealthMonitor | None = None
+        # Monitors stopped by a config change whose thread had not ended yet.
+        self._stopping: list[HealthMonitor] = []
         self._closed = False
 
     # -- base --
@@ -84,9 +145,26 @@ class NvidiaDevicePlugin(DevicePlugin):
         with self._lock:
             self._config = new
             monitor = self._monitor
-        if monitor is not None:
+            if not new.health.enabled:
+                self._monitor = None
+            inventory, closed = self._inventory, self._closed
+        if monitor is not None and new.health.enabled:
             monitor.configure(new.health)
-        self._wake_streams()  # ignored IDs / sharing apply at once
+        elif monitor is not None:
+            log.info("health monitoring disabled by config; stopping the health monitor")
+            # Briefly: SetConfig must answer; one still inside NVML is waited for at shutdown.
+            if not monitor.stop(timeout=1.0):
+                with self._lock:
+                    self._stopping.append(monitor)
+        elif new.health.enabled and inventory is not None and not closed and self._session.initialised:
+            # Re-enabled: watch the known devices now, not only after the next scan.
+            try:
+                watcher = self._monitor_for()
+            except SessionClosed:
+                watcher = None
+            if watcher is not None:
+                watcher.track(inventory.devices)
+        self._wake_streams()  # ignored IDs / sharing / period apply at once
 
     @property
     def config(self) -> NvidiaConfig:
@@ -95,11 +173,21 @@ class NvidiaDevicePlugin(DevicePlugin):
     def shutdown(self) -> None:
         with self._lock:
             self._closed = True
-            monitor, self._monitor = self._monitor, None
+            monitors = [m for m in (self._monitor, *self._stopping) if m is not None]
+            self._monitor, self._stopping = None, []
         self._wake_streams()
-        if monitor is not None:
-            monitor.stop()
-        self._session.close()
+        # nvmlShutdown only once nothing of ours is inside NVML any more.
+        stopped = [m.stop() for m in monitors]
+        if not self._scan_lock.acquire(timeout=_SHUTDOWN_SCAN_WAIT_S):
+            log.warning("a device scan is still inside NVML after %.0fs; leaving NVML initialised", _SHUTDOWN_SCAN_WAIT_S)
+            return
+        try:
+            if all(stopped):
+                self._session.close()
+            else:
+                log.warning("the health monitor did not stop; leaving NVML initialised")
+        finally:
+            self._scan_lock.release()
 
     # -- streams wake on health or config changes --
 
@@ -121,8 +209,10 @@ class NvidiaDevicePlugin(DevicePlugin):
     def _refresh(self, cfg: NvidiaConfig) -> fp.Inventory:
         """Init NVML if needed, scan, and record health; raises NvmlAbsent / NvmlUnavailable."""
         with self._scan_lock:
+            if self._closed:
+                raise SessionClosed("the plugin is shut down")
             self._session.open(*self._nvml_choice(cfg))
-            inventory = fp.scan(self._inventory)
+            inventory = self._scan_devices(self._inventory)
             if inventory.fatal:
                 log.warning("%s; keeping the last known devices and retrying", inventory.fatal)
             for dev in inventory.devices:
@@ -132,47 +222,57 @@ class NvidiaDevicePlugin(DevicePlugin):
                 else:
                     self._book.answered(dev.id)
             self._book.retain(d.id for d in inventory.devices)
-            if cfg.health.enabled:
+            monitor = self._monitor_for()
+            if monitor is not None:
                 answering = [d for d in inventory.devices if d.id not in inventory.failures]
                 check_memory_retirement(answering, self._book)
-                self._monitor_for(cfg).track(inventory.devices)
+                monitor.track(inventory.devices)
             with self._lock:
                 self._inventory = inventory
             return inventory
 
-    def _refresh_unless_stopped(self, cfg: NvidiaConfig, stop: threading.Event) -> fp.Inventory | None:
-        """`_refresh` on a worker thread, so a hung NVML call cannot keep the stream from stopping."""
-        result: list[fp.Inventory | Exception] = []
+    def _scan(self, cfg: NvidiaConfig, stop: threading.Event | None, timeout: float | None) -> fp.Inventory | None:
+        """`_refresh` on the shared worker thread, so a hung NVML call blocks no caller for good.
 
-        def work() -> None:
-            try:
-                result.append(self._refresh(cfg))
-            except Exception as exc:  # handed to the stream's thread
-                result.append(exc)
-
-        worker = threading.Thread(target=work, name="nvidia-scan", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(_STOP_CHECK_S)
-            if stop.is_set() or self._closed:
-                return None  # the scan finishes on its own; its result is still recorded
-        outcome = result[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def _monitor_for(self, cfg: NvidiaConfig) -> HealthMonitor:
+        None when `stop` is set or the plugin shuts down first (the scan finishes on
+        its own and its result is still recorded); ScanTimeout after `timeout` seconds.
+        """
         with self._lock:
-            if self._monitor is None and not self._closed:
+            if self._closed:
+                raise SessionClosed("the plugin is shut down")
+            job = self._job
+            if job is None or job.done.is_set():
+                job = _ScanJob(lambda: self._refresh(cfg))
+                job.thread.start()
+                self._job = job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.done.wait(_STOP_CHECK_S):
+            if (stop is not None and stop.is_set()) or self._closed:
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ScanTimeout(f"NVML did not answer within {timeout:g}s (a driver call hangs)")
+        return job.result()
+
+    def _monitor_for(self) -> HealthMonitor | None:
+        """The running health monitor, started on first use; None while health is disabled."""
+        with self._lock:
+            if self._closed:
+                raise SessionClosed("the plugin is shut down")
+            cfg = self._config  # the current one: a scan may have started before a config change
+            if not cfg.health.enabled:
+                return None
+            if self._monitor is None:
                 self._monitor = HealthMonitor(self._book, cfg.health)
                 self._monitor.start()
-            assert self._monitor is not None
             return self._monitor
 
-    def _ensure_inventory(self, cfg: NvidiaConfig) -> None:
+    def _ensure_inventory(self, cfg: NvidiaConfig, stop: threading.Event | None, timeout: float | None) -> bool:
+        """Scan once if nothing was scanned yet; False when stopped before the scan ended."""
         if self._inventory is None:
-            self._refresh(cfg)
+            if self._scan(cfg, stop, timeout) is None:
+                return False
             self._render(cfg)
+        return True
 
     def _render(self, cfg: NvidiaConfig) -> list[DeviceGroup]:
         with self._lock:
@@ -198,11 +298,11 @@ class NvidiaDevicePlugin(DevicePlugin):
         if any(self._nvml_choice(cfg)):
             log.error("%s; no NVIDIA devices will be reported", exc)
         else:
-            log.info("%s (no NVIDIA driver on this node?); no NVIDIA devices will be reported", exc)
+            log.info("%s; no NVIDIA devices will be reported", exc)
 
     # -- device plugin --
 
-    def fingerprint(self, stop: threading.Event) -> Iterator[Sequence[DeviceGroup]]:
+    def fingerprint(self, stop: threading.Event) -> Generator[Sequence[DeviceGroup], None, None]:
         if not self._config.enabled:
             raise PluginDisabled()
         kick = threading.Event()
@@ -215,51 +315,75 @@ class NvidiaDevicePlugin(DevicePlugin):
                 self._subscribers.discard(kick)
 
     def _fingerprint_loop(self, stop: threading.Event, kick: threading.Event) -> Iterator[Sequence[DeviceGroup]]:
+        # Yields on every wake; the SDK service drops answers equal to the last one sent.
         backoff = _Backoff()
-        next_scan = 0.0
-        last: list[DeviceGroup] | None = None
+        next_scan = scanned_at = 0.0
+        period = self._config.fingerprint_period
         while not stop.is_set() and not self._closed:
             cfg = self._config
             if not cfg.enabled:
                 log.info("plugin disabled by config; ending the fingerprint stream")
                 return
+            if cfg.fingerprint_period != period:
+                # A new period counts from the last scan, not from the old next one.
+                next_scan = min(next_scan, scanned_at + cfg.fingerprint_period)
+                period = cfg.fingerprint_period
             kick.clear()
             if time.monotonic() >= next_scan:
-                try:
-                    inventory = self._refresh_unless_stopped(cfg, stop)
-                    if inventory is None:
-                        return
-                except NvmlAbsent as exc:
-                    self._absent(cfg, exc)
+                scanned_at = time.monotonic()
+                delay = self._scan_for_stream(cfg, stop, backoff)
+                if delay is None:
                     return
-                except NvmlUnavailable as exc:
-                    delay = backoff.delay(cfg.fingerprint_period)
-                    log.warning("%s; retrying in %.0fs", exc, delay)
-                else:
-                    if inventory.fatal or inventory.failures:
-                        delay = backoff.delay(cfg.fingerprint_period)
-                    else:
-                        backoff.reset()
-                        delay = cfg.fingerprint_period
                 next_scan = time.monotonic() + delay
-            groups = self._render(cfg)
-            if groups != last:
-                last = groups
+            try:
+                groups = self._render(cfg)
+            except Exception:  # a bug here must not make Nomad drop every device
+                log.exception("rendering the NVIDIA device groups failed")
+            else:
                 yield groups
             self._wait(stop, kick, next_scan)
 
-    def stats(self, interval: float, stop: threading.Event) -> Iterator[bytes | device_pb2.StatsResponse]:
+    def _scan_for_stream(self, cfg: NvidiaConfig, stop: threading.Event, backoff: _Backoff) -> float | None:
+        """One scan for the fingerprint stream: seconds to the next one, or None to end the stream."""
+        try:
+            inventory = self._scan(cfg, stop, None)
+        except SessionClosed:
+            return None
+        except NvmlAbsent as exc:
+            self._absent(cfg, exc)
+            return None
+        except NvmlUnavailable as exc:
+            delay = backoff.delay(cfg.fingerprint_period)
+            log.warning("%s; retrying in %.0fs", exc, delay)
+            return delay
+        except Exception:
+            # Ending the stream would make Nomad drop every device and stop asking:
+            # keep offering the last inventory and try again.
+            delay = backoff.delay(cfg.fingerprint_period)
+            log.exception("scanning the NVIDIA devices failed; keeping the last known devices, retrying in %.0fs", delay)
+            return delay
+        if inventory is None:
+            return None
+        if inventory.fatal or inventory.failures:
+            return backoff.delay(cfg.fingerprint_period)
+        backoff.reset()
+        return cfg.fingerprint_period
+
+    def stats(self, interval: float, stop: threading.Event) -> Generator[bytes | device_pb2.StatsResponse, None, None]:
         cfg = self._config
         if not cfg.enabled:
             raise PluginDisabled()
+        if self._closed:
+            return  # a late call after shutdown: nothing may open NVML again
         backoff = _Backoff()
         while True:
             try:
-                self._ensure_inventory(cfg)
+                if not self._ensure_inventory(cfg, stop, None):
+                    return  # stopped while NVML was busy
                 break
             except NvmlAbsent:
                 return  # the fingerprint stream says why, once
-            except NvmlUnavailable as exc:
+            except Exception as exc:  # NvmlUnavailable, or a failed scan: retry
                 delay = backoff.delay(max(interval, 1.0))
                 log.warning("%s; stats retry in %.0fs", exc, delay)
                 if stop.wait(delay):
@@ -270,6 +394,9 @@ class NvidiaDevicePlugin(DevicePlugin):
         try:
             generation = -1
             while not stop.is_set() and not self._closed:
+                if not self._config.enabled:
+                    log.info("plugin disabled by config; ending the stats stream")
+                    return
                 current, tracked = self._tracked()
                 if current != generation:
                     engine.track(tracked)
@@ -292,8 +419,16 @@ class NvidiaDevicePlugin(DevicePlugin):
         cfg = self._config
         if not cfg.enabled:
             raise PluginDisabled()
+        asked = ", ".join(dict.fromkeys(device_ids))
+        if self._closed:
+            raise ReservationRefused(f"cannot reserve {asked}: the plugin is shut down")
         try:
-            self._ensure_inventory(cfg)
+            if not self._ensure_inventory(cfg, None, self._reserve_timeout):
+                raise SessionClosed("the plugin is shut down")
+        except SessionClosed as exc:
+            raise ReservationRefused(f"cannot reserve {asked}: {exc}") from None
+        except ScanTimeout as exc:
+            raise ReservationRefused(f"cannot reserve {asked}: {exc}; their state is unknown") from None
         except (NvmlAbsent, NvmlUnavailable) as exc:
             log.warning("reserve: %s", exc)  # every ID is then unknown, and refused by name
         self._render(cfg)  # the current ignore list and sharing decide what exists

@@ -24,9 +24,11 @@ def resolve(
     health: Callable[[str], tuple[bool, str]],
 ) -> list[GpuDevice]:
     """The devices behind the IDs, in the order given, each once; refuses unknown/unhealthy IDs."""
-    unknown = [i for i in device_ids if i not in offered]
+    # Each ID named once, in the order given, however often Nomad repeats it.
+    asked = list(dict.fromkeys(device_ids))
+    unknown = [i for i in asked if i not in offered]
     unhealthy = []
-    for i in device_ids:
+    for i in asked:
         if i in offered:
             ok, why = health(offered[i].device.id)
             if not ok:
@@ -39,7 +41,7 @@ def resolve(
     if problems:
         raise ReservationRefused("; ".join(problems))
     devices: dict[str, GpuDevice] = {}
-    for i in device_ids:
+    for i in asked:
         dev = offered[i].device
         devices.setdefault(dev.id, dev)  # several shares of one GPU give that GPU once
     return list(devices.values())
