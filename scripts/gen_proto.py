@@ -1,4 +1,4 @@
-"""Generate the Python protobuf and gRPC modules from proto/.
+"""Generate the Python protobuf modules from proto/.
 
 The generated modules are checked in (python/nomad_device_nvidia/_proto) so a
 wheel build needs no grpcio-tools; tests/test_proto_fresh.py regenerates them
@@ -29,8 +29,9 @@ def generate(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *protos]
+    # Messages only: the services are registered by hand in nomad_device_nvidia.sdk
+    # (Stats needs an identity serializer), so no *_pb2_grpc stubs are generated.
+    args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written = []
