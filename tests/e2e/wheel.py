@@ -46,8 +46,9 @@ def _newest_input() -> float:
 
 
 def wheel_path() -> Path | None:
-    found = sorted(DIST.glob(f"nomad_device_nvidia-{project_version()}-*.whl"))
-    return found[-1] if found else None
+    # The newest by time: names do not sort by age ("cp39" sorts after "cp310").
+    found = DIST.glob(f"nomad_device_nvidia-{project_version()}-*.whl")
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def sdist_path() -> Path | None:
