@@ -18,6 +18,7 @@ demo: build
 	$(VPY) scripts/demo.py
 
 test: build
+	$(MAKE) lint
 	$(MAKE) test-rust
 	$(MAKE) test-python
 	$(MAKE) bench-ci
