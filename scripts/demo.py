@@ -90,6 +90,9 @@ def main() -> int:
         repl.send("stats()")
         repl.read_until(r"> stats:", echo_lines=60)
         repl.send("stop_stats()")
+        # The launcher reads stdin afresh for each command: wait for each answer
+        # before sending the next, or a line can be lost.
+        repl.read_until(r"> stats: stats output closed")
         gpus = [i for i in ids if i.startswith("GPU-")][:2]
         if len(gpus) == 2:
             repl.send(f"reserve({','.join(gpus)})")
