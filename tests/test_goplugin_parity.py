@@ -1,7 +1,7 @@
 """Parity with HashiCorp's Go plugin (nomad-device-nvidia v1.1.0), as Nomad's client sees it.
 
-HashiCorp's plugin cannot be built here: the Go module proxy refuses both
-github.com/hashicorp/nomad-device-nvidia and github.com/NVIDIA/go-nvml. So its view
+HashiCorp's plugin cannot be built here: the Go module proxy refuses
+github.com/hashicorp/nomad-device-nvidia at every version (403). So its view
 of the simulated machine is derived from NVML itself, read with nvidia-ml-py on the
 same simulated library, by that plugin's documented behaviour:
 - devices: every GPU without MIG, and the MIG instances of GPUs with MIG on (the
