@@ -28,6 +28,7 @@ DEVICE_SERVICE = "hashicorp.nomad.plugins.device.DevicePlugin"
 API_VERSIONS = ("v0.1.0",)
 DEFAULT_STATS_INTERVAL = 1.0
 
+
 class StreamRegistry:
     """Stop events of the open streams, so shutdown can end them all at once."""
 
@@ -57,9 +58,6 @@ class StreamRegistry:
             for event in self._events:
                 event.set()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._events)
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext, what: str) -> NoReturn:
     if isinstance(exc, PluginDisabled):
@@ -69,6 +67,7 @@ def _abort_for(exc: BaseException, context: grpc.ServicerContext, what: str) -> 
     log.error(f"{what} failed", exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {exc}")
     raise AssertionError("context.abort returned")  # it always raises
+
 
 class BasePluginService:
     def __init__(self, plugin: DevicePlugin) -> None:
@@ -103,8 +102,10 @@ class BasePluginService:
                 self.SetConfig, base_pb2.SetConfigRequest.FromString, base_pb2.SetConfigResponse.SerializeToString),
         })
 
+
 def _identity(data: bytes) -> bytes:
     return data
+
 
 class DevicePluginService:
     def __init__(self, plugin: DevicePlugin, streams: StreamRegistry) -> None:
