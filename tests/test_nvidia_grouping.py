@@ -15,16 +15,13 @@ from hypothesis import strategies as st
 
 from nomad_device_nvidia.nvidia.config import ReserveConfig
 from nomad_device_nvidia.nvidia.fingerprint import (
-    GROUPING_ATTRIBUTES,
     MIB,
-    SHARE_SEPARATOR,
     GpuDevice,
     Inventory,
     pcie_bandwidth,
     cuda_version_text,
-    render,
-    variant_key,
 )
+from nomad_device_nvidia.nvidia.grouping import GROUPING_ATTRIBUTES, SHARE_SEPARATOR, render, variant_key
 from nomad_device_nvidia.nvidia.reserve import device_nodes, reservation, resolve
 from nomad_device_nvidia.sdk import Attribute, ReservationRefused
 

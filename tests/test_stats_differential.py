@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from stats_sim import decode, nvml_session, tracked_devices
 
 from nomad_device_nvidia._proto.nomad import device_pb2
-from nomad_device_nvidia.nvidia.fingerprint import share_ids
+from nomad_device_nvidia.nvidia.grouping import share_ids
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine

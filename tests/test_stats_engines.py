@@ -15,7 +15,7 @@ from stats_sim import decode, nvml_session, tracked_devices, value_form
 
 from nomad_device_nvidia.nvidia import stats_python
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
-from nomad_device_nvidia.nvidia.fingerprint import share_ids
+from nomad_device_nvidia.nvidia.grouping import share_ids
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine

@@ -12,6 +12,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
+from nomad_device_nvidia.nvidia import grouping
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.health import HealthBook, HealthMonitor, check_memory_retirement
 from nomad_device_nvidia.nvidia.nvml_session import NvmlAbsent, NvmlSession, NvmlUnavailable, SessionClosed
@@ -123,7 +124,7 @@ class NvidiaDevicePlugin(DevicePlugin):
         self._session = NvmlSession()
         self._job: _ScanJob | None = None
         self._inventory: fp.Inventory | None = None
-        self._offered: dict[str, fp.Offered] = {}
+        self._offered: dict[str, grouping.Offered] = {}
         self._offered_generation = 0
         self._subscribers: set[threading.Event] = set()
         self._book = HealthBook(self._wake_streams)
@@ -279,7 +280,7 @@ class NvidiaDevicePlugin(DevicePlugin):
             inventory = self._inventory
         if inventory is None:
             return []
-        groups, offered = fp.render(inventory, self._book.status, cfg.ignored_gpu_ids, cfg.sharing.shares)
+        groups, offered = grouping.render(inventory, self._book.status, cfg.ignored_gpu_ids, cfg.sharing.shares)
         by_id = {o.id: o for o in offered}
         with self._lock:
             if [(o.id, o.device.id, o.group) for o in by_id.values()] != [

@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from nomad_device_nvidia.nvidia.config import ReserveConfig
-from nomad_device_nvidia.nvidia.fingerprint import GpuDevice, Offered
+from nomad_device_nvidia.nvidia.fingerprint import GpuDevice
+from nomad_device_nvidia.nvidia.grouping import Offered
 from nomad_device_nvidia.sdk import DeviceSpec, Reservation, ReservationRefused
 
 log = logging.getLogger(__name__)
