@@ -158,6 +158,7 @@ def test_schema_has_a_default_for_every_key_that_parses_to_the_dataclass_default
         "simulate",
         "stats_engine",
         "extended_stats",
+        "group_by",
         "health",
         "reserve",
         "sharing",

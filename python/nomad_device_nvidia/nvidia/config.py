@@ -22,6 +22,8 @@ DEFAULT_IGNORED_XIDS: tuple[int, ...] = (13, 31, 43, 45, 68, 109)
 
 STATS_ENGINES = ("native", "python")
 MAX_SHARES = 64
+# What `group_by` may split device groups by (grouping.py's attribute names).
+GROUP_BY = ("numa_node", "parent_uuid")
 # Floors that keep a typo ("1ns") from turning a loop into a busy loop.
 MIN_FINGERPRINT_PERIOD = 1.0
 MIN_PROBE_INTERVAL = 0.1
@@ -60,6 +62,8 @@ class NvidiaConfig:
     simulate: str = ""
     stats_engine: str = "native"
     extended_stats: bool = False
+    # Split device groups by these per-device facts, so they become group attributes.
+    group_by: tuple[str, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
     reserve: ReserveConfig = field(default_factory=ReserveConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
@@ -80,6 +84,7 @@ class NvidiaConfig:
             simulate=r.get("simulate", _existing_file, d.simulate),
             stats_engine=r.get("stats_engine", _choice(STATS_ENGINES), d.stats_engine),
             extended_stats=r.get("extended_stats", _bool, d.extended_stats),
+            group_by=r.get("group_by", _group_by, d.group_by),
             health=r.get("health", _health, d.health),
             reserve=r.get("reserve", _reserve, d.reserve),
             sharing=r.get("sharing", _sharing, d.sharing),
@@ -261,6 +266,14 @@ def _shares(key: str, value: Any) -> int:
     return n
 
 
+def _group_by(key: str, value: Any) -> tuple[str, ...]:
+    chosen = set(_str_list(key, value))
+    unknown = sorted(chosen - set(GROUP_BY))
+    if unknown:
+        raise ConfigError(key, f"groups can be split by {' and '.join(map(repr, GROUP_BY))} only, got {unknown[0]!r}")
+    return tuple(k for k in GROUP_BY if k in chosen)  # one order, so equal configs compare equal
+
+
 def _sharing(key: str, value: Any) -> SharingConfig:
     r = _Reader(value, key + ".")
     cfg = SharingConfig(shares=r.get("shares", _shares, SharingConfig().shares))
@@ -285,6 +298,7 @@ def config_spec() -> hclspec.Spec:
             "simulate": a("simulate", "string", d.simulate),
             "stats_engine": a("stats_engine", "string", d.stats_engine),
             "extended_stats": a("extended_stats", "bool", d.extended_stats),
+            "group_by": a("group_by", "list(string)", list(d.group_by)),
             "health": hclspec.block(
                 "health",
                 hclspec.obj(

@@ -2,13 +2,20 @@
 
 Parity with HashiCorp's plugin: groups by device name; device ID = GPU UUID,
 or the MIG instance UUID when MIG is enabled (the parent is then not offered);
-locality = PCI bus ID.
+locality = PCI bus ID, here in the kernel's sysfs form (see sysfs_bus_id).
+
+Nomad gives a job any device of a group whose attributes match, so a group
+attribute is only set when it holds for every member. Per-device facts (NUMA
+node, parent GPU) therefore become group attributes only when the operator
+asks for groups split by them (`group_by`), or when the members agree anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nomad_device_nvidia.nvidia.fingerprint import (
     ARCHITECTURE,
@@ -31,6 +38,8 @@ from nomad_device_nvidia.nvidia.fingerprint import (
 from nomad_device_nvidia.sdk import Attribute, Device, DeviceGroup
 
 SHARE_SEPARATOR = "::"
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Offered:
@@ -69,13 +78,70 @@ def _shared_attributes(members: Sequence[GpuDevice]) -> dict[str, Attribute]:
     return {k: a for k, a in first.items() if all(m.attributes.get(k) == a for m in rest)}
 
 
+# NVML's busId: "DDDDDDDD:BB:DD.F" (32-bit domain, 8 hex digits), upper case.
+_PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
+
+
+def sysfs_bus_id(nvml_bus_id: str) -> str:
+    """NVML's PCI bus ID ("00000000:2A:00.0") as the kernel names it in sysfs ("0000:2a:00.0").
+
+    Nomad's NUMA-aware scheduling looks an instance's HwLocality.PciBusID up
+    among the entry names of /sys/bus/pci/devices (client/lib/numalib), which
+    the kernel writes as "%04x:%02x:%02x.%d"; Nomad's equalBusID forgives the
+    domain's leading zeros but not upper-case hex. An ID that is not a PCI
+    address is passed on lower-cased, the nearest guess.
+    """
+    text = nvml_bus_id.strip()
+    m = _PCI_ADDRESS.fullmatch(text)
+    if m is None:
+        return text.lower()
+    domain, bus, device, function = m.groups()
+    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(device, 16):02x}.{function}"
+
+
+def group_name(name: str, variant: int, numa_node: int | None = None, parent_uuid: str = "") -> str:
+    """`name`, then in one parenthesis: the variant number (from 2), `NUMA <n>`, the parent GPU's UUID.
+
+    Each part comes from the devices' own facts, so a group keeps its name
+    whatever other devices come and go (the variant rank aside, as before).
+    """
+    parts = [str(variant)] if variant > 1 else []
+    if numa_node is not None:
+        parts.append(f"NUMA {numa_node}")
+    if parent_uuid:
+        parts.append(parent_uuid)
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def _split(members: Sequence[GpuDevice], group_by: Collection[str]) -> list[tuple[int | None, str, list[GpuDevice]]]:
+    """Members split by NUMA node and/or parent GPU, as `group_by` asks; a device without
+    the fact (NUMA node unknown, a whole GPU has no parent) goes to the part without it."""
+    parts: dict[tuple[int | None, str], list[GpuDevice]] = {}
+    for dev in members:
+        numa = dev.numa_node if NUMA_NODE in group_by else None
+        parent = dev.parent_uuid if PARENT_UUID in group_by else ""
+        parts.setdefault((numa, parent), []).append(dev)
+    ordered = sorted(parts.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0], kv[0][1]))
+    return [(numa, parent, devs) for (numa, parent), devs in ordered]
+
+
+def _only(values: set[T]) -> T | None:
+    return next(iter(values)) if len(values) == 1 else None
+
+
 def render(
     inventory: Inventory,
     health: Callable[[str], tuple[bool, str]],
     ignored: frozenset[str],
     shares: int,
+    *,
+    group_by: Collection[str] = (),
 ) -> tuple[list[DeviceGroup], list[Offered]]:
-    """Group identical devices by name; returns the groups and every offered ID."""
+    """Group identical devices by name; returns the groups and every offered ID.
+
+    `group_by` (the `group_by` config key) may hold "numa_node" and/or
+    "parent_uuid": each group is then split by that fact of its devices.
+    """
     visible = [d for d in inventory.devices if is_visible(d, ignored)]
     # Same name and same SKU attributes = one group. Same-name devices that differ
     # in one (another memory size) get a numbered group of their own, so a group
@@ -93,24 +159,41 @@ def render(
     for name in sorted(by_name):
         # The plain name goes to the largest variant (ties: lowest UUID), so a
         # job's `device "nvidia/gpu/<name>"` keeps meaning the node's main model.
+        # Variants are ranked over the whole node before any split, so variant 2
+        # is the same model on every NUMA node.
         variants = sorted(by_name[name].values(), key=lambda devs: (-len(devs), devs[0].id))
-        for n, members in enumerate(variants, start=1):
-            group_name = name if n == 1 else f"{name} ({n})"
-            attrs = _shared_attributes(members)
-            attrs.update(common)
-            numa = {d.numa_node for d in members}
-            if len(numa) == 1 and None not in numa:
-                attrs[NUMA_NODE] = Attribute(numa.pop() or 0)
-            parents = sorted({d.parent_uuid for d in members if d.parent_uuid})
-            if parents:
-                attrs[PARENT_UUID] = Attribute(",".join(parents))
-            if shares > 1:
-                attrs[SHARES] = Attribute(shares)
-            devices = []
-            for dev in members:
-                healthy, why = health(dev.id)
-                for sid in share_ids(dev.id, shares):
-                    devices.append(Device(id=sid, healthy=healthy, health_description=why, pci_bus_id=dev.pci_bus_id))
-                    offered.append(Offered(sid, dev, group_name))
-            groups.append(DeviceGroup(VENDOR, DEVICE_TYPE, group_name, tuple(devices), attrs))
+        for n, variant in enumerate(variants, start=1):
+            for numa_part, parent_part, members in _split(variant, group_by):
+                group = group_name(name, n, numa_part, parent_part)
+                groups.append(_group(group, members, common, shares, health, offered))
     return groups, offered
+
+
+def _group(
+    name: str,
+    members: Sequence[GpuDevice],
+    common: Mapping[str, Attribute],
+    shares: int,
+    health: Callable[[str], tuple[bool, str]],
+    offered: list[Offered],
+) -> DeviceGroup:
+    attrs = _shared_attributes(members)
+    attrs.update(common)
+    # Per-device facts: a group attribute only when every member has the same one,
+    # so a constraint on it never matches a group holding devices it is false for.
+    numa = _only({d.numa_node for d in members})
+    if numa is not None:
+        attrs[NUMA_NODE] = Attribute(numa)
+    parent = _only({d.parent_uuid for d in members})
+    if parent:
+        attrs[PARENT_UUID] = Attribute(parent)
+    if shares > 1:
+        attrs[SHARES] = Attribute(shares)
+    devices = []
+    for dev in members:
+        healthy, why = health(dev.id)
+        bus = sysfs_bus_id(dev.pci_bus_id)
+        for sid in share_ids(dev.id, shares):
+            devices.append(Device(id=sid, healthy=healthy, health_description=why, pci_bus_id=bus))
+            offered.append(Offered(sid, dev, name))
+    return DeviceGroup(VENDOR, DEVICE_TYPE, name, tuple(devices), attrs)
