@@ -4,10 +4,10 @@ NVML state (and the loaded libnvidia-ml.so.1) is per process, so each test that
 needs a scenario runs the real plugin here, over the simulated library, and gets
 a JSON transcript of what happened. Steps come as JSON on argv[1]:
 
-  {"op": "plugin", "simulate": "...", "fail_scans": [1, 3], "reserve_timeout": 1}
-        a new plugin, built as the CLI does from its flags; scan calls numbered in
-        `fail_scans` raise instead of reading NVML (the constructor's scan seam)
-  {"op": "wait_scans", "n": 3, "max_s": 30}    waits until the plugin has started n scans
+  {"op": "plugin", "simulate": "...", "fail_scans": [1, 3]}
+        a new plugin, built as the CLI does from its flags; with `fail_scans`, scan calls
+        numbered there raise instead of reading NVML (the constructor's scan seam)
+  {"op": "wait_scans", "n": 3, "max_s": 30}    waits until the plugin has ended n scans
   {"op": "sleep", "s": 1}
   {"op": "config", "config": {...}}            set_config; records the error, if any
   {"op": "start"}                              opens a Fingerprint stream (background thread)
@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
-from nomad_device_nvidia.nvidia.plugin import RESERVE_TIMEOUT_S, NvidiaDevicePlugin
+from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled, ReservationRefused
 
 
@@ -71,7 +71,17 @@ class Scans:
             raise RuntimeError(f"injected scan failure {n}")
         return fp.scan(previous)
 
+    def follow(self, plugin: NvidiaDevicePlugin) -> None:
+        """Count the plugin's own per-GPU scans instead of seam calls."""
+        self.plugin = plugin
+
     def wait(self, n: int, max_s: float) -> dict[str, Any]:
+        plugin = getattr(self, "plugin", None)
+        if plugin is not None:
+            deadline = time.monotonic() + max_s
+            while plugin._watch.scans < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return {"scans": plugin._watch.scans}
         with self.changed:
             self.changed.wait_for(lambda: self.calls >= n, timeout=max_s)
             return {"scans": self.calls}
@@ -192,20 +202,23 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     steps = json.loads(sys.argv[1])
     scans = Scans([])
-    plugin = NvidiaDevicePlugin(scan=scans)
+    plugin = NvidiaDevicePlugin()
+    scans.follow(plugin)
     stream: Stream | None = None
     stats_run: StatsRun | None = None
     out: list[dict[str, Any]] = []
     for step in steps:
         op = step["op"]
         if op == "plugin":  # as the CLI builds it, from --nvml-library / --simulate
-            scans = Scans(step.get("fail_scans", []))
+            fail = step.get("fail_scans")
+            scans = Scans(fail or [])
             plugin = NvidiaDevicePlugin(
                 nvml_library=step.get("nvml_library", ""),
                 simulate=step.get("simulate", ""),
-                scan=scans,
-                reserve_timeout=step.get("reserve_timeout", RESERVE_TIMEOUT_S),
+                scan=scans if fail else None,
             )
+            if not fail:
+                scans.follow(plugin)
             out.append({"ok": True})
         elif op == "wait_scans":
             out.append(scans.wait(step["n"], step.get("max_s", 30)))

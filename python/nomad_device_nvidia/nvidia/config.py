@@ -27,6 +27,7 @@ GROUP_BY = ("numa_node", "parent_uuid")
 # Floors that keep a typo ("1ns") from turning a loop into a busy loop.
 MIN_FINGERPRINT_PERIOD = 1.0
 MIN_PROBE_INTERVAL = 0.1
+MIN_CALL_TIMEOUT = 0.1
 
 T = TypeVar("T")
 
@@ -37,6 +38,9 @@ class HealthConfig:
     ignored_xids: frozenset[int] = frozenset(DEFAULT_IGNORED_XIDS)
     # How often every device is probed with one cheap read (loss and recovery).
     probe_interval: float = 5.0
+    # How long any one NVML call of the scan, the probes and Reserve may take
+    # before its GPU is reported unhealthy (the call itself is left to return).
+    call_timeout: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,7 @@ def _health(key: str, value: Any) -> HealthConfig:
         enabled=r.get("enabled", _bool, d.enabled),
         ignored_xids=r.get("ignored_xids", _xid_list, d.ignored_xids),
         probe_interval=r.get("probe_interval", _duration_at_least(MIN_PROBE_INTERVAL), d.probe_interval),
+        call_timeout=r.get("call_timeout", _duration_at_least(MIN_CALL_TIMEOUT), d.call_timeout),
     )
     r.reject_unknown()
     return cfg
@@ -306,6 +311,7 @@ def config_spec() -> hclspec.Spec:
                         "enabled": a("enabled", "bool", h.enabled),
                         "ignored_xids": a("ignored_xids", "list(number)", sorted(h.ignored_xids)),
                         "probe_interval": a("probe_interval", "string", format_duration(h.probe_interval)),
+                        "call_timeout": a("call_timeout", "string", format_duration(h.call_timeout)),
                     }
                 ),
             ),

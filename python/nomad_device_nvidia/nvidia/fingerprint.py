@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pynvml
 
+from nomad_device_nvidia.nvidia.calls import Calls, direct
 from nomad_device_nvidia.sdk import Attribute
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,13 @@ def _text(value: Any) -> str:
     return str(value).rstrip("\x00").strip()
 
 
-def _optional(call: Callable[[], T]) -> T | None:
+def _optional(c: Calls, fn: Callable[..., T], *args: Any) -> T | None:
     """The value, or None when NVML cannot tell (other errors propagate)."""
     try:
-        return call()
+        return c(fn, *args)
     except pynvml.NVMLError as exc:
         if exc.value in UNSUPPORTED_CODES:
+            log.debug("%s not supported here; that attribute is left out", getattr(fn, "__name__", fn))
             return None
         raise
 
@@ -146,48 +148,43 @@ def pcie_bandwidth(generation: int, width: int) -> int:
     return _PCIE_LANE_MB_PER_S.get(generation, 0) * width
 
 
-def _mig_profile(name: str, mig_handle: Any) -> str | None:
+def _mig_profile(c: Calls, name: str, mig_handle: Any) -> str | None:
     marker = " MIG "
     if marker in name:
         return name.rsplit(marker, 1)[1].strip()
-    attrs = _optional(lambda: pynvml.nvmlDeviceGetAttributes(mig_handle))
+    attrs = _optional(c, pynvml.nvmlDeviceGetAttributes, mig_handle)
     if attrs is None:
         return None
     return f"{attrs.gpuInstanceSliceCount}g.{round(attrs.memorySizeMB / 1024)}gb"
 
 
-def _max_clock(gpu: Any, clock: int) -> int | None:
-    value = _optional(lambda: pynvml.nvmlDeviceGetMaxClockInfo(gpu, clock))
-    return None if value is None else int(value)
-
-
-def _gpu_attributes(gpu: Any) -> dict[str, Attribute]:
+def _gpu_attributes(c: Calls, gpu: Any) -> dict[str, Attribute]:
     """Attributes read from the physical GPU (for a MIG instance, its parent)."""
     attrs: dict[str, Attribute] = {}
     # Power limit, not the momentary draw: a fingerprint attribute must not change
     # with load (HashiCorp's plugin reports 0 where NVML cannot tell; so do we).
-    power = _optional(lambda: pynvml.nvmlDeviceGetPowerManagementLimit(gpu))
+    power = _optional(c, pynvml.nvmlDeviceGetPowerManagementLimit, gpu)
     attrs[POWER] = Attribute(int(power or 0) // 1000, WATT)
-    bar1 = _optional(lambda: pynvml.nvmlDeviceGetBAR1MemoryInfo(gpu))
+    bar1 = _optional(c, pynvml.nvmlDeviceGetBAR1MemoryInfo, gpu)
     if bar1 is not None:  # unified-memory parts (GH200) have no BAR1
         attrs[BAR1] = Attribute(int(bar1.bar1Total) // 2**20, MIB)
-    gen = _optional(lambda: pynvml.nvmlDeviceGetMaxPcieLinkGeneration(gpu)) or 0
-    width = _optional(lambda: pynvml.nvmlDeviceGetMaxPcieLinkWidth(gpu)) or 0
+    gen = _optional(c, pynvml.nvmlDeviceGetMaxPcieLinkGeneration, gpu) or 0
+    width = _optional(c, pynvml.nvmlDeviceGetMaxPcieLinkWidth, gpu) or 0
     attrs[PCI_BANDWIDTH] = Attribute(pcie_bandwidth(int(gen), int(width)), MB_PER_S)
     # Max clocks: the current ones drop at idle and would churn the fingerprint.
     for key, clock in ((CORES_CLOCK, pynvml.NVML_CLOCK_GRAPHICS), (MEMORY_CLOCK, pynvml.NVML_CLOCK_MEM)):
-        mhz = _max_clock(gpu, clock)
+        mhz = _optional(c, pynvml.nvmlDeviceGetMaxClockInfo, gpu, clock)
         if mhz is not None:
             attrs[key] = Attribute(int(mhz), MHZ)
     # HashiCorp's plugin prints these NVML enable states as numbers ("0"/"1").
-    display = _optional(lambda: pynvml.nvmlDeviceGetDisplayMode(gpu))
+    display = _optional(c, pynvml.nvmlDeviceGetDisplayMode, gpu)
     attrs[DISPLAY_STATE] = Attribute(NOT_AVAILABLE if display is None else str(int(display)))
-    persistence = _optional(lambda: pynvml.nvmlDeviceGetPersistenceMode(gpu))
+    persistence = _optional(c, pynvml.nvmlDeviceGetPersistenceMode, gpu)
     attrs[PERSISTENCE_MODE] = Attribute(NOT_AVAILABLE if persistence is None else str(int(persistence)))
-    cc = _optional(lambda: pynvml.nvmlDeviceGetCudaComputeCapability(gpu))
+    cc = _optional(c, pynvml.nvmlDeviceGetCudaComputeCapability, gpu)
     if cc is not None:
         attrs[COMPUTE_CAPABILITY] = Attribute(f"{cc[0]}.{cc[1]}")
-    arch = _optional(lambda: pynvml.nvmlDeviceGetArchitecture(gpu))
+    arch = _optional(c, pynvml.nvmlDeviceGetArchitecture, gpu)
     if arch is not None and int(arch) in _ARCHITECTURES:
         attrs[ARCHITECTURE] = Attribute(_ARCHITECTURES[int(arch)])
     return attrs
@@ -202,29 +199,33 @@ class _GpuFacts:
     minor: int | None
 
 
-def _gpu_facts(gpu: Any, uuid: str) -> _GpuFacts:
-    pci = pynvml.nvmlDeviceGetPciInfo(gpu)
-    numa = _optional(lambda: pynvml.nvmlDeviceGetNumaNodeId(gpu))
-    minor = _optional(lambda: pynvml.nvmlDeviceGetMinorNumber(gpu))
+def _gpu_facts(c: Calls, gpu: Any, uuid: str) -> _GpuFacts:
+    pci = _optional(c, pynvml.nvmlDeviceGetPciInfo, gpu)
+    numa = _optional(c, pynvml.nvmlDeviceGetNumaNodeId, gpu)
+    minor = _optional(c, pynvml.nvmlDeviceGetMinorNumber, gpu)
     return _GpuFacts(
         uuid=uuid,
-        pci_bus_id=_text(pci.busId),
-        attributes=_gpu_attributes(gpu),
+        pci_bus_id=_text(pci.busId) if pci is not None else "",
+        attributes=_gpu_attributes(c, gpu),
         numa_node=int(numa) if numa is not None and int(numa) >= 0 else None,
         minor=int(minor) if minor is not None else None,
     )
 
 
-def _memory_mib(handle: Any) -> int:
-    return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total) // 2**20
+def _memory_mib(c: Calls, handle: Any) -> int:
+    info = _optional(c, pynvml.nvmlDeviceGetMemoryInfo, handle)
+    if info is None:
+        # No dedicated memory (an integrated GPU such as GB10): it uses the host's.
+        return host_memory().total // 2**20
+    return int(info.total) // 2**20
 
 
-def _read_gpu(handle: Any, uuid: str, index: int, facts: _GpuFacts) -> GpuDevice:
+def _read_gpu(c: Calls, handle: Any, uuid: str, index: int, facts: _GpuFacts) -> GpuDevice:
     attrs = dict(facts.attributes)
-    attrs[MEMORY] = Attribute(_memory_mib(handle), MIB)
+    attrs[MEMORY] = Attribute(_memory_mib(c, handle), MIB)
     return GpuDevice(
         id=uuid,
-        name=_text(pynvml.nvmlDeviceGetName(handle)) or NOT_AVAILABLE,
+        name=_text(_optional(c, pynvml.nvmlDeviceGetName, handle) or "") or NOT_AVAILABLE,
         pci_bus_id=facts.pci_bus_id,
         slot=(index, -1),
         attributes=attrs,
@@ -233,15 +234,15 @@ def _read_gpu(handle: Any, uuid: str, index: int, facts: _GpuFacts) -> GpuDevice
     )
 
 
-def _read_mig(mig: Any, uuid: str, slot: tuple[int, int], facts: _GpuFacts) -> GpuDevice:
-    name = _text(pynvml.nvmlDeviceGetName(mig)) or NOT_AVAILABLE
+def _read_mig(c: Calls, mig: Any, uuid: str, slot: tuple[int, int], facts: _GpuFacts) -> GpuDevice:
+    name = _text(_optional(c, pynvml.nvmlDeviceGetName, mig) or "") or NOT_AVAILABLE
     attrs = dict(facts.attributes)
-    attrs[MEMORY] = Attribute(_memory_mib(mig), MIB)
-    profile = _mig_profile(name, mig)
+    attrs[MEMORY] = Attribute(_memory_mib(c, mig), MIB)
+    profile = _mig_profile(c, name, mig)
     if profile:
         attrs[MIG_PROFILE] = Attribute(profile)
-    gi = _optional(lambda: pynvml.nvmlDeviceGetGpuInstanceId(mig))
-    ci = _optional(lambda: pynvml.nvmlDeviceGetComputeInstanceId(mig))
+    gi = _optional(c, pynvml.nvmlDeviceGetGpuInstanceId, mig)
+    ci = _optional(c, pynvml.nvmlDeviceGetComputeInstanceId, mig)
     return GpuDevice(
         id=uuid,
         name=name,
@@ -256,26 +257,17 @@ def _read_mig(mig: Any, uuid: str, slot: tuple[int, int], facts: _GpuFacts) -> G
     )
 
 
-def _mig_enabled(gpu: Any) -> bool:
-    try:
-        current, _pending = pynvml.nvmlDeviceGetMigMode(gpu)
-    except pynvml.NVMLError as exc:
-        if exc.value in UNSUPPORTED_CODES:
-            return False
-        raise
-    return bool(current == pynvml.NVML_DEVICE_MIG_ENABLE)
+def _mig_enabled(c: Calls, gpu: Any) -> bool:
+    mode = _optional(c, pynvml.nvmlDeviceGetMigMode, gpu)
+    return mode is not None and bool(mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE)
 
 
-class _ScanState:
-    def __init__(self, previous: Inventory | None) -> None:
-        self.by_slot: dict[tuple[int, int], GpuDevice] = {}
-        self.by_gpu: dict[int, list[GpuDevice]] = {}
-        if previous is not None:
-            for dev in previous.devices:
-                self.by_slot[dev.slot] = dev
-                self.by_gpu.setdefault(dev.slot[0], []).append(dev)
-        self.devices: list[GpuDevice] = []
-        self.failures: dict[str, ScanFailure] = {}
+@dataclass
+class GpuScan:
+    """What one GPU's part of a scan found: its devices and the reads that failed."""
+
+    devices: list[GpuDevice] = field(default_factory=list)
+    failures: dict[str, ScanFailure] = field(default_factory=dict)
 
     def keep_previous(self, failure: ScanFailure, devices: Iterable[GpuDevice], where: str) -> None:
         kept = list(devices)
@@ -286,80 +278,139 @@ class _ScanState:
             log.warning("NVML read failed for %s, not seen before, skipped until it answers: %s", where, failure.description)
 
 
-def _scan_gpu(index: int, state: _ScanState) -> None:
-    prior = state.by_gpu.get(index, [])
+def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice]) -> GpuScan:
+    """Read GPU `index` and its MIG instances; `prior` are its devices in the last scan."""
+    out = GpuScan()
+    by_slot = {dev.slot: dev for dev in prior}
     uuid = ""
     try:
-        gpu = pynvml.nvmlDeviceGetHandleByIndex(index)
-        uuid = _text(pynvml.nvmlDeviceGetUUID(gpu))
-        facts = _gpu_facts(gpu, uuid)
-        if not _mig_enabled(gpu):
-            state.devices.append(_read_gpu(gpu, uuid, index, facts))
-            return
-        count = int(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu))
+        gpu = c(pynvml.nvmlDeviceGetHandleByIndex, index)
+        uuid = _text(c(pynvml.nvmlDeviceGetUUID, gpu))
+        facts = _gpu_facts(c, gpu, uuid)
+        if not _mig_enabled(c, gpu):
+            out.devices.append(_read_gpu(c, gpu, uuid, index, facts))
+            return out
+        count = int(c(pynvml.nvmlDeviceGetMaxMigDeviceCount, gpu))
     except pynvml.NVMLError as exc:
-        state.keep_previous(_failure(exc, f"GPU {uuid or index}"), prior, f"GPU {uuid or index}")
-        return
+        out.keep_previous(_failure(exc, f"GPU {uuid or index}"), prior, f"GPU {uuid or index}")
+        return out
     for j in range(count):
         mig_uuid = ""
         try:
-            mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, j)
+            mig = c(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, gpu, j)
         except pynvml.NVMLError as exc:
             if exc.value in _NO_MIG_AT_INDEX:
                 continue
-            kept = [state.by_slot[(index, j)]] if (index, j) in state.by_slot else []
-            state.keep_previous(_failure(exc, f"MIG instance {j} of {uuid}"), kept, f"MIG instance {j} of {uuid}")
+            kept = [by_slot[(index, j)]] if (index, j) in by_slot else []
+            out.keep_previous(_failure(exc, f"MIG instance {j} of {uuid}"), kept, f"MIG instance {j} of {uuid}")
             continue
         try:
-            mig_uuid = _text(pynvml.nvmlDeviceGetUUID(mig))
-            state.devices.append(_read_mig(mig, mig_uuid, (index, j), facts))
+            mig_uuid = _text(c(pynvml.nvmlDeviceGetUUID, mig))
+            out.devices.append(_read_mig(c, mig, mig_uuid, (index, j), facts))
         except pynvml.NVMLError as exc:
             where = f"MIG instance {mig_uuid or j} of {uuid}"
-            kept = [state.by_slot[(index, j)]] if (index, j) in state.by_slot else []
-            state.keep_previous(_failure(exc, where), kept, where)
+            kept = [by_slot[(index, j)]] if (index, j) in by_slot else []
+            out.keep_previous(_failure(exc, where), kept, where)
+    return out
 
 
-def scan(previous: Inventory | None) -> Inventory:
-    """Read every GPU and MIG instance. NVML must be initialised.
+@dataclass(frozen=True)
+class SystemInfo:
+    driver_version: str
+    cuda_driver_version: str
+    count: int
 
-    Never raises for NVML errors: a failed read keeps the device from
-    `previous` (same GPU/MIG index) and records the failure.
-    """
+
+def read_system(c: Calls) -> SystemInfo:
+    """Driver version and GPU count; raises pynvml.NVMLError when NVML cannot enumerate."""
+    driver = _text(c(pynvml.nvmlSystemGetDriverVersion))
+    count = int(c(pynvml.nvmlDeviceGetCount))
     try:
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        count = int(pynvml.nvmlDeviceGetCount())
-    except pynvml.NVMLError as exc:
-        devices = previous.devices if previous else ()
-        fatal = f"NVML enumeration failed ({exc})"
-        return Inventory(
-            driver_version=previous.driver_version if previous else "",
-            cuda_driver_version=previous.cuda_driver_version if previous else "",
-            devices=devices,
-            failures={d.id: ScanFailure(fatal, exc.value in LOST_CODES) for d in devices},
-            fatal=fatal,
-        )
-    try:
-        cuda_raw = _optional(pynvml.nvmlSystemGetCudaDriverVersion)
+        cuda_raw = _optional(c, pynvml.nvmlSystemGetCudaDriverVersion)
     except pynvml.NVMLError:
         cuda_raw = None
-    state = _ScanState(previous)
-    for index in range(count):
-        _scan_gpu(index, state)
+    return SystemInfo(driver, cuda_version_text(int(cuda_raw)) if cuda_raw else "", count)
+
+
+def failed_enumeration(previous: Inventory | None, fatal: str, lost: bool) -> Inventory:
+    """The previous devices, every one marked with the enumeration's failure."""
+    devices = previous.devices if previous else ()
+    return Inventory(
+        driver_version=previous.driver_version if previous else "",
+        cuda_driver_version=previous.cuda_driver_version if previous else "",
+        devices=devices,
+        failures={d.id: ScanFailure(fatal, lost) for d in devices},
+        fatal=fatal,
+    )
+
+
+def assemble(system: SystemInfo, parts: Iterable[GpuScan]) -> Inventory:
+    """One inventory from the GPUs' parts, in index order."""
+    failures: dict[str, ScanFailure] = {}
     # A UUID can only appear once; a broken driver repeating one must not make Nomad see it twice.
     seen: set[str] = set()
     unique = []
-    for dev in state.devices:
-        if dev.id in seen:
-            log.warning("NVML reported device %s twice; keeping the first", dev.id)
-            continue
-        seen.add(dev.id)
-        unique.append(dev)
+    for part in parts:
+        failures.update(part.failures)
+        for dev in part.devices:
+            if dev.id in seen:
+                log.warning("NVML reported device %s twice; keeping the first", dev.id)
+                continue
+            seen.add(dev.id)
+            unique.append(dev)
     return Inventory(
-        driver_version=driver,
-        cuda_driver_version=cuda_version_text(int(cuda_raw)) if cuda_raw else "",
+        driver_version=system.driver_version,
+        cuda_driver_version=system.cuda_driver_version,
         devices=tuple(unique),
-        failures=state.failures,
+        failures={k: v for k, v in failures.items() if k in seen},
     )
+
+
+def prior_by_index(previous: Inventory | None) -> dict[int, list[GpuDevice]]:
+    out: dict[int, list[GpuDevice]] = {}
+    if previous is not None:
+        for dev in previous.devices:
+            out.setdefault(dev.slot[0], []).append(dev)
+    return out
+
+
+def scan(previous: Inventory | None, c: Calls = direct) -> Inventory:
+    """Read every GPU and MIG instance, one after another. NVML must be initialised.
+
+    Never raises for NVML errors: a failed read keeps the device from
+    `previous` (same GPU/MIG index) and records the failure. The plugin runs
+    the same steps under deadlines, one GPU per lane (device_watch.py).
+    """
+    try:
+        system = read_system(c)
+    except pynvml.NVMLError as exc:
+        return failed_enumeration(previous, f"NVML enumeration failed ({exc})", exc.value in LOST_CODES)
+    prior = prior_by_index(previous)
+    return assemble(system, (scan_gpu(c, i, prior.get(i, [])) for i in range(system.count)))
+
+
+def host_memory() -> HostMemory:
+    """The host's memory from /proc/meminfo (zeros when it cannot be read)."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError) as exc:
+        log.warning("cannot read the host's memory from /proc/meminfo: %s", exc)
+    return HostMemory(total=values.get("MemTotal", 0), available=values.get("MemAvailable", 0))
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    total: int  # bytes
+    available: int
+
+    @property
+    def used(self) -> int:
+        return max(0, self.total - self.available)
 
 
 def physical_devices(devices: Sequence[GpuDevice]) -> dict[str, list[GpuDevice]]:

@@ -1,24 +1,28 @@
-"""Per-device health: what is wrong with each device, and the NVML event monitor.
+"""Per-device health: what is wrong with each device, the probes, and the NVML event watcher.
 
 A device is healthy when it has no open condition. Conditions come from NVML
-events (critical XIDs, double-bit ECC), from reads that fail (lost GPU, other
-NVML errors) and from polled state (pending page retirement / row remapping).
+events (critical XIDs, double-bit ECC), from reads that fail or do not return
+in time (lost GPU, other NVML errors, a blocked call), from polled state
+(pending page retirement / row remapping) and from the driver going away.
 Recovery: a failed read clears when the device answers again; an XID or ECC
 condition clears when the GPU is seen going away and answering again (a
-driver reset), which is what an operator does to recover such a GPU.
+GPU reset or a driver reload), which is what an operator does to recover such a GPU.
+Every NVML call here runs on a `CallRunner` lane, under its deadline.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
+from nomad_device_nvidia.nvidia.calls import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.config import HealthConfig
 from nomad_device_nvidia.nvidia.fingerprint import (
     UNSUPPORTED_CODES,
@@ -30,13 +34,14 @@ from nomad_device_nvidia.nvidia.fingerprint import (
 
 log = logging.getLogger(__name__)
 
+DRIVER = "driver"
 LOST = "lost"
 READ = "read"
 XID = "xid"
 ECC = "ecc"
 RETIREMENT = "retirement"
-_ORDER = (LOST, XID, ECC, RETIREMENT, READ)
-# Conditions only a GPU reset clears.
+_ORDER = (DRIVER, LOST, XID, ECC, RETIREMENT, READ)
+# Conditions only a GPU reset (or a driver reload) clears.
 _RESET_CLEARED = (LOST, XID, ECC)
 
 _NO_INSTANCE = 0xFFFFFFFF
@@ -106,10 +111,12 @@ class HealthBook:
         self.mark(device_id, LOST if failure.lost else READ, failure.description)
 
     def answered(self, device_id: str) -> None:
-        """The device answered a read: read errors are over, and a GPU back from lost was reset."""
+        """The device answered a read: read errors are over, and a GPU back from lost
+        (or from a driver that went away) was reset."""
         with self._lock:
-            was_lost = LOST in self._conditions.get(device_id, {})
-        self.clear(device_id, READ, *(_RESET_CLEARED if was_lost else ()))
+            conds = self._conditions.get(device_id, {})
+            was_reset = LOST in conds or DRIVER in conds
+        self.clear(device_id, READ, DRIVER, *(_RESET_CLEARED if was_reset else ()))
 
     def retain(self, device_ids: Iterable[str]) -> None:
         keep = set(device_ids)
@@ -122,10 +129,6 @@ class HealthBook:
 
         self._apply(change)
 
-    def causes(self, device_id: str) -> set[str]:
-        with self._lock:
-            return set(self._conditions.get(device_id, {}))
-
     def status(self, device_id: str) -> tuple[bool, str]:
         with self._lock:
             conds = self._conditions.get(device_id)
@@ -133,40 +136,26 @@ class HealthBook:
                 return True, ""
             return False, "; ".join(conds[c] for c in _ORDER if c in conds)
 
-    def unhealthy(self) -> list[str]:
-        with self._lock:
-            return sorted(d for d, conds in self._conditions.items() if conds)
+
 
 
 def _address(handle: Any) -> int:
     return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
 
 
-def check_memory_retirement(devices: Sequence[GpuDevice], book: HealthBook) -> None:
-    """Poll pending page retirement / row remapping on each physical GPU."""
-    for uuid, members in physical_devices(devices).items():
-        problem = ""
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            problem = _retirement_problem(handle)
-        except pynvml.NVMLError:
-            continue  # a GPU that does not answer is reported by the scan or the probe
-        for dev in members:
-            if problem:
-                book.mark(dev.id, RETIREMENT, problem)
-            else:
-                book.clear(dev.id, RETIREMENT)
+def retirement_problem(c: Calls, handle: Any) -> str:
+    """Pending page retirement or row remapping, or a failed remapping; "" when none.
 
-
-def _retirement_problem(handle: Any) -> str:
+    The driver keeps this state across plugin restarts, so a relaunched plugin finds it again.
+    """
     try:
-        if pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle):
+        if c(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle):
             return "pending page retirement after uncorrectable ECC errors (reset the GPU)"
     except pynvml.NVMLError as exc:
         if exc.value not in UNSUPPORTED_CODES:
             raise
     try:
-        _corr, _uncorr, pending, failed = pynvml.nvmlDeviceGetRemappedRows(handle)
+        _corr, _uncorr, pending, failed = c(pynvml.nvmlDeviceGetRemappedRows, handle)
     except pynvml.NVMLError as exc:
         if exc.value not in UNSUPPORTED_CODES:
             raise
@@ -178,24 +167,101 @@ def _retirement_problem(handle: Any) -> str:
     return ""
 
 
-def probe(devices: Iterable[GpuDevice], book: HealthBook) -> None:
-    """One cheap read per device: records failures and recoveries."""
-    for dev in devices:
+@dataclass
+class ProbeResult:
+    """One physical GPU's probe: per device the NVML error (None: it answered), and its memory state."""
+
+    errors: dict[str, pynvml.NVMLError | None]
+    retirement: str | None  # None: not known (the GPU did not answer)
+
+
+def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
+    """One cheap read per device of one physical GPU, then its memory retirement state."""
+    errors: dict[str, pynvml.NVMLError | None] = {}
+    for dev in members:
         try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(dev.id)
-            pynvml.nvmlDeviceGetMemoryInfo(handle)
+            handle = c(pynvml.nvmlDeviceGetHandleByUUID, dev.id)
+            c(pynvml.nvmlDeviceGetMemoryInfo, handle)
         except pynvml.NVMLError as exc:
-            book.failed(dev.id, failure_of(exc))
+            # NOT_SUPPORTED (an integrated GPU) is an answer too.
+            errors[dev.id] = None if exc.value in UNSUPPORTED_CODES else exc
             continue
-        book.answered(dev.id)
+        errors[dev.id] = None
+    retirement: str | None = None
+    if members and all(e is None for e in errors.values()):
+        try:
+            gpu = c(pynvml.nvmlDeviceGetHandleByUUID, members[0].physical_uuid)
+            retirement = retirement_problem(c, gpu)
+        except pynvml.NVMLError:
+            retirement = None  # the next probe tries again; the reads above answered
+    return ProbeResult(errors, retirement)
 
 
-class HealthMonitor:
-    """A thread that waits on NVML events and probes the devices (loss and recovery)."""
+def _probe_work(members: Sequence[GpuDevice], c: Calls) -> ProbeResult:
+    return probe_gpu(c, members)
 
-    def __init__(self, book: HealthBook, config: HealthConfig, wait_ms: int = 500) -> None:
+
+def record_probe(book: HealthBook, members: Sequence[GpuDevice], result: ProbeResult) -> None:
+    for dev in members:
+        exc = result.errors.get(dev.id)
+        if exc is not None:
+            book.failed(dev.id, failure_of(exc))
+        else:
+            book.answered(dev.id)
+        if result.retirement:
+            book.mark(dev.id, RETIREMENT, result.retirement)
+        elif result.retirement == "":
+            book.clear(dev.id, RETIREMENT)
+
+
+def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTimeout) -> None:
+    for dev in members:
+        book.mark(dev.id, READ, str(timeout))
+
+
+def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
+    """Probe every physical GPU on its own lane, in parallel; returns the NVML error codes seen."""
+    jobs = []
+    for uuid, members in physical_devices(devices).items():
+        try:
+            jobs.append((members, runner.submit(uuid, functools.partial(_probe_work, members))))
+        except CallTimeout as exc:  # still blocked since an earlier call
+            record_stuck(book, members, exc)
+    seen: set[int] = set()
+    for members, job in jobs:
+        try:
+            result = runner.wait(job)
+        except CallTimeout as exc:
+            record_stuck(book, members, exc)
+            continue
+        record_probe(book, members, result)
+        seen.update(int(e.value) for e in result.errors.values() if e is not None)
+    return seen
+
+
+_EVENT_WAIT_MS = 500
+
+
+class EventWatcher:
+    """A thread that waits on NVML events (XIDs, double-bit ECC) and marks the devices concerned.
+
+    The waits run on the runner's events lane: a wait that blocks past the
+    deadline is reported once and health relies on the probes meanwhile.
+    `on_trouble` is called when reading events fails (the caller probes then).
+    """
+
+    def __init__(
+        self,
+        runner: CallRunner,
+        book: HealthBook,
+        config: HealthConfig,
+        on_trouble: Callable[[], None],
+        wait_ms: int = _EVENT_WAIT_MS,
+    ) -> None:
+        self._runner = runner
         self._book = book
         self._config = config
+        self._on_trouble = on_trouble
         self._wait_ms = wait_ms
         self._lock = threading.Lock()
         self._devices: tuple[GpuDevice, ...] = ()
@@ -204,7 +270,7 @@ class HealthMonitor:
         self._thread: threading.Thread | None = None
         self._event_set: Any = None
         self._by_address: dict[int, str] = {}
-        self._wait_error_logged = False
+        self._failing = ""  # why events cannot be read now ("" when they can)
 
     def configure(self, config: HealthConfig) -> None:
         with self._lock:
@@ -220,22 +286,23 @@ class HealthMonitor:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="nvidia-health", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="nvidia-events", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the thread; False when it is still inside an NVML call after `timeout`.
+    @property
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
-        The thread frees its event set itself on the way out, so the caller must
-        keep NVML initialised (no nvmlShutdown) until this has returned True.
-        """
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the thread; False when it has not ended after `timeout` (it then frees nothing)."""
         self._stop.set()
         thread = self._thread
         if thread is None:
             return True
         thread.join(timeout=timeout)
         if thread.is_alive():
-            log.warning("the health monitor is still inside an NVML call after %.0fs", timeout)
+            log.warning("the NVML event watcher has not stopped after %.0fs", timeout)
             return False
         self._thread = None
         return True
@@ -243,7 +310,6 @@ class HealthMonitor:
     # -- the thread --
 
     def _run(self) -> None:
-        next_probe = 0.0
         try:
             while not self._stop.is_set():
                 if self._resync.is_set():
@@ -253,27 +319,30 @@ class HealthMonitor:
                     self._wait_for_event()
                 else:
                     self._stop.wait(self._wait_ms / 1000)
-                now = time.monotonic()
-                if now >= next_probe:
-                    # Every device, not only unhealthy ones: a GPU can be lost without
-                    # any event, and one cheap read per device per interval finds it.
-                    with self._lock:
-                        interval, devices = self._config.probe_interval, self._devices
-                    probe(devices, self._book)
-                    next_probe = now + interval
-        except Exception:  # the monitor must never take the plugin down
-            log.exception("health monitor stopped unexpectedly")
+        except RunnerClosed:
+            pass
+        except Exception:  # the watcher must never take the plugin down
+            log.exception("the NVML event watcher stopped unexpectedly")
         finally:
             self._free()
 
+    def _trouble(self, why: str) -> None:
+        if not self._failing:
+            log.warning("reading an NVML event failed (%s); probing the devices instead", why)
+        self._failing = why
+        self._on_trouble()
+
     def _free(self) -> None:
-        if self._event_set is not None:
-            try:
-                pynvml.nvmlEventSetFree(self._event_set)
-            except pynvml.NVMLError as exc:
-                log.debug("freeing the NVML event set failed: %s", exc)
-            self._event_set = None
-        self._by_address = {}
+        event_set, self._event_set, self._by_address = self._event_set, None, {}
+        if event_set is None:
+            return
+        if EVENTS in self._runner.stuck_lanes():
+            log.debug("an NVML event wait is still blocked; the event set is left allocated")
+            return
+        try:
+            self._runner.call(SYSTEM, pynvml.nvmlEventSetFree, event_set)
+        except (pynvml.NVMLError, CallTimeout, RunnerClosed) as exc:
+            log.debug("freeing the NVML event set failed: %s", exc)
 
     def _register(self) -> None:
         self._free()
@@ -283,21 +352,29 @@ class HealthMonitor:
         if not physical:
             return
         try:
-            event_set = pynvml.nvmlEventSetCreate()
-        except pynvml.NVMLError as exc:
+            event_set = self._runner.call(SYSTEM, pynvml.nvmlEventSetCreate)
+        except (pynvml.NVMLError, CallTimeout) as exc:
             log.warning("NVML events unavailable (%s); health relies on probes and scans", exc)
             return
         by_address: dict[int, str] = {}
         unsupported = []
         for uuid in physical:
+
+            def register(c: Calls, uuid: str = uuid) -> Any:
+                handle = c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
+                c(pynvml.nvmlDeviceRegisterEvents, handle, _EVENT_TYPES, event_set)
+                return handle
+
             try:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-                pynvml.nvmlDeviceRegisterEvents(handle, _EVENT_TYPES, event_set)
+                handle = self._runner.run(uuid, register)
             except pynvml.NVMLError as exc:
                 if exc.value in UNSUPPORTED_CODES:
                     unsupported.append(uuid)
                 else:
                     log.warning("cannot watch GPU %s for XID events: %s", uuid, exc)
+                continue
+            except CallTimeout as exc:
+                log.warning("cannot watch GPU %s for XID events: %s; trying again at the next scan", uuid, exc)
                 continue
             by_address[_address(handle)] = uuid
         if unsupported:
@@ -306,34 +383,42 @@ class HealthMonitor:
         self._by_address = by_address
 
     def _wait_for_event(self) -> None:
+        wait_ms = self._wait_ms
         try:
-            data = pynvml.nvmlEventSetWait_v2(self._event_set, self._wait_ms)
+            data = self._runner.run(
+                EVENTS, lambda c: c(pynvml.nvmlEventSetWait_v2, self._event_set, wait_ms), grace=wait_ms / 1000
+            )
+        except CallTimeout as exc:
+            self._trouble(str(exc))
+            self._stop.wait(wait_ms / 1000)
+            return
         except pynvml.NVMLError as exc:
             if exc.value == pynvml.NVML_ERROR_TIMEOUT:
+                self._recovered()
                 return
             if exc.value in UNSUPPORTED_CODES:
                 log.info("waiting on NVML events is not supported (%s); health relies on probes", exc)
                 self._free()
                 return
-            # Which device failed is unknown: probe them all, so only the ones that
-            # do not answer are marked, never the whole node.
-            if not self._wait_error_logged:
-                log.warning("reading an NVML event failed (%s); probing the devices instead", exc)
-                self._wait_error_logged = True
-            with self._lock:
-                devices = self._devices
-            probe(devices, self._book)
-            self._stop.wait(self._wait_ms / 1000)
+            # Which device failed is unknown: the probes find out, so only the ones
+            # that do not answer are marked, never the whole node.
+            self._trouble(str(exc))
+            self._stop.wait(wait_ms / 1000)
             return
-        self._wait_error_logged = False
+        self._recovered()
         self._handle_event(data)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.info("NVML events are read again")
+            self._failing = ""
 
     def _handle_event(self, data: Any) -> None:
         uuid = self._by_address.get(_address(data.device))
         if uuid is None:
             try:
-                uuid = pynvml.nvmlDeviceGetUUID(data.device)
-            except pynvml.NVMLError as exc:
+                uuid = self._runner.call(SYSTEM, pynvml.nvmlDeviceGetUUID, data.device)
+            except (pynvml.NVMLError, CallTimeout) as exc:
                 log.warning("NVML event type 0x%x for an unknown device ignored (%s)", data.eventType, exc)
                 return
         with self._lock:
@@ -355,4 +440,4 @@ class HealthMonitor:
         elif data.eventType & pynvml.nvmlEventTypeDoubleBitEccError:
             for dev in devices:
                 self._book.mark(dev.id, ECC, "uncorrectable (double-bit) ECC error")
-            check_memory_retirement(devices, self._book)
+            self._on_trouble()  # a probe soon reads the retirement state

@@ -1,8 +1,11 @@
-"""Lazy, reference-counted NVML initialisation for the plugin.
+"""The plugin's NVML session: loaded and initialised lazily, re-initialised after the driver comes back.
 
 Nomad launches the plugin several times at agent start just to ask for its
 info and schema, so NVML is loaded and initialised only when a fingerprint,
-stats or reserve call needs it, and shut down once in `close`.
+stats or reserve call needs it. NVML's init is reference counted: this
+session holds one reference (the native stats engines hold their own), and
+gives it back with `release` when the driver went away, so that a later
+`open` starts a fresh session with the driver, or for good with `close`.
 """
 
 from __future__ import annotations
@@ -12,19 +15,25 @@ import threading
 
 import pynvml
 
+from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner
+
 log = logging.getLogger(__name__)
 
-# Init results that mean "there is no NVIDIA driver here": the stream ends
-# with no devices, as HashiCorp's plugin does on a machine without GPUs.
-_ABSENT_CODES = frozenset({pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED})
-
-
-#: The one line logged (with "; no NVIDIA devices will be reported") on a node without NVML.
+#: The one line logged on a node without NVML.
 NO_LIBRARY = "no libnvidia-ml.so.1 on this machine (no NVIDIA driver)"
+
+# Errors that say the driver itself is gone or was replaced, not one GPU.
+DRIVER_GONE_CODES = frozenset(
+    {
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+        pynvml.NVML_ERROR_UNINITIALIZED,
+        pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+    }
+)
 
 
 class NvmlAbsent(Exception):
-    """No usable NVML on this machine (no library, no driver, or the asked-for one cannot load)."""
+    """No NVML library to load (no driver installed, or the configured file cannot be used)."""
 
 
 class SessionClosed(NvmlAbsent):
@@ -41,42 +50,61 @@ class NvmlSession:
         self._loaded_with: tuple[str, str] | None = None
         self._initialised = False
         self._closed = False
+        self._epoch = 0
 
     @property
     def initialised(self) -> bool:
         return self._initialised
 
-    def open(self, library: str, simulate: str) -> None:
-        """Initialise NVML once (thread-safe); raises NvmlAbsent or NvmlUnavailable."""
+    @property
+    def epoch(self) -> int:
+        """Counts successful inits: what was built on an older one is stale."""
+        return self._epoch
+
+    def open(self, library: str, simulate: str, runner: CallRunner) -> bool:
+        """Initialise NVML unless it is; True when this call did. Raises NvmlAbsent,
+        NvmlUnavailable, or CallTimeout when nvmlInit does not return in time."""
         with self._lock:
             if self._closed:
                 raise SessionClosed("the plugin is shut down")
             if self._initialised:
                 if self._loaded_with != (library, simulate):
                     log.warning("nvml_library/simulate changed after NVML was loaded; restart the plugin to apply it")
-                return
+                return False
             if self._loaded_with is None:
                 # The one place that decides which libnvidia-ml.so.1 this process uses.
                 try:
                     from nomad_device_nvidia.nvidia.driver import load_nvml
 
-                    load_nvml(library or None, simulate or None)
+                    source = load_nvml(library or None, simulate or None)
                 except Exception as exc:  # the loader's errors name the missing file / bad scenario
                     raise NvmlAbsent(f"cannot load NVML: {exc}") from exc
-                self._loaded_with = (library, simulate)
+                if source.path is not None:
+                    # Kept only once a library was found: one installed later is then loaded.
+                    self._loaded_with = (library, simulate)
             try:
-                pynvml.nvmlInit()
+                runner.call(SYSTEM, pynvml.nvmlInit)
             except pynvml.NVMLError as exc:
                 if exc.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND:
                     raise NvmlAbsent(NO_LIBRARY) from exc
-                if exc.value in _ABSENT_CODES:
-                    raise NvmlAbsent(f"NVML is not available: {exc}") from exc
                 raise NvmlUnavailable(f"NVML failed to initialise: {exc}") from exc
             self._initialised = True
-            log.debug("NVML initialised")
+            self._epoch += 1
+            return True
+
+    def release(self, runner: CallRunner) -> None:
+        """Give NVML back (the driver went away); `open` may init it again."""
+        with self._lock:
+            if not self._initialised:
+                return
+            self._initialised = False
+            try:
+                runner.call(SYSTEM, pynvml.nvmlShutdown)
+            except Exception as exc:  # NVMLError or CallTimeout: the next open starts over
+                log.debug("NVML shutdown after the driver went away failed: %s", exc)
 
     def close(self) -> None:
-        """Shut NVML down for good; a later `open` raises SessionClosed."""
+        """Shut NVML down for good; a later `open` raises SessionClosed. Call it with no NVML call live."""
         with self._lock:
             self._closed = True
             if not self._initialised:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nomad_device_nvidia.nvidia.config import STATS_ENGINES
+
+if TYPE_CHECKING:
+    from nomad_device_nvidia.nvidia.calls import CallRunner
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class EngineOptions:
     # The library the native engine dlopens; None means libnvidia-ml.so.1, which
     # resolves to the one the process already loaded (real or simulated).
     library: str | None = None
+    # The python engine's NVML calls run on these lanes (the plugin's, so a
+    # blocked GPU holds one thread for the whole process); None: its own.
+    calls: CallRunner | None = None
 
     @property
     def use_fields(self) -> bool:

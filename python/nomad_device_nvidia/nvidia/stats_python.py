@@ -1,14 +1,17 @@
 """The pure-Python stats engine (nvidia-ml-py + protobuf classes).
 
 The reference the native engine is tested against, the fallback when the
-extension cannot load, and the benchmarks' baseline. It reads the same NVML
-calls in the same way, one device after another, and relies on the plugin
-having called ``pynvml.nvmlInit``.
+extension cannot load, and the benchmarks' baseline. It makes the same NVML
+calls in the same way, each device's reads as one job on that GPU's
+`CallRunner` lane, so a tick waits at most `timeout` for any device (one that
+does not answer reads N/A), and relies on the plugin having called
+``pynvml.nvmlInit``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +20,8 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
-from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR
+from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout
+from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR, host_memory
 
 # Private there, shared on purpose: XID events name a GPU by the same handle
 # address the health monitor keys them by.
@@ -91,6 +95,9 @@ FI_ECC_SBE_VOL_L2 = 9
 FI_ECC_SBE_VOL_DEV = 11
 FI_TOTAL_ENERGY = 83
 _BATCH_FALLBACK = (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_NOT_SUPPORTED)
+# Workers of an engine that has no runner of the plugin's (benchmarks, tests):
+# the reads hold the GIL, so more threads would not read faster.
+_OWN_WORKERS = 4
 # Events taken per tick at most, as in the native engine (src_rust/stats_core/src/xid.rs).
 MAX_EVENTS_PER_TICK = 4096
 
@@ -109,10 +116,10 @@ def stat_value(stat: Stat, reading: Reading) -> structs_pb2.StatValue:
     return v
 
 
-def _try(call: Callable[[], Any]) -> Any:
+def _try(c: Calls, fn: Callable[..., Any], *args: Any) -> Any:
     """A call's result, or None when NVML cannot tell (any NVML error)."""
     try:
-        return call()
+        return c(fn, *args)
     except pynvml.NVMLError:
         return None
 
@@ -132,21 +139,28 @@ def _field_int(fv: Any) -> int | None:
     return None if attr is None else int(getattr(fv.value, attr))
 
 
-def _memory(h: Any) -> Reading:
-    m = _try(lambda: pynvml.nvmlDeviceGetMemoryInfo(h))
-    return None if m is None else (m.used // MIB, m.total // MIB)
+def _memory(c: Calls, h: Any) -> Reading:
+    try:
+        m = c(pynvml.nvmlDeviceGetMemoryInfo, h)
+    except pynvml.NVMLError as exc:
+        if exc.value != pynvml.NVML_ERROR_NOT_SUPPORTED:
+            return None
+        # No dedicated memory (an integrated GPU such as GB10): it uses the host's.
+        host = host_memory()
+        return (host.used // MIB, host.total // MIB) if host.total else None
+    return (m.used // MIB, m.total // MIB)
 
 
-def _bar1(h: Any) -> Reading:
-    b = _try(lambda: pynvml.nvmlDeviceGetBAR1MemoryInfo(h))
+def _bar1(c: Calls, h: Any) -> Reading:
+    b = _try(c, pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
     return None if b is None else (b.bar1Used // MIB, b.bar1Total // MIB)
 
 
-def _power(h: Any) -> Reading:
-    usage = _try(lambda: pynvml.nvmlDeviceGetPowerUsage(h))
+def _power(c: Calls, h: Any) -> Reading:
+    usage = _try(c, pynvml.nvmlDeviceGetPowerUsage, h)
     if usage is None:
         return None
-    limit = _try(lambda: pynvml.nvmlDeviceGetPowerManagementLimit(h))
+    limit = _try(c, pynvml.nvmlDeviceGetPowerManagementLimit, h)
     return None if limit is None else (usage // 1000, limit // 1000)
 
 
@@ -155,14 +169,14 @@ class XidCounter:
     own, made the same way as the native engine's (src_rust/stats_core/src/xid.rs):
     a MIG instance counts its parent GPU's XIDs."""
 
-    def __init__(self) -> None:
-        self._set = pynvml.nvmlEventSetCreate()
+    def __init__(self, event_set: Any) -> None:
+        self._set = event_set
         self._counts: dict[int, int] = {}  # GPU handle address -> XIDs; present once registered
 
-    def watch(self, handle: Any) -> int:
+    def watch(self, handle: Any, c: Calls) -> int:
         """Registers the GPU of `handle` (itself, or a MIG instance's parent) once; returns its key."""
         try:
-            gpu = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+            gpu = c(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, handle)
         except pynvml.NVMLError as exc:
             # INVALID_ARGUMENT: not a MIG instance, so the GPU itself.
             if exc.value not in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
@@ -170,15 +184,15 @@ class XidCounter:
             gpu = handle
         key = _address(gpu)
         if key not in self._counts:
-            pynvml.nvmlDeviceRegisterEvents(gpu, pynvml.nvmlEventTypeXidCriticalError, self._set)
+            c(pynvml.nvmlDeviceRegisterEvents, gpu, pynvml.nvmlEventTypeXidCriticalError, self._set)
             self._counts[key] = 0
         return key
 
-    def drain(self) -> None:
+    def drain(self, c: Calls) -> None:
         """Takes every waiting event without blocking."""
         for _ in range(MAX_EVENTS_PER_TICK):
             try:
-                e = pynvml.nvmlEventSetWait_v2(self._set, 0)
+                e = c(pynvml.nvmlEventSetWait_v2, self._set, 0)
             except pynvml.NVMLError:  # NVML_ERROR_TIMEOUT: nothing more waiting
                 return
             if e.eventType & pynvml.nvmlEventTypeXidCriticalError:
@@ -189,9 +203,9 @@ class XidCounter:
     def count(self, key: int) -> int | None:
         return self._counts.get(key)
 
-    def close(self) -> None:
+    def close(self, c: Calls) -> None:
         try:
-            pynvml.nvmlEventSetFree(self._set)
+            c(pynvml.nvmlEventSetFree, self._set)
         except pynvml.NVMLError:
             pass
 
@@ -199,64 +213,115 @@ class XidCounter:
 class PythonStatsEngine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self._options = options
+        self._calls = options.calls or CallRunner(options.timeout, max_workers=_OWN_WORKERS, name="stats")
+        self._own_calls = options.calls is None
+        self._lock = threading.Lock()  # collect() against close() from another thread
         self._groups: list[tuple[str, list[TrackedDevice]]] = []
         # One per distinct UUID, the first tracked device reading it (named in
         # logs), in tracked order: shares of a GPU are read once per tick.
         self._readers: list[TrackedDevice] = []
         self._handles: dict[str, Any] = {}
         self._handle_reported: set[str] = set()
+        self._hung_reported: set[str] = set()
         self._fields: bool | None = None
         self._xid: XidCounter | None = None
         self._xid_gpu: dict[str, int] = {}  # UUID -> XidCounter key
         self._xid_reported: set[str] = set()
+        self._closed = False
         if options.extended:
             try:
-                self._xid = XidCounter()
-            except pynvml.NVMLError as exc:
+                self._xid = XidCounter(self._calls.call(("xid", id(self)), pynvml.nvmlEventSetCreate))
+            except (pynvml.NVMLError, CallTimeout) as exc:
                 log.warning("XID events unavailable (%s); XID counts read N/A", exc)
 
     def track(self, devices: Sequence[TrackedDevice]) -> None:
         # Same order and de-duplication as the native engine: groups by name,
-        # devices by ID, the first of a repeated ID kept.
+        # devices by ID, the first of a repeated ID kept. The XID registrations
+        # run on the devices' lanes under the tick deadline; one not done by then
+        # is made as part of a later read of that device.
         by_group: dict[str, dict[str, TrackedDevice]] = {}
         for d in devices:
             by_group.setdefault(d.group, {}).setdefault(d.device_id, d)
-        self._groups = [(g, [devs[k] for k in sorted(devs)]) for g, devs in sorted(by_group.items())]
+        groups = [(g, [devs[k] for k in sorted(devs)]) for g, devs in sorted(by_group.items())]
         readers: dict[str, TrackedDevice] = {}
-        for _, group_devices in self._groups:
+        for _, group_devices in groups:
             for d in group_devices:
                 readers.setdefault(d.uuid, d)
-        self._readers = list(readers.values())
-        self._watch_xids()
+        uuids = set(readers)
+        with self._lock:
+            self._groups = groups
+            self._readers = list(readers.values())
+            self._xid_gpu = {u: k for u, k in self._xid_gpu.items() if u in uuids}
+            self._xid_reported &= uuids
+            if self._xid is None:
+                return
+            deadline = time.monotonic() + self._options.timeout
+            jobs = []
+            for d in self._readers:
+                if d.uuid in self._xid_gpu:
+                    continue
 
-    def _watch_xids(self) -> None:
-        """Registers the GPUs of tracked devices for XIDs, in tracked order (the
-        native engine makes the same calls in the same order)."""
-        if self._xid is None:
+                def register(c: Calls, d: TrackedDevice = d) -> None:
+                    h = self._handle(c, d)
+                    if h is not None:
+                        self._watch_xid(c, d, h)
+
+                jobs.append(self._calls.try_submit(d.uuid, register, deadline))
+            for job in jobs:
+                if job is not None:
+                    self._calls.wait_until(job, deadline)
+
+    def _watch_xid(self, c: Calls, d: TrackedDevice, h: Any) -> None:
+        """Registers the GPU of `d` for XIDs once (inside its read, under the deadline)."""
+        if self._xid is None or d.uuid in self._xid_gpu:
             return
-        uuids = {d.uuid for d in self._readers}
-        self._xid_gpu = {u: k for u, k in self._xid_gpu.items() if u in uuids}
-        self._xid_reported &= uuids
-        for d in self._readers:
-            if d.uuid in self._xid_gpu:
-                continue
-            h = self._handle(d)
-            if h is None:
-                continue
-            try:
-                self._xid_gpu[d.uuid] = self._xid.watch(h)
-            except pynvml.NVMLError as exc:
-                if d.uuid not in self._xid_reported:
-                    self._xid_reported.add(d.uuid)
-                    log.warning("device %s: cannot watch XID events (%s); its XID count reads N/A", d.device_id, exc)
+        try:
+            self._xid_gpu[d.uuid] = self._xid.watch(h, c)
+        except pynvml.NVMLError as exc:
+            if d.uuid not in self._xid_reported:
+                self._xid_reported.add(d.uuid)
+                log.warning("device %s: cannot watch XID events (%s); its XID count reads N/A", d.device_id, exc)
 
     def collect(self) -> bytes:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("stats engine is closed")
+            return self._collect()
+
+    def _collect(self) -> bytes:
         now = time.time_ns()
+        deadline = time.monotonic() + self._options.timeout
         resp = device_pb2.StatsResponse()
-        if self._xid is not None and self._groups:
-            self._xid.drain()
-        # Each GPU read once, in tracked order; its shares get copies.
-        read = {d.uuid: self._stats(d) for d in self._readers}
+        xid = self._xid
+        if xid is not None and self._groups:
+            # Before the reads, which take the counts; skipped while a drain is still blocked.
+            drain = self._calls.try_submit(("xid", id(self)), xid.drain, deadline)
+            if drain is not None:
+                self._calls.wait_until(drain, deadline)
+        # Each GPU read once, as one job on its lane; its shares get copies.
+        jobs = []
+        for d in self._readers:
+
+            def work(c: Calls, d: TrackedDevice = d) -> device_pb2.DeviceStats:
+                return self._stats(c, d)
+
+            jobs.append((d, self._calls.try_submit(d.uuid, work, deadline)))
+        read: dict[str, device_pb2.DeviceStats] = {}
+        for d, job in jobs:
+            if job is not None and self._calls.wait_until(job, deadline):
+                read[d.uuid] = job.result()
+                if d.uuid in self._hung_reported:
+                    self._hung_reported.discard(d.uuid)
+                    log.info("device %s answers again", d.device_id)
+                continue
+            if d.uuid not in self._hung_reported:
+                self._hung_reported.add(d.uuid)
+                log.warning(
+                    "device %s did not answer NVML within %gs; its stats read N/A until it does",
+                    d.device_id,
+                    self._options.timeout,
+                )
+            read[d.uuid] = self._unavailable()
         for name, devices in self._groups:
             group = resp.groups.add(vendor=VENDOR, type=DEVICE_TYPE, name=name)
             for d in devices:
@@ -267,19 +332,26 @@ class PythonStatsEngine:
         return data
 
     def close(self) -> None:
-        self._groups = []
-        self._readers = []
-        self._handles.clear()
-        if self._xid is not None:
-            self._xid.close()
-            self._xid = None
+        with self._lock:
+            self._closed = True
+            self._groups = []
+            self._readers = []
+            self._handles.clear()
+            xid, self._xid = self._xid, None
+        if xid is not None:
+            try:
+                self._calls.run(("xid", id(self)), xid.close)
+            except Exception as exc:  # a drain still blocked, or the runner shut down
+                log.debug("freeing the XID event set skipped: %s", exc)
+        if self._own_calls:
+            self._calls.close()
 
-    def _handle(self, d: TrackedDevice) -> Any:
+    def _handle(self, c: Calls, d: TrackedDevice) -> Any:
         h = self._handles.get(d.uuid)
         if h is not None:
             return h
         try:
-            h = pynvml.nvmlDeviceGetHandleByUUID(d.uuid)
+            h = c(pynvml.nvmlDeviceGetHandleByUUID, d.uuid)
         except pynvml.NVMLError as exc:
             if d.uuid not in self._handle_reported:
                 self._handle_reported.add(d.uuid)
@@ -289,13 +361,22 @@ class PythonStatsEngine:
         self._handles[d.uuid] = h
         return h
 
-    def _stats(self, d: TrackedDevice) -> device_pb2.DeviceStats:
+    def _unavailable(self) -> device_pb2.DeviceStats:
+        return self._assemble({})
+
+    def _stats(self, c: Calls, d: TrackedDevice) -> device_pb2.DeviceStats:
         """One read of the GPU `d` names (by its UUID)."""
+        h = self._handle(c, d)
+        readings = self._read(c, h) if h is not None else {}
+        if h is not None:
+            self._watch_xid(c, d, h)
+        xid = self._xid
+        if xid is not None and d.uuid in self._xid_gpu:
+            readings[XID_COUNT.name] = xid.count(self._xid_gpu[d.uuid])
+        return self._assemble(readings)
+
+    def _assemble(self, readings: dict[str, Reading]) -> device_pb2.DeviceStats:
         ds = device_pb2.DeviceStats()
-        h = self._handle(d)
-        readings = self._read(h) if h is not None else {}
-        if self._xid is not None and d.uuid in self._xid_gpu:
-            readings[XID_COUNT.name] = self._xid.count(self._xid_gpu[d.uuid])
         attrs = ds.stats.attributes
         for stat in (POWER, GPU_UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, TEMPERATURE, MEMORY, BAR1, ECC_L1, ECC_L2, ECC_DEVICE):
             attrs[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
@@ -308,35 +389,33 @@ class PythonStatsEngine:
                     obj.attributes[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
         return ds
 
-    def _read(self, h: Any) -> dict[str, Reading]:
-        r: dict[str, Reading] = {MEMORY.name: _memory(h)}
-        util = _try(lambda: pynvml.nvmlDeviceGetUtilizationRates(h))
+    def _read(self, c: Calls, h: Any) -> dict[str, Reading]:
+        r: dict[str, Reading] = {MEMORY.name: _memory(c, h)}
+        util = _try(c, pynvml.nvmlDeviceGetUtilizationRates, h)
         if util is not None:
             r[GPU_UTIL.name], r[MEM_UTIL.name] = util.gpu, util.memory
-        enc = _try(lambda: pynvml.nvmlDeviceGetEncoderUtilization(h))
+        enc = _try(c, pynvml.nvmlDeviceGetEncoderUtilization, h)
         r[ENC_UTIL.name] = None if enc is None else enc[0]
-        dec = _try(lambda: pynvml.nvmlDeviceGetDecoderUtilization(h))
+        dec = _try(c, pynvml.nvmlDeviceGetDecoderUtilization, h)
         r[DEC_UTIL.name] = None if dec is None else dec[0]
-        r[TEMPERATURE.name] = _try(lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
-        r[POWER.name] = _power(h)
-        r[BAR1.name] = _bar1(h)
+        r[TEMPERATURE.name] = _try(c, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
+        r[POWER.name] = _power(c, h)
+        r[BAR1.name] = _bar1(c, h)
         extended = self._options.extended
-        if not (self._use_fields() and self._read_fields(h, r)):
+        if not (self._use_fields() and self._read_fields(c, h, r)):
             ecc = _try(
-                lambda: pynvml.nvmlDeviceGetDetailedEccErrors(
-                    h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
-                )
+                c, pynvml.nvmlDeviceGetDetailedEccErrors, h, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC
             )
             if ecc is not None:
                 r[ECC_L1.name], r[ECC_L2.name], r[ECC_DEVICE.name] = ecc.l1Cache, ecc.l2Cache, ecc.deviceMemory
             if extended:
-                r[TOTAL_ENERGY.name] = _try(lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h))
+                r[TOTAL_ENERGY.name] = _try(c, pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
         if extended:
-            r[SM_CLOCK.name] = _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
-            r[MEM_CLOCK.name] = _try(lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM))
-            r[PCIE_TX.name] = _try(lambda: pynvml.nvmlDeviceGetPcieThroughput(h, pynvml.NVML_PCIE_UTIL_TX_BYTES))
-            r[PCIE_RX.name] = _try(lambda: pynvml.nvmlDeviceGetPcieThroughput(h, pynvml.NVML_PCIE_UTIL_RX_BYTES))
-            r[THROTTLE_REASONS.name] = _try(lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))
+            r[SM_CLOCK.name] = _try(c, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+            r[MEM_CLOCK.name] = _try(c, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM)
+            r[PCIE_TX.name] = _try(c, pynvml.nvmlDeviceGetPcieThroughput, h, pynvml.NVML_PCIE_UTIL_TX_BYTES)
+            r[PCIE_RX.name] = _try(c, pynvml.nvmlDeviceGetPcieThroughput, h, pynvml.NVML_PCIE_UTIL_RX_BYTES)
+            r[THROTTLE_REASONS.name] = _try(c, pynvml.nvmlDeviceGetCurrentClocksEventReasons, h)
         return r
 
     def _use_fields(self) -> bool:
@@ -350,13 +429,13 @@ class PythonStatsEngine:
                 self._fields = True
         return self._fields
 
-    def _read_fields(self, h: Any, r: dict[str, Reading]) -> bool:
+    def _read_fields(self, c: Calls, h: Any, r: dict[str, Reading]) -> bool:
         """The batched read; False when NVML cannot answer field values at all."""
         ids = [FI_ECC_SBE_VOL_L1, FI_ECC_SBE_VOL_L2, FI_ECC_SBE_VOL_DEV]
         if self._options.extended:
             ids.append(FI_TOTAL_ENERGY)
         try:
-            values = pynvml.nvmlDeviceGetFieldValues(h, ids)
+            values = c(pynvml.nvmlDeviceGetFieldValues, h, ids)
         except pynvml.NVMLError as exc:
             return exc.value not in _BATCH_FALLBACK
         r[ECC_L1.name], r[ECC_L2.name], r[ECC_DEVICE.name] = (_field_int(v) for v in values[:3])

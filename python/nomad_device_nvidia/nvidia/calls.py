@@ -1,0 +1,337 @@
+"""NVML work under a deadline, on worker threads, one lane per GPU.
+
+A GPU about to fall off the bus often makes every NVML call on it block. So
+no thread that reports health or answers an RPC calls NVML itself: it hands
+the work to `CallRunner`, which runs it on a bounded pool of workers and waits
+at most `timeout` for each NVML call the work makes. Work is keyed by a lane
+(a GPU): one piece of work per lane at a time, so a blocked GPU holds at most
+one thread however many scans, probes, streams or Reserve calls come, and
+further work on that lane is refused at once until the blocked call returns.
+A worker held by a blocked call is replaced, so the other GPUs keep their pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Generic, ParamSpec, Protocol, TypeVar
+
+from nomad_device_nvidia.nvidia.config import format_duration
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+T2 = TypeVar("T2")
+P = ParamSpec("P")
+
+# Lanes for the calls that are not about one GPU.
+SYSTEM = "system"
+EVENTS = "events"
+
+# Idle workers kept for the next piece of work; more than this exit at once.
+_MAX_IDLE = 2
+_IDLE_EXIT_S = 30.0
+# How often a waiter re-checks the call in flight when no deadline is near.
+_POLL_S = 0.05
+
+
+class CallTimeout(Exception):
+    """An NVML call did not return within the deadline (it may still return later)."""
+
+    def __init__(self, call: str, timeout: float, lane: Hashable) -> None:
+        super().__init__(f"{call} did not return within {format_duration(timeout)}")
+        self.call = call
+        self.timeout = timeout
+        self.lane = lane
+
+
+class RunnerClosed(Exception):
+    """The runner is shut down; no more NVML work is accepted."""
+
+
+class Calls(Protocol):
+    """What work functions call NVML through: `c(pynvml.nvmlDeviceGetName, handle)`."""
+
+    def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+
+def direct(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`Calls` without a deadline, for code that runs outside the plugin (probe, tests)."""
+    return fn(*args, **kwargs)
+
+
+def _name(fn: Callable[..., object]) -> str:
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+class Job(Generic[T]):
+    """One piece of work on a lane; records which NVML call it is in and since when."""
+
+    def __init__(self, lane: Hashable, work: Callable[[Calls], T], grace: float = 0.0) -> None:
+        self.lane = lane
+        self._work = work
+        self.grace = grace  # seconds added to the deadline (a call that waits on purpose)
+        self.done = threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self.call = ""  # the NVML call in flight ("" between calls)
+        self.call_started = 0.0  # time.monotonic() when it began; 0 between calls
+        self.last_call = ""
+
+    def __call__(self, fn: Callable[P, T2], *args: P.args, **kwargs: P.kwargs) -> T2:
+        self.call = self.last_call = _name(fn)
+        self.call_started = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.call_started = 0.0
+            self.call = ""
+
+    def run(self) -> None:
+        try:
+            self._result = self._work(self)
+        except BaseException as exc:  # handed to whoever waits
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def overdue(self, timeout: float, now: float) -> str:
+        """The call in flight when it has run past `timeout`, else ""."""
+        started, call = self.call_started, self.call
+        if started and now - started >= timeout + self.grace:
+            return call or self.last_call
+        return ""
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+class CallRunner:
+    """Runs NVML work on worker threads, one job per lane at a time, each call under `timeout`.
+
+    Threads: at most `max_workers` running work that is on time, plus one per
+    lane whose call is overdue, plus `_MAX_IDLE` idle ones.
+    """
+
+    def __init__(self, timeout: float, *, max_workers: int = 8, name: str = "nvml") -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._timeout = timeout
+        self._max_workers = max(1, max_workers)
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: deque[Job[object]] = deque()
+        self._lanes: dict[Hashable, Job[object]] = {}  # lane -> job started or queued there
+        self._running: set[Job[object]] = set()  # jobs a worker is running
+        self._stuck: set[Job[object]] = set()  # running jobs seen overdue; their worker was replaced
+        self._idle = 0
+        self._threads = 0
+        self._closed = False
+        self._on_return: list[Callable[[Hashable], None]] = []
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def set_timeout(self, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        with self._cond:
+            self._timeout = timeout
+            self._cond.notify_all()
+
+    def on_return(self, callback: Callable[[Hashable], None]) -> None:
+        """`callback(lane)` runs (on the worker) when a call that was overdue finally returns."""
+        with self._cond:
+            self._on_return.append(callback)
+
+    # -- state --
+
+    def live(self) -> int:
+        """Jobs a worker is running now (inside NVML or about to be)."""
+        with self._cond:
+            return len(self._running)
+
+    def threads(self) -> int:
+        with self._cond:
+            return self._threads
+
+    def stuck_lanes(self) -> dict[Hashable, str]:
+        """Lane -> the overdue call, for every lane whose call is past the deadline."""
+        now = time.monotonic()
+        with self._cond:
+            out = {}
+            for job in self._running:
+                call = job.overdue(self._timeout, now)
+                if call:
+                    out[job.lane] = call
+            return out
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no job is running or queued (within `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._running or self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, _POLL_S))
+            return True
+
+    def close(self) -> None:
+        """Refuse new work; idle workers exit (busy ones when their job returns)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- submitting and waiting --
+
+    def try_submit(self, lane: Hashable, work: Callable[[Calls], T], until: float = 0.0) -> Job[T] | None:
+        """Queue `work` on `lane` once it is free, waiting for it until time.monotonic()
+        reaches `until` at most; None when it is still busy then, or its call is overdue."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RunnerClosed("the plugin is shutting down")
+                busy = self._lanes.get(lane)
+                if busy is None:
+                    return self._enqueue(lane, work, 0.0)
+                now = time.monotonic()
+                if now >= until or busy.overdue(self._timeout, now):
+                    return None
+                self._cond.wait(min(until - now, _POLL_S))
+
+    def submit(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> Job[T]:
+        """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RunnerClosed("the plugin is shutting down")
+                busy = self._lanes.get(lane)
+                if busy is None:
+                    return self._enqueue(lane, work, grace)
+                self._check_overdue(busy)  # raises when the lane's call is stuck
+                self._cond.wait(_POLL_S)
+
+    def wait(self, job: Job[T]) -> T:
+        """The job's result; CallTimeout as soon as one of its calls passes the deadline."""
+        while not job.done.wait(self._slice(job)):
+            with self._cond:
+                if self._closed:
+                    raise RunnerClosed("the plugin is shutting down")
+                self._reap()
+                self._check_overdue(job)
+        return job.result()
+
+    def wait_until(self, job: Job[T], deadline: float) -> bool:
+        """Wait for `job` until time.monotonic() reaches `deadline`; whether it finished."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                with self._cond:
+                    self._reap()
+                return job.done.is_set()
+            if job.done.wait(min(remaining, self._slice(job))):
+                return True
+            with self._cond:
+                self._reap()
+
+    def run(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> T:
+        return self.wait(self.submit(lane, work, grace=grace))
+
+    def call(self, lane: Hashable, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """One NVML call on `lane` under the deadline."""
+        return self.run(lane, lambda c: c(fn, *args, **kwargs))
+
+    # -- internals (under self._cond) --
+
+    def _slice(self, job: Job[object] | Job[T]) -> float:
+        started = job.call_started
+        if started:
+            return max(0.005, min(_POLL_S * 4, started + self._timeout + job.grace - time.monotonic()))
+        return _POLL_S * 4
+
+    def _check_overdue(self, job: Job[object] | Job[T]) -> None:
+        call = job.overdue(self._timeout, time.monotonic())
+        if call:
+            self._mark_stuck(job)  # type: ignore[arg-type]
+            raise CallTimeout(call, self._timeout, job.lane)
+
+    def _reap(self) -> None:
+        """Find running jobs past the deadline, so their workers are replaced."""
+        now = time.monotonic()
+        for job in list(self._running):
+            if job not in self._stuck and job.overdue(self._timeout, now):
+                self._mark_stuck(job)
+
+    def _mark_stuck(self, job: Job[object]) -> None:
+        if job in self._running and job not in self._stuck:
+            self._stuck.add(job)
+            log.debug("NVML call %s on %s is overdue; its worker is replaced", job.call, job.lane)
+            self._spawn_if_needed()
+
+    def _enqueue(self, lane: Hashable, work: Callable[[Calls], T], grace: float) -> Job[T]:
+        job: Job[T] = Job(lane, work, grace)
+        self._lanes[lane] = job  # type: ignore[assignment]
+        self._queue.append(job)  # type: ignore[arg-type]
+        self._cond.notify()
+        self._spawn_if_needed()
+        return job
+
+    def _spawn_if_needed(self) -> None:
+        on_time = len(self._running) - len(self._stuck)
+        waiting = len(self._queue) - self._idle
+        if waiting > 0 and on_time + self._idle < self._max_workers:
+            self._threads += 1
+            self._idle += 1  # counted idle until it takes a job
+            threading.Thread(target=self._worker, name=f"{self._name}-call", daemon=True).start()
+
+    def _worker(self) -> None:
+        with self._cond:
+            try:
+                while True:
+                    idle_since = time.monotonic()
+                    while not self._queue:
+                        if self._closed or self._idle > _MAX_IDLE:
+                            return
+                        left = idle_since + _IDLE_EXIT_S - time.monotonic()
+                        if left <= 0:
+                            return
+                        self._cond.wait(left)
+                    job = self._queue.popleft()
+                    self._idle -= 1
+                    self._running.add(job)
+                    self._cond.release()
+                    try:
+                        job.run()
+                    finally:
+                        self._cond.acquire()
+                    self._running.discard(job)
+                    was_stuck = job in self._stuck
+                    self._stuck.discard(job)
+                    if self._lanes.get(job.lane) is job:
+                        del self._lanes[job.lane]
+                    self._idle += 1
+                    self._cond.notify_all()
+                    if was_stuck:
+                        callbacks = list(self._on_return)
+                        self._cond.release()
+                        try:
+                            for cb in callbacks:
+                                try:
+                                    cb(job.lane)
+                                except Exception:
+                                    log.exception("NVML call return callback failed")
+                        finally:
+                            self._cond.acquire()
+                        # The replacement took this worker's place: one of the two goes.
+                        if len(self._running) - len(self._stuck) + self._idle > self._max_workers + _MAX_IDLE:
+                            return
+            finally:
+                self._idle -= 1
+                self._threads -= 1

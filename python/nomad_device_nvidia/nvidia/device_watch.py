@@ -1,0 +1,396 @@
+"""The NVML lifecycle and the device scan, on one thread per process.
+
+States (one state machine, here only):
+
+  absent     no libnvidia-ml.so.1 (or the configured one cannot load): checked
+             again every fingerprint_period; one log line per change of state
+  not ready  nvmlInit fails: retried with backoff (1 s doubling, at most
+             fingerprint_period)
+  ready      scans every fingerprint_period, probes every health.probe_interval,
+             an event watcher reads XIDs
+  gone       the driver went away or was replaced (DRIVER_NOT_LOADED,
+             UNINITIALIZED, LIB_RM_VERSION_MISMATCH, or every GPU lost): every
+             device is unhealthy with that reason; once no NVML call is live
+             NVML is released and the watch goes back to not ready
+
+Every NVML call runs on the `CallRunner` under the call deadline, one lane per
+GPU, so a blocked GPU delays nothing else: the fingerprint streams only read
+what this watch has recorded, and are woken when it changes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
+
+import pynvml
+
+from nomad_device_nvidia.nvidia import fingerprint as fp
+from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.config import NvidiaConfig, format_duration
+from nomad_device_nvidia.nvidia.health import DRIVER, EventWatcher, HealthBook, probe_all
+from nomad_device_nvidia.nvidia.nvml_session import (
+    DRIVER_GONE_CODES,
+    NvmlAbsent,
+    NvmlSession,
+    NvmlUnavailable,
+    SessionClosed,
+)
+
+if TYPE_CHECKING:
+    from nomad_device_nvidia.nvidia.stats_engine import StatsEngine
+
+log = logging.getLogger(__name__)
+
+ScanFunction = Callable[["fp.Inventory | None"], "fp.Inventory"]
+
+_BACKOFF_FIRST_S = 1.0
+# The longest the loop sleeps without looking at its config and stop flag.
+_TICK_S = 0.5
+
+
+class NvmlState(enum.Enum):
+    ABSENT = "absent"
+    NOT_READY = "not ready"
+    READY = "ready"
+    GONE = "gone"
+
+
+class DriverGone(Exception):
+    """The scan found that the driver itself went away or was replaced."""
+
+
+class _Backoff:
+    def __init__(self) -> None:
+        self._next = _BACKOFF_FIRST_S
+
+    def reset(self) -> None:
+        self._next = _BACKOFF_FIRST_S
+
+    def delay(self, cap: float) -> float:
+        d = min(self._next, cap)
+        self._next = min(self._next * 2, cap)
+        return d
+
+
+def _lane(prior: Sequence[fp.GpuDevice], index: int) -> Hashable:
+    # Keyed by the GPU's UUID once known, the key the probes and stats use too.
+    return prior[0].physical_uuid if prior else f"gpu{index}"
+
+
+class DeviceWatch:
+    """Owns NVML for the plugin: init, scans, probes, events, and what they found.
+
+    `config` returns the config in force; `nvml_choice` the (library, simulate)
+    pair to load; `on_change` is called whenever what a fingerprint would say
+    may have changed (devices, health, NVML state).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], NvidiaConfig],
+        nvml_choice: Callable[[NvidiaConfig], tuple[str, str]],
+        book: HealthBook,
+        runner: CallRunner,
+        on_change: Callable[[], None],
+        scan: ScanFunction | None = None,
+    ) -> None:
+        self._config = config
+        self._nvml_choice = nvml_choice
+        self._book = book
+        self._runner = runner
+        self._on_change = on_change
+        self._scan_seam = scan
+        self._session = NvmlSession()
+        self._lock = threading.Lock()
+        self._state = NvmlState.NOT_READY
+        self._state_reason = ""
+        self._inventory: fp.Inventory | None = None
+        self._events: EventWatcher | None = None
+        self._retiring: list[EventWatcher] = []  # stopped, not ended yet
+        self._engines: set[StatsEngine] = set()
+        self._kick = threading.Event()
+        self._probe_now = threading.Event()
+        self._stop = threading.Event()
+        self._first = threading.Event()  # the first init + scan + probe attempt has ended
+        self._thread: threading.Thread | None = None
+        self._scans = 0
+        runner.on_return(lambda _lane: self.probe_soon())
+
+    # -- what the streams read --
+
+    @property
+    def state(self) -> NvmlState:
+        return self._state
+
+    @property
+    def epoch(self) -> int:
+        return self._session.epoch
+
+    @property
+    def inventory(self) -> fp.Inventory | None:
+        with self._lock:
+            return self._inventory
+
+    @property
+    def scans(self) -> int:
+        return self._scans
+
+    def wait_first(self, timeout: float) -> bool:
+        """Wait for the first attempt (init, scan, probe) to end; False on timeout."""
+        return self._first.wait(timeout)
+
+    # -- control --
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._run, name="nvidia-watch", daemon=True)
+            self._thread.start()
+
+    def kick(self) -> None:
+        """Look at the config again now (a new period, health turned on or off)."""
+        self._kick.set()
+
+    def probe_soon(self) -> None:
+        self._probe_now.set()
+        self._kick.set()
+
+    def add_engine(self, engine: StatsEngine) -> None:
+        with self._lock:
+            self._engines.add(engine)
+
+    def remove_engine(self, engine: StatsEngine) -> None:
+        with self._lock:
+            self._engines.discard(engine)
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread and the event watcher; True when NVML may be shut down now."""
+        self._stop.set()
+        self._kick.set()
+        with self._lock:
+            thread, events = self._thread, self._events
+            self._events = None
+        deadline = time.monotonic() + timeout
+        stopped = events.stop(timeout) if events is not None else True
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            stopped = stopped and not thread.is_alive()
+        self._first.set()
+        return stopped
+
+    def close_session(self) -> None:
+        self._session.close()
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        backoff = _Backoff()
+        next_try = next_scan = next_probe = 0.0
+        scanned_at = 0.0
+        period = self._config().fingerprint_period
+        while not self._stop.is_set():
+            cfg = self._config()
+            self._runner.set_timeout(cfg.health.call_timeout)
+            if cfg.fingerprint_period != period:
+                # A new period counts from the last scan, not from the old next one.
+                next_scan = min(next_scan, scanned_at + cfg.fingerprint_period)
+                period = cfg.fingerprint_period
+            now = time.monotonic()
+            try:
+                if self._state is NvmlState.GONE:
+                    self._release_when_idle()
+                if self._state in (NvmlState.ABSENT, NvmlState.NOT_READY) and now >= next_try:
+                    next_try = now + self._open(cfg, backoff)
+                    next_scan = next_probe = now
+                if self._state is NvmlState.READY:
+                    self._follow_health_config(cfg)
+                    if now >= next_scan:
+                        scanned_at = now
+                        next_scan = now + self._scan(cfg, backoff)
+                    if self._state is NvmlState.READY and cfg.health.enabled and (
+                        now >= next_probe or self._probe_now.is_set()
+                    ):
+                        self._probe_now.clear()
+                        self._probe()
+                        next_probe = time.monotonic() + cfg.health.probe_interval
+            except (RunnerClosed, SessionClosed):
+                return
+            except Exception:  # a bug here must not leave the node without devices for good
+                log.exception("the NVIDIA device watch failed; trying again")
+                next_scan = time.monotonic() + backoff.delay(cfg.fingerprint_period)
+            finally:
+                self._first.set()
+            wake = min(next_try if self._state is not NvmlState.READY else next_scan, next_probe)
+            if self._state is NvmlState.GONE:
+                wake = now + 0.1  # waiting for the last calls to return
+            self._kick.wait(max(0.0, min(wake - time.monotonic(), _TICK_S)))
+            self._kick.clear()
+
+    def _set_state(self, state: NvmlState, reason: str, level: int) -> None:
+        # One line per change of state (or of its reason), not per try.
+        if (state, reason) != (self._state, self._state_reason):
+            log.log(level, "%s", reason)
+        changed = state is not self._state
+        self._state, self._state_reason = state, reason
+        if changed:
+            self._on_change()
+
+    def _open(self, cfg: NvidiaConfig, backoff: _Backoff) -> float:
+        """Try to init NVML; seconds until the next try (0 once it is up)."""
+        library, simulate = self._nvml_choice(cfg)
+        try:
+            self._session.open(library, simulate, self._runner)
+        except SessionClosed:
+            raise
+        except NvmlAbsent as exc:
+            level = logging.ERROR if library or simulate else logging.INFO
+            self._set_state(
+                NvmlState.ABSENT,
+                f"{exc}; no NVIDIA devices will be reported (checking again every "
+                f"{format_duration(cfg.fingerprint_period)})",
+                level,
+            )
+            return cfg.fingerprint_period
+        except (NvmlUnavailable, CallTimeout) as exc:
+            delay = backoff.delay(cfg.fingerprint_period)
+            reason = str(exc) if isinstance(exc, NvmlUnavailable) else f"NVML failed to initialise: {exc}"
+            self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff, no devices until it does", logging.WARNING)
+            return delay
+        backoff.reset()
+        self._set_state(NvmlState.READY, "NVML initialised", logging.INFO)
+        return 0.0
+
+    def _follow_health_config(self, cfg: NvidiaConfig) -> None:
+        with self._lock:
+            events = self._events
+            if cfg.health.enabled and events is None and not self._stop.is_set():
+                events = self._events = EventWatcher(self._runner, self._book, cfg.health, self.probe_soon)
+                inventory = self._inventory
+                if inventory is not None:
+                    events.track(inventory.devices)
+                events.start()
+                return
+            if not cfg.health.enabled:
+                self._events = None
+        if events is None:
+            return
+        if cfg.health.enabled:
+            events.configure(cfg.health)
+        else:
+            log.info("health monitoring disabled by config; stopping the NVML event watcher")
+            events.stop(timeout=1.0)
+
+    # -- scans --
+
+    def _scan(self, cfg: NvidiaConfig, backoff: _Backoff) -> float:
+        """One scan; seconds until the next one."""
+        previous = self.inventory
+        try:
+            inventory = self._scan_once(previous)
+        except DriverGone as exc:
+            self._driver_gone(str(exc))
+            return 0.0
+        self._scans += 1
+        for dev in inventory.devices:
+            failure = inventory.failures.get(dev.id)
+            if failure is not None:
+                self._book.failed(dev.id, failure)
+            else:
+                self._book.answered(dev.id)
+        self._book.retain(d.id for d in inventory.devices)
+        with self._lock:
+            self._inventory = inventory
+            events = self._events
+        if events is not None:
+            events.track(inventory.devices)
+        self._on_change()
+        if inventory.fatal:
+            log.warning("%s; keeping the last known devices and retrying", inventory.fatal)
+        if inventory.fatal or inventory.failures:
+            return backoff.delay(cfg.fingerprint_period)
+        backoff.reset()
+        return cfg.fingerprint_period
+
+    def _scan_once(self, previous: fp.Inventory | None) -> fp.Inventory:
+        if self._scan_seam is not None:
+            seam = self._scan_seam
+            return self._runner.run(SYSTEM, lambda c: seam(previous))
+        try:
+            system = self._runner.run(SYSTEM, fp.read_system)
+        except CallTimeout as exc:
+            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", False)
+        except pynvml.NVMLError as exc:
+            if exc.value in DRIVER_GONE_CODES:
+                raise DriverGone(f"NVIDIA driver unavailable ({exc})") from exc
+            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", exc.value in fp.LOST_CODES)
+        prior = fp.prior_by_index(previous)
+        jobs: list[tuple[int, Job[fp.GpuScan] | CallTimeout]] = []
+        for i in range(system.count):
+            mine = prior.get(i, [])
+
+            def work(c: Calls, i: int = i, mine: list[fp.GpuDevice] = mine) -> fp.GpuScan:
+                return fp.scan_gpu(c, i, mine)
+
+            try:
+                jobs.append((i, self._runner.submit(_lane(mine, i), work)))
+            except CallTimeout as exc:
+                jobs.append((i, exc))
+        parts = []
+        for i, job in jobs:
+            if isinstance(job, Job):
+                try:
+                    parts.append(self._runner.wait(job))
+                    continue
+                except CallTimeout as exc:
+                    stuck = exc
+            else:
+                stuck = job
+            part = fp.GpuScan()
+            part.keep_previous(fp.ScanFailure(str(stuck), False), prior.get(i, []), f"GPU {i}")
+            parts.append(part)
+        inventory = fp.assemble(system, parts)
+        if inventory.devices and len(inventory.failures) == len(inventory.devices):
+            if all(f.lost for f in inventory.failures.values()):
+                raise DriverGone("NVIDIA driver unavailable (every GPU answers GPU_IS_LOST)")
+        return inventory
+
+    def _probe(self) -> None:
+        inventory = self.inventory
+        if inventory is None:
+            return
+        answering = [d for d in inventory.devices if d.id not in inventory.failures]
+        codes = probe_all(self._runner, answering or list(inventory.devices), self._book)
+        if codes & DRIVER_GONE_CODES:
+            self._kick.set()  # scan now: the scan decides whether the driver is gone
+
+    # -- the driver went away --
+
+    def _driver_gone(self, reason: str) -> None:
+        inventory = self.inventory
+        for dev in inventory.devices if inventory is not None else ():
+            self._book.mark(dev.id, DRIVER, f"{reason}; waiting for it to come back")
+        with self._lock:
+            events, self._events = self._events, None
+            engines = list(self._engines)
+        self._set_state(NvmlState.GONE, f"{reason}; releasing NVML to initialise it again", logging.WARNING)
+        if events is not None:
+            events.stop(timeout=0.0)  # ends on its own soon; its waits fail fast now
+            self._retiring.append(events)
+        for engine in engines:
+            # Each native engine holds its own NVML reference; all must go for a fresh session.
+            engine.close()
+
+    def _release_when_idle(self) -> None:
+        self._retiring = [w for w in self._retiring if w.alive]
+        if self._runner.live() or self._retiring:
+            return  # nvmlShutdown never runs under a live call, nor before the old event set is freed
+        self._session.release(self._runner)
+        self._state = NvmlState.NOT_READY  # the next _open logs the outcome
+        self._state_reason = ""
