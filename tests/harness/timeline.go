@@ -35,8 +35,11 @@ import (
 //
 // SEL is a device ID, "any" (some device) or "all" (every device, at least
 // one); for stats:, "all" means every device of the last fingerprint.
-// A step's wait starts when the previous step was met. One response may meet
-// several steps in a row, but never a step before the one it follows.
+// A step's wait starts when the previous step was met. A state step
+// (devices, healthy, unhealthy, stats) is met once it holds after the
+// previous step: by a later answer, or by the stream's last answer when that
+// already holds; log and ticks count only what arrives after the previous
+// step. One answer may meet several steps in a row.
 //
 // Events, each with "ms" since the plugin was launched: set_config_call,
 // fingerprint_call, fingerprint (seq, groups, devices, unhealthy), stats_call,
@@ -269,15 +272,18 @@ type timeline struct {
 	changed   chan struct{}
 	printLogs bool
 
-	mu       sync.Mutex
-	next     int // the step being waited for
-	ticks    int // stats responses counted for a ticks step
-	lastMet  time.Time
-	met      []metStep
-	groups   []*device.DeviceGroup // the last fingerprint
-	fpSeq    int
-	stSeq    int
-	logsSeen int
+	mu           sync.Mutex
+	next         int // the step being waited for
+	ticks        int // stats responses counted for a ticks step
+	lastMet      time.Time
+	met          []metStep
+	groups       []*device.DeviceGroup // the last fingerprint answer without error
+	lastFPSeq    int                   // its seq; 0: none yet
+	lastStats    map[string]bool       // instance IDs of the last stats answer without error
+	lastStatsSeq int
+	fpSeq        int
+	stSeq        int
+	logsSeen     int
 }
 
 func (tl *timeline) ms() float64 { return millis(time.Since(tl.t0)) }
@@ -308,18 +314,39 @@ func (tl *timeline) advance(by string) {
 
 // feed matches one response against the steps from the current one on;
 // kind is "fingerprint", "stats" or "log". The caller holds mu.
-func (tl *timeline) feed(kind string, by string, match func(step) bool) {
+//
+// State steps (devices, healthy, unhealthy, stats) are checked against the
+// last answer of their stream, so a step becomes met as soon as it holds
+// after the previous one, whichever stream met that one (answers are sent
+// only on change, and a log line is read up to 5 ms after it was written).
+// log and ticks steps count only what arrives while they are current; one
+// log line or stats answer meets at most one of them.
+func (tl *timeline) feed(kind string, msg string) {
 	first := true
 	for tl.next < len(tl.steps) {
 		st := tl.steps[tl.next]
 		if st.action() {
 			return // the main loop performs it
 		}
-		if st.kind == "ticks" && kind == "stats" && first {
-			tl.ticks++
+		var ok bool
+		var by string
+		switch st.kind {
+		case "ticks":
+			if kind == "stats" && first {
+				tl.ticks++
+			}
+			ok, by = tl.ticks >= st.n, fmt.Sprintf("stats#%d", tl.stSeq)
+		case "log":
+			ok, by = first && kind == "log" && strings.Contains(msg, st.text), "log"
+		case "stats":
+			ok = tl.lastStats != nil && matchStats(st.sel, tl.lastStats, tl.groups)
+			by = fmt.Sprintf("stats#%d", tl.lastStatsSeq)
+		default:
+			ok = tl.lastFPSeq > 0 && matchGroups(st, tl.groups)
+			by = fmt.Sprintf("fingerprint#%d", tl.lastFPSeq)
 		}
 		first = false
-		if !match(st) {
+		if !ok {
 			return
 		}
 		tl.advance(by)
@@ -337,16 +364,13 @@ func (tl *timeline) readFingerprints(ch <-chan *device.FingerprintResponse, done
 		tl.fpSeq++
 		ev := fields{"seq": tl.fpSeq, "ms": tl.ms(), "error": errString(resp.Error)}
 		if resp.Error == nil {
-			tl.groups = resp.Devices
+			tl.groups, tl.lastFPSeq = resp.Devices, tl.fpSeq
 			ev["groups"] = groupsJSON(resp.Devices)
 			ev["devices"], ev["unhealthy"] = deviceSummary(resp.Devices)
 		}
 		emit("fingerprint", ev)
 		if resp.Error == nil {
-			groups := resp.Devices
-			tl.feed("fingerprint", fmt.Sprintf("fingerprint#%d", tl.fpSeq), func(st step) bool {
-				return matchGroups(st, groups)
-			})
+			tl.feed("fingerprint", "")
 		}
 		tl.mu.Unlock()
 		if resp.Error == nil {
@@ -379,16 +403,8 @@ func (tl *timeline) readStats(ch <-chan *device.StatsResponse, done chan struct{
 				}
 			}
 			emit("stats", ev)
-			groups := tl.groups
-			tl.feed("stats", fmt.Sprintf("stats#%d", tl.stSeq), func(st step) bool {
-				switch st.kind {
-				case "ticks":
-					return tl.ticks >= st.n
-				case "stats":
-					return matchStats(st.sel, ids, groups)
-				}
-				return false
-			})
+			tl.lastStats, tl.lastStatsSeq = ids, tl.stSeq
+			tl.feed("stats", "")
 		} else {
 			emit("stats", ev)
 		}
@@ -418,7 +434,7 @@ func (tl *timeline) pollLogs(sink *logSink) (stop func()) {
 			}
 			msg, _ := e["@message"].(string)
 			if fromPlugin {
-				tl.feed("log", "log", func(st step) bool { return st.kind == "log" && strings.Contains(msg, st.text) })
+				tl.feed("log", msg)
 			}
 			tl.mu.Unlock()
 		}
@@ -460,6 +476,7 @@ func (tl *timeline) run(fpDone chan struct{}, sink *logSink) error {
 				return atStage("until", fmt.Errorf("step %d (%s): %w", i, st.spec, err))
 			}
 			tl.advance("action")
+			tl.feed("action", "")
 		}
 		tl.mu.Unlock()
 		deadline := time.NewTimer(time.Until(since.Add(st.within)))
