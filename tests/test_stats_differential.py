@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from stats_sim import decode, nvml_session, tracked_devices
 
 from nomad_device_nvidia._proto.nomad import device_pb2
+from nomad_device_nvidia.nvidia.fingerprint import host_memory
 from nomad_device_nvidia.nvidia.grouping import share_ids
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
@@ -114,10 +115,17 @@ def run(
             engine.close()
 
 
+HOST_MIB = host_memory().total // 2**20
+
+
 def strip_time_based(resp: device_pb2.StatsResponse) -> device_pb2.StatsResponse:
-    """Energy grows with wall-clock time in the simulator: keep only its form."""
+    """Energy grows with wall-clock time in the simulator, and a GPU without memory
+    info shows the host's memory, whose use moves: keep only their form."""
     for g in resp.groups:
         for ds in g.instance_stats.values():
+            for mem in (ds.stats.attributes["Memory state"], ds.summary):
+                if mem.int_denominator_val.value == HOST_MIB:
+                    mem.int_numerator_val.value = 1
             energy = ds.stats.nested.get("Energy")
             if energy is not None:
                 for v in energy.attributes.values():

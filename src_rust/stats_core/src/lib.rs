@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod engine;
+pub mod host_memory;
 pub mod nvml;
 pub mod pool;
 pub mod sample;

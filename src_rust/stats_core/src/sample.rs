@@ -86,8 +86,18 @@ impl Nvml {
         unsafe {
             if let Some(f) = self.memory_info {
                 let mut m = nvmlMemory_t::default();
-                if f(h, &mut m) == NVML_SUCCESS {
-                    s.memory_mib = Reading::Ratio((m.used / MIB) as i64, (m.total / MIB) as i64);
+                match f(h, &mut m) {
+                    NVML_SUCCESS => {
+                        s.memory_mib =
+                            Reading::Ratio((m.used / MIB) as i64, (m.total / MIB) as i64);
+                    }
+                    NVML_ERROR_NOT_SUPPORTED => {
+                        if let Some((used, total)) = crate::host_memory::host_memory() {
+                            s.memory_mib =
+                                Reading::Ratio((used / MIB) as i64, (total / MIB) as i64);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if let Some(f) = self.utilization_rates {
