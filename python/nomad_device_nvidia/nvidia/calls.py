@@ -34,8 +34,9 @@ EVENTS = "events"
 # Idle workers kept for the next piece of work; more than this exit at once.
 _MAX_IDLE = 2
 _IDLE_EXIT_S = 30.0
-# How often a waiter re-checks the call in flight when no deadline is near.
+# How often a waiter re-checks a job that has not started a call yet (x4), or a busy lane.
 _POLL_S = 0.05
+_WAIT_SLICE_S = 0.5
 
 
 class CallTimeout(Exception):
@@ -251,9 +252,11 @@ class CallRunner:
     # -- internals (under self._cond) --
 
     def _slice(self, job: Job[object] | Job[T]) -> float:
+        # Until the call in flight would be overdue (so a waiter wakes about once a
+        # call), at most _WAIT_SLICE_S so that close() is noticed.
         started = job.call_started
         if started:
-            return max(0.005, min(_POLL_S * 4, started + self._timeout + job.grace - time.monotonic()))
+            return max(0.005, min(_WAIT_SLICE_S, started + self._timeout + job.grace - time.monotonic()))
         return _POLL_S * 4
 
     def _check_overdue(self, job: Job[object] | Job[T]) -> None:

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 ScanFunction = Callable[["fp.Inventory | None"], "fp.Inventory"]
 
 _BACKOFF_FIRST_S = 1.0
-# The longest the loop sleeps without looking at its config and stop flag.
-_TICK_S = 0.5
+# While the driver is gone: how often to look whether the last calls returned.
+_GONE_POLL_S = 0.1
 
 
 class NvmlState(enum.Enum):
@@ -116,11 +116,12 @@ class DeviceWatch:
         self._engines: set[StatsEngine] = set()
         self._kick = threading.Event()
         self._probe_now = threading.Event()
+        self._scan_now = threading.Event()
         self._stop = threading.Event()
         self._first = threading.Event()  # the first init + scan + probe attempt has ended
         self._thread: threading.Thread | None = None
         self._scans = 0
-        runner.on_return(lambda _lane: self.probe_soon())
+        runner.on_return(self._call_returned)
 
     # -- what the streams read --
 
@@ -161,6 +162,12 @@ class DeviceWatch:
     def probe_soon(self) -> None:
         self._probe_now.set()
         self._kick.set()
+
+    def _call_returned(self, _lane: Hashable) -> None:
+        # A blocked GPU answers again: probe it (to clear its mark) and scan (a GPU
+        # blocked in its first scan was never offered).
+        self._scan_now.set()
+        self.probe_soon()
 
     def add_engine(self, engine: StatsEngine) -> None:
         with self._lock:
@@ -207,11 +214,14 @@ class DeviceWatch:
                 if self._state is NvmlState.GONE:
                     self._release_when_idle()
                 if self._state in (NvmlState.ABSENT, NvmlState.NOT_READY) and now >= next_try:
-                    next_try = now + self._open(cfg, backoff)
-                    next_scan = next_probe = now
+                    delay = self._open(cfg, backoff)
+                    next_try = now + delay
+                    if delay == 0.0:  # up: scan and probe now
+                        next_scan = next_probe = now
                 if self._state is NvmlState.READY:
                     self._follow_health_config(cfg)
-                    if now >= next_scan:
+                    if now >= next_scan or self._scan_now.is_set():
+                        self._scan_now.clear()
                         scanned_at = now
                         next_scan = now + self._scan(cfg, backoff)
                     if self._state is NvmlState.READY and cfg.health.enabled and (
@@ -227,10 +237,17 @@ class DeviceWatch:
                 next_scan = time.monotonic() + backoff.delay(cfg.fingerprint_period)
             finally:
                 self._first.set()
-            wake = min(next_try if self._state is not NvmlState.READY else next_scan, next_probe)
+            # Sleeps until the next scan, probe or try: a config change, stop, a returned
+            # blocked call or trouble in the event watcher kicks it earlier.
+            if self._state is not NvmlState.READY:
+                wake = next_try
+            elif cfg.health.enabled:
+                wake = min(next_scan, next_probe)
+            else:
+                wake = next_scan
             if self._state is NvmlState.GONE:
-                wake = now + 0.1  # waiting for the last calls to return
-            self._kick.wait(max(0.0, min(wake - time.monotonic(), _TICK_S)))
+                wake = now + _GONE_POLL_S  # waiting for the last calls to return
+            self._kick.wait(max(0.0, wake - time.monotonic()))
             self._kick.clear()
 
     def _set_state(self, state: NvmlState, reason: str, level: int) -> None:
@@ -261,7 +278,7 @@ class DeviceWatch:
         except (NvmlUnavailable, CallTimeout) as exc:
             delay = backoff.delay(cfg.fingerprint_period)
             reason = str(exc) if isinstance(exc, NvmlUnavailable) else f"NVML failed to initialise: {exc}"
-            self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff, no devices until it does", logging.WARNING)
+            self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff", logging.WARNING)
             return delay
         backoff.reset()
         self._set_state(NvmlState.READY, "NVML initialised", logging.INFO)

@@ -270,6 +270,7 @@ class EventWatcher:
         self._thread: threading.Thread | None = None
         self._event_set: Any = None
         self._by_address: dict[int, str] = {}
+        self._registered: set[str] = set()  # physical GPU UUIDs registered on the set
         self._failing = ""  # why events cannot be read now ("" when they can)
 
     def configure(self, config: HealthConfig) -> None:
@@ -277,10 +278,11 @@ class EventWatcher:
             self._config = config
 
     def track(self, devices: Sequence[GpuDevice]) -> None:
+        """The devices to watch; GPUs not registered yet (new, or failed before) are registered soon."""
         with self._lock:
-            changed = tuple(devices) != self._devices
             self._devices = tuple(devices)
-        if changed:
+            missing = set(physical_devices(self._devices)) - self._registered
+        if missing:
             self._resync.set()
 
     def start(self) -> None:
@@ -334,6 +336,8 @@ class EventWatcher:
 
     def _free(self) -> None:
         event_set, self._event_set, self._by_address = self._event_set, None, {}
+        with self._lock:
+            self._registered = set()
         if event_set is None:
             return
         if EVENTS in self._runner.stuck_lanes():
@@ -345,42 +349,54 @@ class EventWatcher:
             log.debug("freeing the NVML event set failed: %s", exc)
 
     def _register(self) -> None:
-        self._free()
+        """Registers every tracked GPU not registered yet, in parallel, each on its lane.
+
+        The set is kept: a GPU that failed (blocked, say) is retried at the next
+        track() without losing the events waiting in the set for the others.
+        """
         with self._lock:
-            devices = self._devices
-        physical = physical_devices(devices)
+            physical = [u for u in physical_devices(self._devices) if u not in self._registered]
         if not physical:
             return
-        try:
-            event_set = self._runner.call(SYSTEM, pynvml.nvmlEventSetCreate)
-        except (pynvml.NVMLError, CallTimeout) as exc:
-            log.warning("NVML events unavailable (%s); health relies on probes and scans", exc)
-            return
-        by_address: dict[int, str] = {}
-        unsupported = []
-        for uuid in physical:
-
-            def register(c: Calls, uuid: str = uuid) -> Any:
-                handle = c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
-                c(pynvml.nvmlDeviceRegisterEvents, handle, _EVENT_TYPES, event_set)
-                return handle
-
+        if self._event_set is None:
             try:
-                handle = self._runner.run(uuid, register)
+                self._event_set = self._runner.call(SYSTEM, pynvml.nvmlEventSetCreate)
+            except (pynvml.NVMLError, CallTimeout) as exc:
+                log.warning("NVML events unavailable (%s); health relies on probes and scans", exc)
+                return
+        event_set = self._event_set
+
+        def register(uuid: str, c: Calls) -> Any:
+            handle = c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
+            c(pynvml.nvmlDeviceRegisterEvents, handle, _EVENT_TYPES, event_set)
+            return handle
+
+        jobs = []
+        for uuid in physical:
+            try:
+                jobs.append((uuid, self._runner.submit(uuid, functools.partial(register, uuid))))
+            except CallTimeout as exc:
+                log.warning("cannot watch GPU %s for XID events: %s; trying again at the next scan", uuid, exc)
+        unsupported = []
+        for uuid, job in jobs:
+            try:
+                handle = self._runner.wait(job)
             except pynvml.NVMLError as exc:
                 if exc.value in UNSUPPORTED_CODES:
                     unsupported.append(uuid)
+                    with self._lock:
+                        self._registered.add(uuid)  # nothing to retry
                 else:
                     log.warning("cannot watch GPU %s for XID events: %s", uuid, exc)
                 continue
             except CallTimeout as exc:
                 log.warning("cannot watch GPU %s for XID events: %s; trying again at the next scan", uuid, exc)
                 continue
-            by_address[_address(handle)] = uuid
+            self._by_address[_address(handle)] = uuid
+            with self._lock:
+                self._registered.add(uuid)
         if unsupported:
             log.info("XID events not supported on %d GPU(s), e.g. %s", len(unsupported), unsupported[0])
-        self._event_set = event_set
-        self._by_address = by_address
 
     def _wait_for_event(self) -> None:
         wait_ms = self._wait_ms
