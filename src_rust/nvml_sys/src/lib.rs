@@ -53,6 +53,7 @@ pub type nvmlPcieUtilCounter_t = c_uint;
 pub type nvmlGpuVirtualizationMode_t = c_uint;
 pub type nvmlDeviceArchitecture_t = c_uint;
 pub type nvmlAffinityScope_t = c_uint;
+pub type nvmlPageRetirementCause_t = c_uint;
 
 // ---------------------------------------------------------------- return codes
 
@@ -238,6 +239,10 @@ pub const NVML_DEVICE_ARCH_HOPPER: nvmlDeviceArchitecture_t = 9;
 pub const NVML_DEVICE_ARCH_BLACKWELL: nvmlDeviceArchitecture_t = 10;
 pub const NVML_DEVICE_ARCH_RUBIN: nvmlDeviceArchitecture_t = 13;
 pub const NVML_DEVICE_ARCH_UNKNOWN: nvmlDeviceArchitecture_t = 0xffff_ffff;
+
+pub const NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS: nvmlPageRetirementCause_t = 0;
+pub const NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR: nvmlPageRetirementCause_t = 1;
+pub const NVML_PAGE_RETIREMENT_CAUSE_COUNT: nvmlPageRetirementCause_t = 2;
 
 pub const NVML_AFFINITY_SCOPE_NODE: nvmlAffinityScope_t = 0;
 pub const NVML_AFFINITY_SCOPE_SOCKET: nvmlAffinityScope_t = 1;
@@ -595,6 +600,19 @@ pub struct nvmlComputeInstanceInfo_t {
     pub placement: nvmlComputeInstancePlacement_t,
 }
 
+/// nvmlDeviceGetRemappedRows_v2 (driver 580 and later). Unlike most `_v2` structs
+/// it carries no version field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlRemappedRowsInfo_v2_t {
+    pub corrActiveRemaps: c_uint,
+    pub corrInactiveRemaps: c_uint,
+    pub uncActiveRemaps: c_uint,
+    pub uncInactiveRemaps: c_uint,
+    pub bPending: c_uint,
+    pub bFailureOccurred: c_uint,
+}
+
 // ---------------------------------------------------------------- struct versions
 
 /// `NVML_STRUCT_VERSION(data, ver)`: the struct size with the version in the top byte.
@@ -689,6 +707,30 @@ pub type nvmlDeviceRegisterEvents_fn =
 pub type nvmlEventSetWait_v2_fn =
     unsafe extern "C" fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint) -> nvmlReturn_t;
 pub type nvmlEventSetFree_fn = unsafe extern "C" fn(nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPagesPendingStatus_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlEnableState_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPages_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlPageRetirementCause_t,
+    *mut c_uint,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPages_v2_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlPageRetirementCause_t,
+    *mut c_uint,
+    *mut c_ulonglong,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRemappedRows_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    *mut c_uint,
+    *mut c_uint,
+    *mut c_uint,
+    *mut c_uint,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRemappedRows_v2_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlRemappedRowsInfo_v2_t) -> nvmlReturn_t;
 
 #[cfg(test)]
 mod layout_tests {
@@ -736,6 +778,13 @@ mod layout_tests {
         assert_eq!(offset_of!(nvmlProcessInfo_t, gpuInstanceId), 16);
         assert_eq!(size_of::<nvmlDeviceAttributes_t>(), 40);
         assert_eq!(offset_of!(nvmlDeviceAttributes_t, memorySizeMB), 32);
+    }
+
+    #[test]
+    fn remapped_rows_v2() {
+        assert_eq!(offset_of!(nvmlRemappedRowsInfo_v2_t, uncActiveRemaps), 8);
+        assert_eq!(offset_of!(nvmlRemappedRowsInfo_v2_t, bFailureOccurred), 20);
+        assert_eq!(size_of::<nvmlRemappedRowsInfo_v2_t>(), 24);
     }
 
     #[test]
