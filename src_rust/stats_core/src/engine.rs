@@ -1,5 +1,10 @@
 //! The stats engine: the tracked devices, one tick of parallel reads with a
 //! deadline, and the encoded StatsResponse.
+//!
+//! Every NVML call of a tick (handle lookups, XID registrations, the XID
+//! drain and the reads) runs on the pool's workers, never on the caller's
+//! thread, so a call stuck in the driver delays neither `track()` (which
+//! makes no NVML call) nor `collect()` (which waits at most `timeout`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -95,6 +100,9 @@ struct Slot {
     handle: AtomicPtr<nvmlDevice_st>,
     /// The physical GPU registered for XID events (null: not registered).
     xid_gpu: AtomicPtr<nvmlDevice_st>,
+    /// XID registration is wanted: set by `track()`, cleared by the worker
+    /// that tries it (once it has a handle).
+    xid_retry: AtomicBool,
     /// The XID registration failure was reported.
     xid_reported: AtomicBool,
     /// A read is in progress (set by the worker for the duration of the read).
@@ -112,6 +120,7 @@ impl Slot {
             label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
+            xid_retry: AtomicBool::new(false),
             xid_reported: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             hung_reported: AtomicBool::new(false),
@@ -158,21 +167,61 @@ impl Slot {
         }
     }
 
-    fn read(&self, nvml: &Nvml, opts: ReadOptions, log_sink: &LogSink) -> DeviceSample {
-        match self.handle(nvml, log_sink) {
-            Some(h) => nvml.read_device(h, opts),
-            None => DeviceSample::unavailable(opts.extended),
+    /// Registers the device's GPU for XID events when `track()` asked for it.
+    fn watch_xids(&self, xid: &XidCounter, h: Handle, log_sink: &LogSink) {
+        if !self.xid_retry.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match xid.watch(h) {
+            Ok(gpu) => self.xid_gpu.store(gpu.0, Ordering::Relaxed),
+            Err(e) => {
+                if !self.xid_reported.swap(true, Ordering::Relaxed) {
+                    log(
+                        log_sink,
+                        Level::Warning,
+                        format!(
+                            "device {}: cannot watch XID events ({e}); its XID count reads N/A",
+                            self.label()
+                        ),
+                    );
+                }
+            }
         }
     }
 }
 
-/// One tick's reads, shared with the workers.
+/// The engine's XID counting (extended stats), shared with the workers.
+struct Xid {
+    counter: XidCounter,
+    /// A drain is in progress (set by the worker running it), so that a
+    /// drain stuck in the driver holds one thread, however many ticks pass.
+    draining: AtomicBool,
+    /// A stuck drain was reported and has not returned since.
+    stuck_reported: AtomicBool,
+}
+
+/// One tick's work, shared with the workers: the XID drain (item 0, when
+/// `drain`), then one read per slot.
 struct Tick {
     nvml: Arc<Nvml>,
     opts: ReadOptions,
     log: LogSink,
     slots: Vec<Arc<Slot>>,
     results: Vec<OnceLock<DeviceSample>>,
+    /// Extended stats: XID registrations in the reads, and the drain.
+    xid: Option<Arc<Xid>>,
+    /// This tick drains the XID event set.
+    drain: bool,
+    /// Slots that register for XIDs this tick (those asked to and not stuck
+    /// when it started); only when `drain`.
+    registers: Vec<bool>,
+    /// Those registrations not done yet, plus one held by the drain item:
+    /// whoever brings it to zero runs the drain, so that events already
+    /// waiting for a GPU registered this tick are counted this tick.
+    before_drain: AtomicUsize,
+    drained: AtomicBool,
+    /// Items: the drain (when `drain`) and the slots.
+    items: usize,
     next: AtomicUsize,
     done: AtomicUsize,
     /// Summed read time (ns), to size the next tick's worker count.
@@ -183,20 +232,40 @@ struct Tick {
 
 impl Batch for Tick {
     fn run(&self) {
-        let n = self.slots.len();
+        let first_slot = usize::from(self.drain);
         loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
+            let item = self.next.fetch_add(1, Ordering::Relaxed);
+            if item >= self.items {
                 return;
             }
+            if item < first_slot {
+                if self.release_drain() {
+                    self.run_drain();
+                }
+                continue;
+            }
+            let i = item - first_slot;
             let slot = &self.slots[i];
+            let registers = self.drain && self.registers[i];
             if slot.busy.swap(true, Ordering::AcqRel) {
-                // Still stuck in an earlier tick's read: leave it N/A.
+                // Still stuck in an earlier tick's call: leave it N/A.
+                let run_drain = registers && self.release_drain();
                 self.complete();
+                if run_drain {
+                    self.run_drain();
+                }
                 continue;
             }
             let start = Instant::now();
-            let sample = slot.read(&self.nvml, self.opts, &self.log);
+            let handle = slot.handle(&self.nvml, &self.log);
+            if let (Some(h), Some(xid)) = (handle, &self.xid) {
+                slot.watch_xids(&xid.counter, h, &self.log);
+            }
+            let run_drain = registers && self.release_drain();
+            let sample = match handle {
+                Some(h) => self.nvml.read_device(h, self.opts),
+                None => DeviceSample::unavailable(self.opts.extended),
+            };
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
@@ -209,16 +278,47 @@ impl Batch for Tick {
                 );
             }
             self.complete();
+            // After this device's read, so that a drain stuck in the driver
+            // is not taken for this device hanging.
+            if run_drain {
+                self.run_drain();
+            }
         }
     }
 }
 
 impl Tick {
     fn complete(&self) {
-        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.slots.len() {
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.items {
             let _g = self.finished.lock().unwrap_or_else(|p| p.into_inner());
             self.all_done.notify_all();
         }
+    }
+
+    /// One of the drain's preconditions is met; true for the last one.
+    fn release_drain(&self) -> bool {
+        self.before_drain.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    fn run_drain(&self) {
+        let Some(xid) = &self.xid else {
+            return;
+        };
+        // A drain of an earlier tick that ran late may still be in the
+        // driver: one drain at a time.
+        if !xid.draining.swap(true, Ordering::AcqRel) {
+            xid.counter.drain();
+            xid.draining.store(false, Ordering::Release);
+            if xid.stuck_reported.swap(false, Ordering::AcqRel) {
+                log(
+                    &self.log,
+                    Level::Info,
+                    "the XID event drain returned; XID counts are current again".to_string(),
+                );
+            }
+            self.drained.store(true, Ordering::Release);
+        }
+        self.complete();
     }
 }
 
@@ -242,7 +342,7 @@ pub struct Engine {
     per_device_ns: u64,
     buf: Vec<u8>,
     /// Extended stats only.
-    xid: Option<XidCounter>,
+    xid: Option<Arc<Xid>>,
 }
 
 impl Engine {
@@ -251,6 +351,13 @@ impl Engine {
         let log_sink = LogSink::default();
         let xid = if config.extended {
             XidCounter::new(Arc::clone(&nvml))
+                .map(|counter| {
+                    Arc::new(Xid {
+                        counter,
+                        draining: AtomicBool::new(false),
+                        stuck_reported: AtomicBool::new(false),
+                    })
+                })
                 .map_err(|e| {
                     log(
                         &log_sink,
@@ -293,7 +400,9 @@ impl Engine {
 
     /// Replaces the tracked set. GPUs tracked before keep their state
     /// (cached handle, a read still hung), so a re-fingerprint does not
-    /// re-report a hang. Device IDs sharing a UUID share one read.
+    /// re-report a hang. Device IDs sharing a UUID share one read. Makes no
+    /// NVML call: handles are looked up, and GPUs registered for XIDs, in
+    /// the next ticks' reads.
     pub fn track(&mut self, devices: Vec<TrackedDevice>) {
         let mut old: HashMap<String, Arc<Slot>> =
             self.slots.drain(..).map(|s| (s.uuid.clone(), s)).collect();
@@ -327,38 +436,25 @@ impl Engine {
             }
             self.groups.push((name, members));
         }
-        self.watch_xids();
+        self.want_xids();
     }
 
-    /// Registers the GPUs of tracked devices not yet registered for XIDs, in
-    /// tracked order (the python engine makes the same calls in the same order).
-    fn watch_xids(&mut self) {
-        let Some(xid) = self.xid.as_mut() else {
+    /// Asks the next tick's reads to register the GPUs not registered for
+    /// XIDs yet (a failed registration is tried again after each track(), as
+    /// the python engine does). A device stuck in a call is registered in
+    /// the first read after it answers.
+    fn want_xids(&mut self) {
+        let Some(xid) = &self.xid else {
             return;
         };
+        let counts = xid.counter.counts();
         for slot in &self.slots {
-            // A device stuck in a hung read is left for the next track().
-            if !slot.xid_gpu.load(Ordering::Relaxed).is_null() || slot.busy.load(Ordering::Acquire)
-            {
-                continue;
-            }
-            let Some(h) = slot.handle(&self.nvml, &self.log) else {
-                continue;
-            };
-            match xid.watch(h) {
-                Ok(gpu) => slot.xid_gpu.store(gpu.0, Ordering::Relaxed),
-                Err(e) => {
-                    if !slot.xid_reported.swap(true, Ordering::Relaxed) {
-                        log(
-                            &self.log,
-                            Level::Warning,
-                            format!(
-                                "device {}: cannot watch XID events ({e}); its XID count reads N/A",
-                                slot.label()
-                            ),
-                        );
-                    }
-                }
+            let gpu = slot.xid_gpu.load(Ordering::Relaxed);
+            if gpu.is_null() || counts.get(Handle(gpu)).is_none() {
+                // Not registered, or linked to a sibling MIG instance's
+                // registration that failed.
+                slot.xid_gpu.store(std::ptr::null_mut(), Ordering::Relaxed);
+                slot.xid_retry.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -387,6 +483,16 @@ impl Engine {
     /// still hung keeps NVML initialised until it returns (then
     /// nvmlShutdown), and logs then that the device answers again.
     pub fn close(self) -> LogSink {
+        if let Some(xid) = &self.xid {
+            if xid.draining.load(Ordering::Acquire) {
+                log(
+                    &self.log,
+                    Level::Warning,
+                    "closing while the XID event drain is still in an NVML call; NVML is shut down once it returns"
+                        .to_string(),
+                );
+            }
+        }
         for slot in &self.slots {
             if slot.busy.load(Ordering::Acquire) {
                 log(
@@ -441,18 +547,32 @@ impl Engine {
         if n == 0 {
             return Vec::new();
         }
-        if let Some(xid) = self.xid.as_mut() {
-            xid.drain();
-        }
         let deadline = Instant::now() + self.config.timeout;
         let stuck = self
             .slots
             .iter()
             .filter(|s| s.busy.load(Ordering::Relaxed))
             .count();
+        // A drain still stuck in the driver is left alone (it holds one
+        // thread); XID counts keep their last values until it returns.
+        let drain_stuck = self
+            .xid
+            .as_ref()
+            .is_some_and(|x| x.draining.load(Ordering::Acquire));
+        let drain = self.xid.is_some() && !drain_stuck;
+        let registers: Vec<bool> = if drain {
+            self.slots
+                .iter()
+                .map(|s| s.xid_retry.load(Ordering::Relaxed) && !s.busy.load(Ordering::Acquire))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let before_drain = 1 + registers.iter().filter(|r| **r).count();
         let max = self.config.max_workers;
-        self.pool
-            .ensure_threads(max.min(n) + stuck.min(MAX_STAND_INS));
+        self.pool.ensure_threads(
+            max.min(n + usize::from(drain)) + (stuck + usize::from(drain_stuck)).min(MAX_STAND_INS),
+        );
 
         let tick = Arc::new(Tick {
             nvml: Arc::clone(&self.nvml),
@@ -460,6 +580,12 @@ impl Engine {
             log: self.log.clone(),
             slots: self.slots.clone(),
             results: (0..n).map(|_| OnceLock::new()).collect(),
+            xid: self.xid.clone(),
+            drain,
+            registers,
+            before_drain: AtomicUsize::new(before_drain),
+            drained: AtomicBool::new(false),
+            items: n + usize::from(drain),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             read_ns: AtomicU64::new(0),
@@ -504,11 +630,26 @@ impl Engine {
             }
         }
         if let Some(xid) = &self.xid {
+            if tick.drain
+                && !tick.drained.load(Ordering::Acquire)
+                && xid.draining.load(Ordering::Acquire)
+                && !xid.stuck_reported.swap(true, Ordering::AcqRel)
+            {
+                log(
+                    &self.log,
+                    Level::Warning,
+                    format!(
+                        "the XID event drain (nvmlEventSetWait_v2) did not return within {:?}; XID counts keep their last values until it does",
+                        self.config.timeout
+                    ),
+                );
+            }
+            let counts = xid.counter.counts();
             for (slot, s) in self.slots.iter().zip(out.iter_mut()) {
                 let gpu = slot.xid_gpu.load(Ordering::Relaxed);
                 if let (Some(x), false) = (s.extended.as_mut(), gpu.is_null()) {
-                    x.xid_count = xid
-                        .count(Handle(gpu))
+                    x.xid_count = counts
+                        .get(Handle(gpu))
                         .map_or(Reading::NotAvailable, |c| Reading::Int(c as i64));
                 }
             }
@@ -517,7 +658,7 @@ impl Engine {
     }
 
     fn wait(&self, tick: &Tick, deadline: Instant, mut wanted: usize) {
-        let n = tick.slots.len();
+        let n = tick.items;
         let mut g = tick.finished.lock().unwrap_or_else(|p| p.into_inner());
         let mut last_done = usize::MAX;
         loop {

@@ -6,10 +6,17 @@
 //! XIDs are raised against the physical GPU; a MIG instance reports its
 //! parent's count (an XID on the GPU concerns every instance on it). A device
 //! whose GPU cannot be registered (no handle, GPU lost, events not supported)
-//! reads "N/A"; registration is retried at the next `track`.
+//! reads "N/A"; registration is retried after the next `track`.
+//!
+//! The counter is shared by the engine's workers: registrations run in the
+//! reads of their devices and the drain runs as pool work, all under the
+//! tick's deadline (engine.rs). The counts' lock is never held across an
+//! NVML call, so a call stuck in the driver never blocks the others on it.
+//! While a drain is stuck, later ticks skip it and the counts keep their
+//! last values: a lower bound, as the events wait in the set until then.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nvml_sys::*;
 
@@ -19,17 +26,40 @@ use crate::nvml::{Handle, Nvml, NvmlError};
 /// tick up; the rest wait in the set for the next tick.
 const MAX_EVENTS_PER_TICK: usize = 4096;
 
+/// A physical GPU's place on the set.
+enum Watch {
+    /// A worker is in nvmlDeviceRegisterEvents for it.
+    Registering,
+    /// Registered; XIDs seen since.
+    Registered(u64),
+}
+
 pub struct XidCounter {
     nvml: Arc<Nvml>,
     set: nvmlEventSet_t,
-    /// Physical GPU handle -> XIDs seen. A key is present once the GPU is
-    /// registered on the set.
-    counts: HashMap<usize, u64>,
+    /// Physical GPU handle -> its registration. A GPU whose registration
+    /// failed has no key (and is tried again when asked to).
+    counts: Mutex<HashMap<usize, Watch>>,
 }
 
 // SAFETY: the event set handle is an opaque token NVML accepts from any
-// thread; the counter is only used by the engine that owns it.
+// thread (NVML is thread-safe); the counts are behind a Mutex.
 unsafe impl Send for XidCounter {}
+unsafe impl Sync for XidCounter {}
+
+/// The counts, locked (briefly: see [`XidCounter::counts`]).
+pub struct Counts<'a>(MutexGuard<'a, HashMap<usize, Watch>>);
+
+impl Counts<'_> {
+    /// XIDs seen on a GPU returned by [`XidCounter::watch`]; None while it
+    /// is not (yet) registered.
+    pub fn get(&self, gpu: Handle) -> Option<u64> {
+        match self.0.get(&(gpu.0 as usize)) {
+            Some(Watch::Registered(n)) => Some(*n),
+            _ => None,
+        }
+    }
+}
 
 impl XidCounter {
     /// Creates the event set.
@@ -46,28 +76,48 @@ impl XidCounter {
         Ok(XidCounter {
             nvml,
             set,
-            counts: HashMap::new(),
+            counts: Mutex::new(HashMap::new()),
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashMap<usize, Watch>> {
+        // Nothing panics while holding it; recover if something did.
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Registers the physical GPU of `dev` (itself, or a MIG instance's
-    /// parent) for XID events, once, and returns that GPU's handle.
-    pub fn watch(&mut self, dev: Handle) -> Result<Handle, NvmlError> {
+    /// parent) for XID events, once, and returns that GPU's handle. When
+    /// another worker is registering the same GPU (a sibling MIG instance)
+    /// this returns at once with that GPU: its count reads None until that
+    /// registration succeeds.
+    pub fn watch(&self, dev: Handle) -> Result<Handle, NvmlError> {
         let gpu = self.physical(dev)?;
-        if self.counts.contains_key(&(gpu.0 as usize)) {
-            return Ok(gpu);
+        let key = gpu.0 as usize;
+        {
+            let mut counts = self.lock();
+            if counts.contains_key(&key) {
+                return Ok(gpu);
+            }
+            counts.insert(key, Watch::Registering);
         }
-        let register = self
-            .nvml
-            .register_events
-            .ok_or_else(|| NvmlError::Load("symbol nvmlDeviceRegisterEvents not found".into()))?;
-        // SAFETY: a handle NVML gave us and the set created in new().
-        let code = unsafe { register(gpu.0, nvmlEventTypeXidCriticalError, self.set) };
-        if code != NVML_SUCCESS {
-            return Err(self.nvml.call_error("nvmlDeviceRegisterEvents", code));
-        }
-        self.counts.insert(gpu.0 as usize, 0);
-        Ok(gpu)
+        let result = match self.nvml.register_events {
+            // SAFETY: a handle NVML gave us and the set created in new().
+            Some(register) => {
+                match unsafe { register(gpu.0, nvmlEventTypeXidCriticalError, self.set) } {
+                    NVML_SUCCESS => Ok(gpu),
+                    code => Err(self.nvml.call_error("nvmlDeviceRegisterEvents", code)),
+                }
+            }
+            None => Err(NvmlError::Load(
+                "symbol nvmlDeviceRegisterEvents not found".into(),
+            )),
+        };
+        let mut counts = self.lock();
+        match result {
+            Ok(_) => counts.insert(key, Watch::Registered(0)),
+            Err(_) => counts.remove(&key),
+        };
+        result
     }
 
     /// The GPU a handle belongs to. NVML answers INVALID_ARGUMENT for a handle
@@ -88,7 +138,7 @@ impl XidCounter {
     }
 
     /// Takes every event waiting in the set without blocking (timeout 0).
-    pub fn drain(&mut self) {
+    pub fn drain(&self) {
         let Some(wait) = self.nvml.event_set_wait else {
             return;
         };
@@ -106,16 +156,23 @@ impl XidCounter {
                 return;
             }
             if e.eventType & nvmlEventTypeXidCriticalError != 0 {
-                if let Some(n) = self.counts.get_mut(&(e.device as usize)) {
+                if let Some(Watch::Registered(n)) = self.lock().get_mut(&(e.device as usize)) {
                     *n += 1;
                 }
             }
         }
     }
 
-    /// XIDs seen on a GPU returned by [`XidCounter::watch`].
+    /// The counts, to read several GPUs' under one lock. Hold it only to
+    /// read: the drain takes it for each event, a registration twice.
+    pub fn counts(&self) -> Counts<'_> {
+        Counts(self.lock())
+    }
+
+    /// XIDs seen on a GPU returned by [`XidCounter::watch`]; None while it
+    /// is not (yet) registered.
     pub fn count(&self, gpu: Handle) -> Option<u64> {
-        self.counts.get(&(gpu.0 as usize)).copied()
+        self.counts().get(gpu)
     }
 }
 
