@@ -18,6 +18,7 @@ a JSON transcript of what happened. Steps come as JSON on argv[1]:
   {"op": "stats", "ticks": 2, "stop_after_s": null, "max_s": 60}
         collects decoded Stats answers on a thread; records whether the stream ended
   {"op": "stats_start"} / {"op": "stats_wait", "ticks": 1}   a Stats stream left open across steps
+  {"op": "stats_streams", "n": 8, "ticks": 3}  n Stats streams at once; their ticks and the threads
   {"op": "stop"}                               sets stop; records whether the stream ended
   {"op": "shutdown"}
 """
@@ -257,6 +258,16 @@ def main() -> int:
             run.stop.set()
             run.thread.join(step.get("max_s", 60))
             out.append(run.report())
+        elif op == "stats_streams":  # n Stats streams open at once, each until it has `ticks`
+            runs = [StatsRun(plugin, step.get("interval", 0.05)) for _ in range(step["n"])]
+            for run in runs:
+                run.wait(step.get("ticks", 2), step.get("max_s", 60))
+            threads = sorted(t.name for t in threading.enumerate())
+            for run in runs:
+                run.stop.set()
+            for run in runs:
+                run.thread.join(step.get("max_s", 60))
+            out.append({"reports": [run.report() for run in runs], "names": threads})
         elif op == "stats_start":
             stats_run = StatsRun(plugin, step.get("interval", 0.05))
             out.append({"ok": True})

@@ -928,3 +928,24 @@ def test_a_blocked_probe_marks_the_gpu_and_shutdown_keeps_nvml(tmp_path: Path) -
     assert "nvml-call" in out[6]["names"], "a worker is still inside the blocked call"
     assert "an NVML call is still in progress; leaving NVML initialised" in log
     assert "NVML shutdown failed" not in log
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_stats_streams_share_one_engine(tmp_path: Path, engine: str) -> None:
+    # However many Stats streams are open, the process builds one engine (one NVML
+    # session, one pool, one event set); each stream still gets its own ticks.
+    path = scenario(tmp_path, L4_PAIR)
+    config = {"simulate": path, "stats_engine": engine, "extended_stats": True}
+    out, log = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "stats_streams", "n": 8, "ticks": 3},
+            {"op": "stats_streams", "n": 2, "ticks": 2},
+        ]
+    )
+    for step in out[1:3]:
+        for report in step["reports"]:
+            assert len(report["ticks"]) >= 2 and report["error"] == "", report
+            assert all(len(t["NVIDIA L4"]) == 2 for t in report["ticks"]), report
+    # One engine while the 8 were open, a new one for the next streams (the last close freed it).
+    assert log.count(f"stats engine: {engine}") == 2, log

@@ -19,6 +19,7 @@ from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState, ScanFunction
 from nomad_device_nvidia.nvidia.health import HealthBook
 from nomad_device_nvidia.nvidia.reserve import reservation, resolve
+from nomad_device_nvidia.nvidia.stats_hub import StatsHub
 from nomad_device_nvidia.sdk import (
     DeviceGroup,
     DevicePlugin,
@@ -30,7 +31,7 @@ from nomad_device_nvidia.sdk import (
 
 if TYPE_CHECKING:
     from nomad_device_nvidia._proto.nomad import device_pb2, hclspec_pb2
-    from nomad_device_nvidia.nvidia.stats_engine import StatsEngine, TrackedDevice
+    from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class NvidiaDevicePlugin(DevicePlugin):
             on_change=self._wake_streams,
             scan=scan,
         )
+        self._stats = StatsHub(watch=self._watch, runner=self._runner, config=lambda: self._config, tracked=self._tracked)
         self._closed = False
 
     # -- base --
@@ -104,6 +106,7 @@ class NvidiaDevicePlugin(DevicePlugin):
         with self._lock:
             self._closed = True
         self._wake_streams()
+        self._stats.close()
         stopped = self._watch.stop(_SHUTDOWN_WAIT_S)
         self._runner.close()
         # nvmlShutdown only once nothing of ours is inside NVML any more.
@@ -193,55 +196,25 @@ class NvidiaDevicePlugin(DevicePlugin):
             self._wait(stop, kick, time.monotonic() + cfg.fingerprint_period)
 
     def stats(self, interval: float, stop: threading.Event) -> Generator[bytes | device_pb2.StatsResponse, None, None]:
-        cfg = self._config
-        if not cfg.enabled:
+        if not self._config.enabled:
             raise PluginDisabled()
         if self._closed or not self._start_watch(stop):
             return  # a late call after shutdown: nothing may open NVML again
-        from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, make_stats_engine
-
-        engine: StatsEngine | None = None
-        epoch = -1
-        generation = -1
+        self._stats.join()
         try:
             while not stop.is_set() and not self._closed:
                 if not self._config.enabled:
                     log.info("plugin disabled by config; ending the stats stream")
                     return
-                if self._watch.state is not NvmlState.READY or self._watch.inventory is None:
+                data = self._stats.collect()
+                if data is None:
                     # Nothing to read while NVML is down; the fingerprint says why.
-                    self._drop_engine(engine)
-                    engine = None
                     stop.wait(min(interval, _STOP_CHECK_S * 5))
-                    continue
-                if engine is None or epoch != self._watch.epoch:
-                    self._drop_engine(engine)
-                    epoch = self._watch.epoch
-                    engine = make_stats_engine(
-                        cfg.stats_engine, options=EngineOptions(extended=cfg.extended_stats, calls=self._runner)
-                    )
-                    self._watch.add_engine(engine)
-                    generation = -1
-                current, tracked = self._tracked()
-                try:
-                    if current != generation:
-                        engine.track(tracked)
-                        generation = current
-                    data = engine.collect()
-                except RuntimeError as exc:  # closed by the watch as the driver went away
-                    log.info("stats engine closed (%s); reopening once NVML is back", exc)
-                    self._drop_engine(engine)
-                    engine = None
                     continue
                 yield data
                 stop.wait(interval)
         finally:
-            self._drop_engine(engine)
-
-    def _drop_engine(self, engine: StatsEngine | None) -> None:
-        if engine is not None:
-            self._watch.remove_engine(engine)
-            engine.close()
+            self._stats.leave()
 
     def _tracked(self) -> tuple[int, list[TrackedDevice]]:
         from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
