@@ -12,7 +12,7 @@ use std::time::Duration;
 use nvml_sys::*;
 
 use crate::events;
-use crate::fns::Fn;
+use crate::fns::{Fn, SysFn};
 use crate::sim::{ComputeInstance, Device, GpuInstance, Metric, Sim, MIB};
 use crate::state;
 
@@ -27,9 +27,15 @@ fn guard(f: impl FnOnce() -> R) -> nvmlReturn_t {
     }
 }
 
+/// The machine of the current session; Err while uninitialized or while a
+/// driver_gone fault holds (every call but nvmlShutdown and nvmlErrorString).
 #[inline]
 fn sim() -> Result<&'static Sim, nvmlReturn_t> {
-    state::current().ok_or(NVML_ERROR_UNINITIALIZED)
+    let s = state::current().ok_or(NVML_ERROR_UNINITIALIZED)?;
+    match s.gone() {
+        Some(code) => Err(code),
+        None => Ok(s),
+    }
 }
 
 /// Index of the element of `items` that `p` points at, if it points exactly at one.
@@ -216,7 +222,11 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
     version: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
-    guard(|| put_str(version, length, &sim()?.driver_version))
+    guard(|| {
+        let s = sim()?;
+        s.enter_system(SysFn::nvmlSystemGetDriverVersion)?;
+        put_str(version, length, &s.driver_version)
+    })
 }
 
 #[no_mangle]
@@ -253,7 +263,11 @@ pub unsafe extern "C" fn nvmlSimGetScenario(path: *mut c_char, length: c_uint) -
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t {
-    guard(|| put(count, sim()?.gpu_count as c_uint))
+    guard(|| {
+        let s = sim()?;
+        s.enter_system(SysFn::nvmlDeviceGetCount)?;
+        put(count, s.gpu_count as c_uint)
+    })
 }
 
 #[no_mangle]
@@ -271,6 +285,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
         if index as usize >= s.gpu_count {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
+        s.enter_lookup(&s.devices[index as usize], Fn::nvmlDeviceGetHandleByIndex)?;
         put(device, device_handle(s, index as usize))
     })
 }
@@ -293,6 +308,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
         let i = s
             .device_by_uuid(get_str(uuid)?)
             .ok_or(NVML_ERROR_NOT_FOUND)?;
+        s.enter_lookup(&s.devices[i], Fn::nvmlDeviceGetHandleByUUID)?;
         put(device, device_handle(s, i))
     })
 }
@@ -307,6 +323,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
         let i = s
             .device_by_bus_id(get_str(bus_id)?)
             .ok_or(NVML_ERROR_NOT_FOUND)?;
+        s.enter_lookup(&s.devices[i], Fn::nvmlDeviceGetHandleByPciBusId)?;
         put(device, device_handle(s, i))
     })
 }
@@ -467,6 +484,16 @@ pub unsafe extern "C" fn nvmlDeviceGetVirtualizationMode(
 
 // ---------------------------------------------------------------- memory
 
+/// A GPU without dedicated memory (an integrated GPU sharing the host's) has no
+/// memory info to report.
+fn dedicated_memory(d: &Device) -> R {
+    if d.memory_total == 0 {
+        Err(NVML_ERROR_NOT_SUPPORTED)
+    } else {
+        Ok(())
+    }
+}
+
 fn memory_used(s: &Sim, d: &Device) -> u64 {
     let cap = d.memory_total - d.memory_reserved;
     clamp_u64(s.sample(d, Metric::MemoryUsed) * MIB as f64).min(cap)
@@ -478,6 +505,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     memory: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
     on_device(device, Fn::nvmlDeviceGetMemoryInfo, |s, _, d| {
+        dedicated_memory(d)?;
         // v1 counts the driver's reservation as used.
         let used = d.memory_reserved + memory_used(s, d);
         put(
@@ -503,6 +531,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         if (*memory).version != nvmlMemory_v2 {
             return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
         }
+        dedicated_memory(d)?;
         let used = memory_used(s, d);
         put(
             memory,
@@ -897,6 +926,158 @@ pub unsafe extern "C" fn nvmlDeviceGetEccMode(
     })
 }
 
+// ---------------------------------------------------------------- memory repair
+
+/// Page retirement answers on GPUs that have it (before Ampere) with ECC on.
+fn page_retirement(s: &Sim, d: &Device) -> R {
+    gpu_only(d)?;
+    if !s.model_of(d).page_retirement || !d.ecc {
+        return Err(NVML_ERROR_NOT_SUPPORTED);
+    }
+    Ok(())
+}
+
+/// Row remapping answers on GPUs that have it (Ampere and later) with ECC on, and,
+/// as nvml.h says, not while MIG mode is on.
+fn row_remapping(s: &Sim, d: &Device) -> R {
+    gpu_only(d)?;
+    if !s.model_of(d).row_remapping || !d.ecc || d.mig_enabled {
+        return Err(NVML_ERROR_NOT_SUPPORTED);
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRetiredPagesPendingStatus(
+    device: nvmlDevice_t,
+    is_pending: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    on_device(
+        device,
+        Fn::nvmlDeviceGetRetiredPagesPendingStatus,
+        |s, i, d| {
+            page_retirement(s, d)?;
+            let pending = s.memory_state(i).retirement_pending;
+            put(
+                is_pending,
+                if pending {
+                    NVML_FEATURE_ENABLED
+                } else {
+                    NVML_FEATURE_DISABLED
+                },
+            )
+        },
+    )
+}
+
+/// Both retired-pages calls: `*page_count` is the buffer size in, the number of
+/// pages out; a short buffer answers INSUFFICIENT_SIZE with the size needed (so
+/// 0 asks for the size). Pages are listed for double-bit ECC errors only.
+unsafe fn retired_pages(
+    device: nvmlDevice_t,
+    cause: nvmlPageRetirementCause_t,
+    page_count: *mut c_uint,
+    addresses: *mut c_ulonglong,
+    timestamps: Option<*mut c_ulonglong>,
+) -> nvmlReturn_t {
+    on_device(device, Fn::nvmlDeviceGetRetiredPages, |s, i, d| {
+        page_retirement(s, d)?;
+        if page_count.is_null() || cause >= NVML_PAGE_RETIREMENT_CAUSE_COUNT {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        let pages = if cause == NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR {
+            s.retired_pages(i)
+        } else {
+            Vec::new()
+        };
+        let room = *page_count as usize;
+        *page_count = pages.len() as c_uint;
+        if room < pages.len() {
+            return Err(NVML_ERROR_INSUFFICIENT_SIZE);
+        }
+        if pages.is_empty() {
+            return Ok(());
+        }
+        if addresses.is_null() || timestamps.is_some_and(|t| t.is_null()) {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        for (k, &(addr, at)) in pages.iter().enumerate() {
+            *addresses.add(k) = addr;
+            if let Some(t) = timestamps {
+                *t.add(k) = at;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRetiredPages(
+    device: nvmlDevice_t,
+    cause: nvmlPageRetirementCause_t,
+    page_count: *mut c_uint,
+    addresses: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    retired_pages(device, cause, page_count, addresses, None)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRetiredPages_v2(
+    device: nvmlDevice_t,
+    cause: nvmlPageRetirementCause_t,
+    page_count: *mut c_uint,
+    addresses: *mut c_ulonglong,
+    timestamps: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    retired_pages(device, cause, page_count, addresses, Some(timestamps))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
+    device: nvmlDevice_t,
+    corr_rows: *mut c_uint,
+    unc_rows: *mut c_uint,
+    is_pending: *mut c_uint,
+    failure_occurred: *mut c_uint,
+) -> nvmlReturn_t {
+    on_device(device, Fn::nvmlDeviceGetRemappedRows, |s, i, d| {
+        row_remapping(s, d)?;
+        if [corr_rows, unc_rows, is_pending, failure_occurred]
+            .iter()
+            .any(|p| p.is_null())
+        {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        let st = s.memory_state(i);
+        put(corr_rows, st.correctable_rows)?;
+        put(unc_rows, st.uncorrectable_rows)?;
+        put(is_pending, st.remap_pending as c_uint)?;
+        put(failure_occurred, st.remap_failed as c_uint)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRemappedRows_v2(
+    device: nvmlDevice_t,
+    info: *mut nvmlRemappedRowsInfo_v2_t,
+) -> nvmlReturn_t {
+    on_device(device, Fn::nvmlDeviceGetRemappedRows, |s, i, d| {
+        row_remapping(s, d)?;
+        let st = s.memory_state(i);
+        put(
+            info,
+            nvmlRemappedRowsInfo_v2_t {
+                corrActiveRemaps: st.correctable_rows,
+                corrInactiveRemaps: 0,
+                uncActiveRemaps: st.uncorrectable_rows,
+                uncInactiveRemaps: 0,
+                bPending: st.remap_pending as c_uint,
+                bFailureOccurred: st.remap_failed as c_uint,
+            },
+        )
+    })
+}
+
 // ---------------------------------------------------------------- clocks and PCIe
 
 fn clock_metric(kind: c_uint) -> Result<Metric, nvmlReturn_t> {
@@ -909,9 +1090,14 @@ fn clock_metric(kind: c_uint) -> Result<Metric, nvmlReturn_t> {
     })
 }
 
+/// A max clock of 0 is a clock the board does not report (GB10's memory clock):
+/// every query of that clock answers NOT_SUPPORTED.
 fn max_clock(s: &Sim, d: &Device, kind: c_uint) -> Result<c_uint, nvmlReturn_t> {
     clock_metric(kind)?;
-    Ok(s.model_of(d).max_clocks_mhz[kind as usize])
+    match s.model_of(d).max_clocks_mhz[kind as usize] {
+        0 => Err(NVML_ERROR_NOT_SUPPORTED),
+        mhz => Ok(mhz),
+    }
 }
 
 #[no_mangle]
@@ -1689,6 +1875,13 @@ fn field_function(id: u32) -> Option<Fn> {
         NVML_FI_DEV_POWER_AVERAGE | NVML_FI_DEV_POWER_INSTANT => Fn::nvmlDeviceGetPowerUsage,
         NVML_FI_DEV_MEMORY_TEMP => Fn::nvmlDeviceGetTemperature,
         187..=192 => Fn::nvmlDeviceGetPowerManagementLimit,
+        NVML_FI_DEV_RETIRED_SBE | NVML_FI_DEV_RETIRED_DBE => Fn::nvmlDeviceGetRetiredPages,
+        NVML_FI_DEV_RETIRED_PENDING
+        | NVML_FI_DEV_RETIRED_PENDING_SBE
+        | NVML_FI_DEV_RETIRED_PENDING_DBE => Fn::nvmlDeviceGetRetiredPagesPendingStatus,
+        NVML_FI_DEV_REMAPPED_COR..=NVML_FI_DEV_REMAPPED_FAILURE
+        | NVML_FI_DEV_REMAPPED_ROWS_COR_INACTIVE
+        | NVML_FI_DEV_REMAPPED_ROWS_UNC_INACTIVE => Fn::nvmlDeviceGetRemappedRows,
         _ => return None,
     })
 }
@@ -1698,7 +1891,7 @@ enum FieldValue {
     U64(c_ulonglong),
 }
 
-fn field_value(s: &Sim, d: &Device, id: u32) -> Result<FieldValue, nvmlReturn_t> {
+fn field_value(s: &Sim, i: usize, d: &Device, id: u32) -> Result<FieldValue, nvmlReturn_t> {
     if d.unsupported_fields.contains(&id) {
         return Err(NVML_ERROR_NOT_SUPPORTED);
     }
@@ -1746,13 +1939,40 @@ fn field_value(s: &Sim, d: &Device, id: u32) -> Result<FieldValue, nvmlReturn_t>
         NVML_FI_DEV_ECC_SBE_VOL_TEX | NVML_FI_DEV_ECC_SBE_AGG_TEX => ecc(true, TEX)?,
         NVML_FI_DEV_ECC_DBE_VOL_TEX | NVML_FI_DEV_ECC_DBE_AGG_TEX => ecc(false, TEX)?,
         NVML_FI_DEV_ECC_DBE_VOL_CBU | NVML_FI_DEV_ECC_DBE_AGG_CBU => ecc(false, TEX)?,
-        NVML_FI_DEV_RETIRED_SBE | NVML_FI_DEV_RETIRED_DBE | NVML_FI_DEV_RETIRED_PENDING => {
+        NVML_FI_DEV_RETIRED_SBE | NVML_FI_DEV_RETIRED_PENDING_SBE => {
+            page_retirement(s, d)?;
             FieldValue::U64(0)
         }
-        NVML_FI_DEV_RETIRED_PENDING_SBE | NVML_FI_DEV_RETIRED_PENDING_DBE => FieldValue::U64(0),
+        NVML_FI_DEV_RETIRED_DBE => {
+            page_retirement(s, d)?;
+            FieldValue::U64(u64::from(s.memory_state(i).retired_dbe_pages))
+        }
+        NVML_FI_DEV_RETIRED_PENDING | NVML_FI_DEV_RETIRED_PENDING_DBE => {
+            page_retirement(s, d)?;
+            let st = s.memory_state(i);
+            FieldValue::U64(if !st.retirement_pending {
+                0
+            } else if id == NVML_FI_DEV_RETIRED_PENDING {
+                1
+            } else {
+                u64::from(st.retired_dbe_pages)
+            })
+        }
         NVML_FI_DEV_PCIE_REPLAY_COUNTER => FieldValue::U64(0),
-        NVML_FI_DEV_REMAPPED_COR | NVML_FI_DEV_REMAPPED_UNC => FieldValue::U32(0),
-        NVML_FI_DEV_REMAPPED_PENDING | NVML_FI_DEV_REMAPPED_FAILURE => FieldValue::U32(0),
+        NVML_FI_DEV_REMAPPED_COR..=NVML_FI_DEV_REMAPPED_FAILURE => {
+            row_remapping(s, d)?;
+            let st = s.memory_state(i);
+            FieldValue::U32(match id {
+                NVML_FI_DEV_REMAPPED_COR => st.correctable_rows,
+                NVML_FI_DEV_REMAPPED_UNC => st.uncorrectable_rows,
+                NVML_FI_DEV_REMAPPED_PENDING => st.remap_pending as c_uint,
+                _ => st.remap_failed as c_uint,
+            })
+        }
+        NVML_FI_DEV_REMAPPED_ROWS_COR_INACTIVE | NVML_FI_DEV_REMAPPED_ROWS_UNC_INACTIVE => {
+            row_remapping(s, d)?;
+            FieldValue::U32(0)
+        }
         NVML_FI_DEV_MEMORY_TEMP => {
             FieldValue::U32(clamp_u32(s.sample(d, Metric::MemoryTemperature)))
         }
@@ -1777,7 +1997,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
     count: c_int,
     values: *mut nvmlFieldValue_t,
 ) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlDeviceGetFieldValues, |s, _, d| {
+    on_device(device, Fn::nvmlDeviceGetFieldValues, |s, i, d| {
         if values.is_null() || count <= 0 {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
@@ -1789,7 +2009,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
         for v in values {
             v.timestamp = timestamp;
             v.latencyUsec = 0;
-            match field_value(s, d, v.fieldId) {
+            match field_value(s, i, d, v.fieldId) {
                 Ok(FieldValue::U32(x)) => {
                     v.valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
                     v.value = nvmlValue_t { ullVal: 0 };
@@ -1881,8 +2101,9 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
         let es = events::get(set).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        s.enter_system(SysFn::nvmlEventSetWait)?;
         let e = es
-            .wait(Duration::from_millis(timeout_ms.into()))
+            .wait(Duration::from_millis(timeout_ms.into()))?
             .ok_or(NVML_ERROR_TIMEOUT)?;
         put(
             data,
@@ -1950,3 +2171,8 @@ const _: nvmlDeviceRegisterEvents_fn = nvmlDeviceRegisterEvents;
 const _: nvmlEventSetWait_v2_fn = nvmlEventSetWait_v2;
 const _: nvmlEventSetFree_fn = nvmlEventSetFree;
 const _: nvmlDeviceGetUlonglong_fn = nvmlDeviceGetTotalEnergyConsumption;
+const _: nvmlDeviceGetRetiredPagesPendingStatus_fn = nvmlDeviceGetRetiredPagesPendingStatus;
+const _: nvmlDeviceGetRetiredPages_fn = nvmlDeviceGetRetiredPages;
+const _: nvmlDeviceGetRetiredPages_v2_fn = nvmlDeviceGetRetiredPages_v2;
+const _: nvmlDeviceGetRemappedRows_fn = nvmlDeviceGetRemappedRows;
+const _: nvmlDeviceGetRemappedRows_v2_fn = nvmlDeviceGetRemappedRows_v2;

@@ -1,5 +1,7 @@
 //! Event sets: the scenario's timed events, delivered once to each set that has the
-//! event's GPU registered for its type when the event is due.
+//! event's GPU registered for its type when the event is due. A set created in a
+//! later session (after a shutdown and init) does not see events that came due
+//! before that session: a driver reload does not replay old XIDs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,10 +34,11 @@ fn with_sets<R>(f: impl FnOnce(&mut HashMap<usize, Arc<EventSet>>) -> R) -> R {
 /// Handles are small integers in pointer clothing: never dereferenced, looked up.
 pub fn create(sim: &'static Sim) -> nvmlEventSet_t {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let from = sim.events_from_ns();
     let set = Arc::new(EventSet {
         sim,
         registrations: Mutex::new(Vec::new()),
-        cursor: Mutex::new(0),
+        cursor: Mutex::new(sim.events.partition_point(|e| e.at_ns < from)),
     });
     with_sets(|m| m.insert(id, set));
     (id << 4) as nvmlEventSet_t
@@ -65,10 +68,15 @@ impl EventSet {
         r.iter().any(|(g, t)| *g == e.gpu && t & e.event_type != 0)
     }
 
-    /// The next due event, waiting up to `timeout`; None on timeout.
-    pub fn wait(&self, timeout: Duration) -> Option<SimEvent> {
+    /// The next due event, waiting up to `timeout`; Ok(None) on timeout. Err is the
+    /// code the wait answers when the driver goes away or an event_wait_error window
+    /// opens, before or during the wait; no event is taken then.
+    pub fn wait(&self, timeout: Duration) -> Result<Option<SimEvent>, nvmlReturn_t> {
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(code) = self.sim.wait_error() {
+                return Err(code);
+            }
             let next_due = {
                 let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
                 let now = self.sim.elapsed_ns();
@@ -80,17 +88,17 @@ impl EventSet {
                     }
                     *cursor += 1;
                     if self.wants(e) {
-                        return Some(*e);
+                        return Ok(Some(*e));
                     }
                 }
                 next_due
             };
             let now = Instant::now();
             if now >= deadline {
-                return None;
+                return Ok(None);
             }
             let mut nap = (deadline - now).min(POLL);
-            if let Some(ns) = next_due {
+            for ns in next_due.into_iter().chain(self.sim.next_wait_error_in()) {
                 nap = nap.min(Duration::from_nanos(ns));
             }
             std::thread::sleep(nap);

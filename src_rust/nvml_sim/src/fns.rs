@@ -77,7 +77,36 @@ device_functions!(
     nvmlDeviceGetComputeRunningProcesses,
     nvmlDeviceGetGraphicsRunningProcesses,
     nvmlDeviceGetVirtualizationMode,
+    nvmlDeviceGetRetiredPages,
+    nvmlDeviceGetRetiredPagesPendingStatus,
+    nvmlDeviceGetRemappedRows,
+    // Handle lookups: they name one GPU, so latency and hangs apply to them, but
+    // they are not "calls on the GPU" (lost / not_supported / after_calls ignore them).
+    nvmlDeviceGetHandleByIndex,
+    nvmlDeviceGetHandleByUUID,
+    nvmlDeviceGetHandleByPciBusId,
 );
+
+/// Bits of the handle-lookup functions in a function mask.
+pub const LOOKUPS: u128 = (1 << Fn::nvmlDeviceGetHandleByIndex as u128)
+    | (1 << Fn::nvmlDeviceGetHandleByUUID as u128)
+    | (1 << Fn::nvmlDeviceGetHandleByPciBusId as u128);
+
+/// Calls that belong to no GPU, which hang faults may name.
+#[allow(non_camel_case_types, clippy::enum_variant_names)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SysFn {
+    nvmlDeviceGetCount,
+    nvmlSystemGetDriverVersion,
+    nvmlEventSetWait,
+}
+
+pub const SYSTEM_NAMES: &[&str] = &[
+    "nvmlDeviceGetCount",
+    "nvmlSystemGetDriverVersion",
+    "nvmlEventSetWait",
+];
 
 pub const COUNT: usize = NAMES.len();
 // Fault masks are u128 bitsets indexed by function id.
@@ -86,17 +115,27 @@ const _: () = assert!(COUNT < 128);
 /// The id of a function named in a scenario; a version suffix is ignored
 /// (`nvmlDeviceGetMemoryInfo_v2` is `nvmlDeviceGetMemoryInfo`).
 pub fn lookup(name: &str) -> Option<usize> {
-    let base = match name.rfind("_v") {
-        Some(i) if name[i + 2..].chars().all(|c| c.is_ascii_digit()) && i + 2 < name.len() => {
-            &name[..i]
-        }
-        _ => name,
-    };
+    let base = base_name(name);
     let base = base
         .strip_suffix("ThrottleReasons")
         .map(|_| "nvmlDeviceGetCurrentClocksEventReasons")
         .unwrap_or(base);
     NAMES.iter().position(|n| *n == base)
+}
+
+/// The id of a system-level function named in a scenario (version suffix ignored).
+pub fn lookup_system(name: &str) -> Option<usize> {
+    let base = base_name(name);
+    SYSTEM_NAMES.iter().position(|n| *n == base)
+}
+
+fn base_name(name: &str) -> &str {
+    match name.rfind("_v") {
+        Some(i) if name[i + 2..].chars().all(|c| c.is_ascii_digit()) && i + 2 < name.len() => {
+            &name[..i]
+        }
+        _ => name,
+    }
 }
 
 #[cfg(test)]
@@ -115,5 +154,18 @@ mod tests {
         );
         assert_eq!(lookup("nvmlDeviceGetUUID"), Some(0));
         assert_eq!(lookup("nvmlDeviceFrobnicate"), None);
+        assert_eq!(
+            lookup("nvmlDeviceGetHandleByIndex_v2"),
+            Some(Fn::nvmlDeviceGetHandleByIndex as usize)
+        );
+        assert_eq!(
+            lookup_system("nvmlEventSetWait_v2"),
+            Some(SysFn::nvmlEventSetWait as usize)
+        );
+        assert_eq!(
+            lookup_system("nvmlDeviceGetCount_v2"),
+            Some(SysFn::nvmlDeviceGetCount as usize)
+        );
+        assert_eq!(lookup_system("nvmlDeviceGetPowerUsage"), None);
     }
 }

@@ -57,6 +57,20 @@ pub struct Model {
     pub mig_profiles: Vec<MigProfile>,
     pub mig_total_slices: u32,
     pub mig_total_memory_slices: u32,
+    /// Dynamic page retirement (before Ampere): the retired-pages queries answer.
+    pub page_retirement: bool,
+    /// Row remapping (Ampere and later): nvmlDeviceGetRemappedRows answers.
+    pub row_remapping: bool,
+}
+
+impl Model {
+    /// How the board repairs memory follows its architecture: page retirement up to
+    /// Volta/Turing, row remapping from Ampere on (unknown numbers count as newer).
+    pub fn set_memory_repair_by_architecture(&mut self) {
+        let before_ampere = self.architecture < NVML_DEVICE_ARCH_AMPERE;
+        self.page_retirement = before_ampere;
+        self.row_remapping = !before_ampere;
+    }
 }
 
 /// The MIG GPU-instance profiles Ampere and Hopper boards share, one row per
@@ -110,6 +124,8 @@ pub const MODEL_KEYS: &[&str] = &[
     "a100-sxm4-80gb",
     "gh200-96gb",
     "l4",
+    "v100-sxm2-32gb",
+    "gb10",
 ];
 
 pub fn preset(key: &str) -> Option<Model> {
@@ -146,8 +162,10 @@ pub fn preset(key: &str) -> Option<Model> {
         ),
         mig_total_slices: 7,
         mig_total_memory_slices: 8,
+        page_retirement: false,
+        row_remapping: true,
     };
-    let model = match key {
+    let mut model = match key {
         "h100-sxm5-80gb" => h100,
         "gh200-96gb" => Model {
             key: "gh200-96gb",
@@ -246,8 +264,70 @@ pub fn preset(key: &str) -> Option<Model> {
             mig_total_memory_slices: 0,
             ..h100
         },
+        "v100-sxm2-32gb" => Model {
+            key: "v100-sxm2-32gb",
+            name: "Tesla V100-SXM2-32GB".into(),
+            memory_mib: 32510,
+            memory_reserved_mib: 306,
+            bar1_mib: Some(32768),
+            power_limit_w: 300.0,
+            power_min_w: 150.0,
+            power_max_w: 300.0,
+            max_clocks_mhz: [1530, 1530, 877, 1372],
+            pcie_gen: 3,
+            pcie_width: 16,
+            compute_capability: (7, 0),
+            architecture: NVML_DEVICE_ARCH_VOLTA,
+            pci_device_id: 0x1DB5_10DE,
+            pci_subsystem_id: 0x1249_10DE,
+            brand: NVML_BRAND_TESLA,
+            multiprocessors: 80,
+            copy_engines: 6,
+            decoders: 1,
+            encoders: 3,
+            jpegs: 0,
+            ofas: 0,
+            temp_thresholds_c: [90, 87, 95, 83],
+            vbios: "88.00.80.00.04".into(),
+            mig_profiles: Vec::new(),
+            mig_total_slices: 0,
+            mig_total_memory_slices: 0,
+            ..h100
+        },
+        // The GPU of a DGX Spark: it shares the host's LPDDR5X, so there is no
+        // dedicated memory (memory info NOT_SUPPORTED), no BAR1 and no memory clock.
+        "gb10" => Model {
+            key: "gb10",
+            name: "NVIDIA GB10".into(),
+            memory_mib: 0,
+            memory_reserved_mib: 0,
+            bar1_mib: None,
+            power_limit_w: 140.0,
+            power_min_w: 40.0,
+            power_max_w: 140.0,
+            max_clocks_mhz: [3003, 3003, 0, 2400],
+            pcie_gen: 5,
+            pcie_width: 16,
+            compute_capability: (12, 1),
+            architecture: NVML_DEVICE_ARCH_BLACKWELL,
+            pci_device_id: 0x2E12_10DE,
+            pci_subsystem_id: 0x0000_10DE,
+            multiprocessors: 48,
+            copy_engines: 2,
+            decoders: 1,
+            encoders: 1,
+            jpegs: 1,
+            ofas: 1,
+            temp_thresholds_c: [100, 95, 0, 90],
+            vbios: "98.B0.10.00.01".into(),
+            mig_profiles: Vec::new(),
+            mig_total_slices: 0,
+            mig_total_memory_slices: 0,
+            ..h100
+        },
         _ => return None,
     };
+    model.set_memory_repair_by_architecture();
     Some(model)
 }
 
@@ -262,6 +342,22 @@ mod tests {
             assert_eq!(m.key, *key);
         }
         assert!(preset("nope").is_none());
+    }
+
+    #[test]
+    fn memory_repair_follows_the_architecture() {
+        let v100 = preset("v100-sxm2-32gb").unwrap();
+        assert!(v100.page_retirement && !v100.row_remapping);
+        assert!(v100.mig_profiles.is_empty());
+        assert_eq!(v100.compute_capability, (7, 0));
+        for key in ["a100-sxm4-40gb", "h100-sxm5-80gb", "l4", "gb10"] {
+            let m = preset(key).unwrap();
+            assert!(!m.page_retirement && m.row_remapping, "{key}");
+        }
+        let gb10 = preset("gb10").unwrap();
+        assert_eq!((gb10.memory_mib, gb10.bar1_mib), (0, None));
+        assert_eq!(gb10.max_clocks_mhz[2], 0);
+        assert_eq!(gb10.compute_capability, (12, 1));
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub struct GpuGroup {
     #[serde(default = "default_count")]
     pub count: u32,
     pub name: Option<String>,
+    /// 0 means no dedicated memory (an integrated GPU): memory info NOT_SUPPORTED.
     pub memory_mib: Option<u64>,
     pub memory_reserved_mib: Option<u64>,
     /// 0 means no BAR1 (unified memory): the query answers NOT_SUPPORTED.
@@ -134,6 +135,10 @@ pub struct GpuGroup {
     pub architecture: Option<String>,
     pub pci_device_id: Option<u32>,
     pub multiprocessors: Option<u32>,
+    /// Whether the retired-pages queries answer (default: before Ampere).
+    pub page_retirement: Option<bool>,
+    /// Whether nvmlDeviceGetRemappedRows answers (default: Ampere and later).
+    pub row_remapping: Option<bool>,
     #[serde(default)]
     pub display_mode: bool,
     #[serde(default = "default_true")]
@@ -161,32 +166,42 @@ fn default_true() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
-    /// "not_supported", "lost" or "hang".
+    /// "not_supported", "lost", "hang", "page_retirement_pending", "row_remap_pending",
+    /// "row_remap_failed", "event_wait_error" or "driver_gone". Which of the keys
+    /// below apply depends on the kind; a key that does not apply is an error.
     pub kind: String,
-    /// GPU indexes (nvmlDeviceGetHandleByIndex order); `gpu` for one. Neither = all
-    /// (not_supported only).
+    /// GPU indexes (nvmlDeviceGetHandleByIndex order); `gpu` for one. Neither = all.
     pub gpu: Option<u32>,
     #[serde(default)]
     pub gpus: Vec<u32>,
-    /// not_supported: function names; hang: the one function that hangs.
+    /// not_supported / hang: function names (a version suffix is ignored).
     #[serde(default)]
     pub functions: Vec<String>,
     pub function: Option<String>,
     /// not_supported: field ids answered NOT_SUPPORTED in nvmlDeviceGetFieldValues.
     #[serde(default)]
     pub fields: Vec<u32>,
-    /// lost / hang: seconds after nvmlInit when the fault starts.
+    /// Seconds on the machine's clock when the fault starts.
     pub after_s: Option<f64>,
     /// lost: number of calls on the GPU after which it is lost.
     pub after_calls: Option<u64>,
-    /// lost: the GPU answers again this long after it was lost.
+    /// lost / event_wait_error / driver_gone: how long after the start it ends.
     pub recover_after_s: Option<f64>,
     pub recover_after_calls: Option<u64>,
+    /// hang: seconds on the machine's clock from which calls no longer hang.
+    pub until_s: Option<f64>,
     /// hang: how long each hanging call blocks.
     pub duration_ms: Option<u64>,
     /// hang: how many calls hang (0 or unset = every call once started).
-    #[serde(default)]
-    pub calls: u64,
+    pub calls: Option<u64>,
+    /// event_wait_error / driver_gone: the NVML return code name answered.
+    pub error: Option<String>,
+    /// page_retirement_pending: pages retired for double-bit ECC errors (default 1).
+    pub pages: Option<u32>,
+    /// row_remap_pending / row_remap_failed: rows remapped for correctable and
+    /// uncorrectable errors.
+    pub correctable_rows: Option<u32>,
+    pub uncorrectable_rows: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,8 @@
 //! vectors, which never move or shrink after `build`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,11 @@ use nvml_sys::*;
 use crate::fns;
 use crate::gen::{hash_str, mix64, Gen, ValueSpec};
 use crate::models::{self, MigProfile, Model};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, Fault, Scenario};
+
+/// Env var naming the directory where memory-repair state outlives the process
+/// (the real driver keeps it in the GPU's InfoROM).
+pub const PERSIST_ENV: &str = "NVML_SIM_PERSIST_DIR";
 
 pub const MIB: u64 = 1 << 20;
 pub const MAX_GPUS: usize = 4096;
@@ -72,13 +77,77 @@ pub struct LostFault {
     pub recover_after: Option<u64>,
 }
 
+/// Calls that block. `functions` is a bitset of `fns::Fn` ids for a GPU's hangs and
+/// of `fns::SysFn` ids for the machine's system-level hangs.
 #[derive(Debug)]
 pub struct HangFault {
-    pub function: usize,
+    pub functions: u128,
     pub after_ns: u64,
-    pub duration: Duration,
+    /// Calls made at or after this time do not hang; a hanging call never blocks past it.
+    pub until_ns: Option<u64>,
+    /// None: block until `until_ns`, or for good without it.
+    pub duration: Option<Duration>,
+    /// How many calls hang (0 = every call in the window).
     pub calls: u64,
     pub hits: AtomicU64,
+}
+
+/// A span of machine time in which calls answer `code`: [start_ns, end_ns).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub code: nvmlReturn_t,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+}
+
+impl Window {
+    fn covers(&self, now: u64) -> bool {
+        now >= self.start_ns && self.end_ns.is_none_or(|e| now < e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    PageRetirementPending,
+    RowRemapPending,
+    RowRemapFailed,
+}
+
+impl MemoryKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryKind::PageRetirementPending => "page_retirement_pending",
+            MemoryKind::RowRemapPending => "row_remap_pending",
+            MemoryKind::RowRemapFailed => "row_remap_failed",
+        }
+    }
+}
+
+/// Memory-repair state that, once reached, stays until the GPU is reset; with
+/// NVML_SIM_PERSIST_DIR it also outlives the process.
+#[derive(Debug)]
+pub struct MemoryFault {
+    pub kind: MemoryKind,
+    pub after_ns: u64,
+    /// Pages retired for double-bit ECC errors (page_retirement_pending).
+    pub pages: u32,
+    pub correctable_rows: u32,
+    pub uncorrectable_rows: u32,
+    /// Its marker was found at init: active from time 0.
+    pub persisted: AtomicBool,
+    /// Seen active (and its marker written, when there is a directory for it).
+    pub recorded: AtomicBool,
+}
+
+/// What the memory-repair queries of one GPU answer now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryState {
+    pub retirement_pending: bool,
+    pub retired_dbe_pages: u32,
+    pub remap_pending: bool,
+    pub remap_failed: bool,
+    pub correctable_rows: u32,
+    pub uncorrectable_rows: u32,
 }
 
 #[derive(Debug)]
@@ -110,6 +179,7 @@ pub struct Device {
     pub unsupported_fields: Vec<u32>,
     pub lost: Option<LostFault>,
     pub hangs: Vec<HangFault>,
+    pub memory_faults: Vec<MemoryFault>,
 }
 
 #[derive(Debug)]
@@ -157,8 +227,19 @@ pub struct Sim {
     pub latency_ns: [u64; fns::COUNT],
     pub latency_sleep: bool,
     pub events: Vec<SimEvent>,
-    /// `now_ns()` at the last nvmlInit that (re)activated this machine.
+    pub system_hangs: Vec<HangFault>,
+    pub driver_gone: Vec<Window>,
+    pub event_wait_errors: Vec<Window>,
+    /// `now_ns()` when the machine's clock started: the first nvmlInit that read this
+    /// scenario in this process. Later inits of the same scenario keep the clock.
     pub epoch_ns: AtomicU64,
+    clock_started: AtomicBool,
+    /// Unix time in seconds when the clock started (retired-page timestamps).
+    pub wall_epoch_s: AtomicU64,
+    /// Machine time at which the current NVML session (refcount 0 -> 1) began.
+    pub session_ns: AtomicU64,
+    /// Sessions begun so far in this process.
+    pub sessions: AtomicU64,
 }
 
 fn clock_base() -> &'static Instant {
@@ -188,7 +269,7 @@ fn parse_return_code(name: &str) -> Result<nvmlReturn_t, String> {
         .iter()
         .find(|(_, n)| *n == full)
         .map(|(c, _)| *c)
-        .ok_or_else(|| format!("init.error: unknown NVML return code {name:?}"))
+        .ok_or_else(|| format!("unknown NVML return code {name:?}"))
 }
 
 fn parse_cuda_version(s: &str) -> Result<i32, String> {
@@ -298,6 +379,10 @@ fn apply_overrides(m: &mut Model, g: &scenario::GpuGroup, what: &str) -> Result<
     }
     if let Some(v) = g.memory_mib {
         m.memory_mib = v;
+        if v == 0 {
+            // No dedicated memory, so nothing of it is reserved either.
+            m.memory_reserved_mib = 0;
+        }
     }
     if let Some(v) = g.memory_reserved_mib {
         m.memory_reserved_mib = v;
@@ -332,6 +417,13 @@ fn apply_overrides(m: &mut Model, g: &scenario::GpuGroup, what: &str) -> Result<
     }
     if let Some(a) = &g.architecture {
         m.architecture = parse_architecture(a).map_err(|e| format!("{what}.{e}"))?;
+        m.set_memory_repair_by_architecture();
+    }
+    if let Some(v) = g.page_retirement {
+        m.page_retirement = v;
+    }
+    if let Some(v) = g.row_remapping {
+        m.row_remapping = v;
     }
     if let Some(v) = g.pci_device_id {
         m.pci_device_id = v;
@@ -339,12 +431,76 @@ fn apply_overrides(m: &mut Model, g: &scenario::GpuGroup, what: &str) -> Result<
     if let Some(v) = g.multiprocessors {
         m.multiprocessors = v;
     }
-    if m.memory_reserved_mib >= m.memory_mib {
+    if m.memory_mib == 0 {
+        if m.memory_reserved_mib > 0 {
+            return Err(format!(
+                "{what}.memory_reserved_mib: must be 0 when memory_mib = 0 (no dedicated memory)"
+            ));
+        }
+        if g.mig.is_some() {
+            return Err(format!(
+                "{what}.mig: MIG needs dedicated memory (memory_mib = 0)"
+            ));
+        }
+    } else if m.memory_reserved_mib >= m.memory_mib {
         return Err(format!(
             "{what}: memory_reserved_mib must be below memory_mib"
         ));
     }
     Ok(())
+}
+
+/// A key set on a fault whose kind does not use it is an error, so a typo or a
+/// misplaced key never silently does nothing.
+fn check_keys(f: &Fault, what: &str, allowed: &[&str]) -> Result<(), String> {
+    let set = [
+        ("gpu", f.gpu.is_some()),
+        ("gpus", !f.gpus.is_empty()),
+        ("functions", !f.functions.is_empty()),
+        ("function", f.function.is_some()),
+        ("fields", !f.fields.is_empty()),
+        ("after_s", f.after_s.is_some()),
+        ("after_calls", f.after_calls.is_some()),
+        ("recover_after_s", f.recover_after_s.is_some()),
+        ("recover_after_calls", f.recover_after_calls.is_some()),
+        ("until_s", f.until_s.is_some()),
+        ("duration_ms", f.duration_ms.is_some()),
+        ("calls", f.calls.is_some()),
+        ("error", f.error.is_some()),
+        ("pages", f.pages.is_some()),
+        ("correctable_rows", f.correctable_rows.is_some()),
+        ("uncorrectable_rows", f.uncorrectable_rows.is_some()),
+    ];
+    match set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
+        Some((k, _)) => Err(format!(
+            "{what}.{k}: does not apply to kind {:?} (it takes {})",
+            f.kind,
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `<scenario name>.gpu<index>.<kind>` in the persistence directory; characters that
+/// do not belong in a file name become `_`.
+pub fn marker_path(dir: &Path, scenario: &str, gpu: usize, kind: MemoryKind) -> PathBuf {
+    let name: String = scenario
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{name}.gpu{gpu}.{}", kind.name()))
+}
+
+fn persist_dir() -> Option<PathBuf> {
+    std::env::var_os(PERSIST_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 struct GroupPlan {
@@ -414,10 +570,19 @@ impl Sim {
         }
         let cuda_version = parse_cuda_version(&sc.driver.cuda_version)?;
         let init_error = match &sc.init.error {
-            Some(e) => Some((parse_return_code(e)?, sc.init.fail_count)),
+            Some(e) => Some((
+                parse_return_code(e).map_err(|m| format!("init.error: {m}"))?,
+                sc.init.fail_count,
+            )),
             None => None,
         };
         let mut latency_ns = [sc.latency.ns; fns::COUNT];
+        // `ns` is the cost of a query; handle lookups cost only what is named for them.
+        for (i, l) in latency_ns.iter_mut().enumerate() {
+            if (1u128 << i) & fns::LOOKUPS != 0 {
+                *l = 0;
+            }
+        }
         for (f, ns) in &sc.latency.functions {
             let i = fns::lookup(f)
                 .ok_or_else(|| format!("latency.functions: unknown function {f:?}"))?;
@@ -542,10 +707,14 @@ impl Sim {
                 unsupported_fields: Vec::new(),
                 lost: None,
                 hangs: Vec::new(),
+                memory_faults: Vec::new(),
             });
         }
 
         // Faults, on the physical GPUs (their MIG devices inherit them below).
+        let mut system_hangs = Vec::new();
+        let mut driver_gone = Vec::new();
+        let mut event_wait_errors = Vec::new();
         for (fi, f) in sc.faults.iter().enumerate() {
             let what = format!("faults[{fi}]");
             let mut targets: Vec<u32> = f.gpus.clone();
@@ -557,20 +726,31 @@ impl Sim {
                     ));
                 }
             }
-            let after_ns = f
-                .after_s
-                .map(|s| secs_to_ns(&format!("{what}.after_s"), s))
-                .transpose()?;
-            match f.kind.as_str() {
+            // Neither gpu nor gpus: every GPU.
+            let all_gpus = targets.is_empty();
+            if all_gpus {
+                targets = (0..total as u32).collect();
+            }
+            let secs = |key: &str, v: Option<f64>| {
+                v.map(|s| secs_to_ns(&format!("{what}.{key}"), s))
+                    .transpose()
+            };
+            let after_ns = secs("after_s", f.after_s)?;
+            let kind = f.kind.as_str();
+            match kind {
                 "not_supported" => {
-                    if targets.is_empty() {
-                        targets = (0..total as u32).collect();
-                    }
+                    check_keys(
+                        f,
+                        &what,
+                        &["gpu", "gpus", "functions", "function", "fields"],
+                    )?;
                     let mut mask = 0u128;
                     for name in f.functions.iter().chain(f.function.iter()) {
-                        let i = fns::lookup(name).ok_or_else(|| {
-                            format!("{what}.functions: unknown function {name:?}")
-                        })?;
+                        let i = fns::lookup(name)
+                            .filter(|&i| (1u128 << i) & fns::LOOKUPS == 0)
+                            .ok_or_else(|| {
+                                format!("{what}.functions: unknown per-device query {name:?}")
+                            })?;
                         mask |= 1 << i;
                     }
                     if mask == 0 && f.fields.is_empty() {
@@ -583,24 +763,45 @@ impl Sim {
                     }
                 }
                 "lost" => {
-                    if targets.is_empty() {
-                        return Err(format!("{what}: lost needs gpu or gpus"));
-                    }
-                    for &t in &targets {
-                        let (start, recover_after) = match (after_ns, f.after_calls) {
-                            (Some(ns), None) => (
-                                Trigger::AfterNs(ns),
-                                f.recover_after_s
-                                    .map(|s| secs_to_ns(&format!("{what}.recover_after_s"), s))
-                                    .transpose()?,
-                            ),
-                            (None, Some(n)) => (Trigger::AfterCalls(n), f.recover_after_calls),
-                            _ => {
+                    check_keys(
+                        f,
+                        &what,
+                        &[
+                            "gpu",
+                            "gpus",
+                            "after_s",
+                            "after_calls",
+                            "recover_after_s",
+                            "recover_after_calls",
+                        ],
+                    )?;
+                    let (start, recover_after) = match (after_ns, f.after_calls) {
+                        (Some(ns), None) => {
+                            if f.recover_after_calls.is_some() {
                                 return Err(format!(
-                                    "{what}: lost needs exactly one of after_s, after_calls"
-                                ))
+                                    "{what}.recover_after_calls: goes with after_calls; use recover_after_s"
+                                ));
                             }
-                        };
+                            (
+                                Trigger::AfterNs(ns),
+                                secs("recover_after_s", f.recover_after_s)?,
+                            )
+                        }
+                        (None, Some(n)) => {
+                            if f.recover_after_s.is_some() {
+                                return Err(format!(
+                                    "{what}.recover_after_s: goes with after_s; use recover_after_calls"
+                                ));
+                            }
+                            (Trigger::AfterCalls(n), f.recover_after_calls)
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{what}: lost needs exactly one of after_s, after_calls"
+                            ))
+                        }
+                    };
+                    for &t in &targets {
                         devices[t as usize].lost = Some(LostFault {
                             start,
                             recover_after,
@@ -608,31 +809,152 @@ impl Sim {
                     }
                 }
                 "hang" => {
-                    let name = f
-                        .function
-                        .as_deref()
-                        .ok_or_else(|| format!("{what}: hang needs function"))?;
-                    let function = fns::lookup(name)
-                        .ok_or_else(|| format!("{what}.function: unknown function {name:?}"))?;
-                    let ms = f
-                        .duration_ms
-                        .ok_or_else(|| format!("{what}: hang needs duration_ms"))?;
-                    if targets.is_empty() {
-                        return Err(format!("{what}: hang needs gpu or gpus"));
+                    check_keys(
+                        f,
+                        &what,
+                        &[
+                            "gpu",
+                            "gpus",
+                            "function",
+                            "functions",
+                            "after_s",
+                            "until_s",
+                            "duration_ms",
+                            "calls",
+                        ],
+                    )?;
+                    let (mut device_mask, mut system_mask) = (0u128, 0u128);
+                    let mut named = false;
+                    for name in f.functions.iter().chain(f.function.iter()) {
+                        named = true;
+                        if let Some(i) = fns::lookup(name) {
+                            device_mask |= 1 << i;
+                        } else if let Some(i) = fns::lookup_system(name) {
+                            system_mask |= 1 << i;
+                        } else {
+                            return Err(format!("{what}.functions: unknown function {name:?}"));
+                        }
                     }
+                    if !named {
+                        device_mask = u128::MAX;
+                    }
+                    if device_mask == 0 && !all_gpus {
+                        return Err(format!(
+                            "{what}: {} belong to no GPU; drop gpu/gpus",
+                            fns::SYSTEM_NAMES.join(", ")
+                        ));
+                    }
+                    let after = after_ns.unwrap_or(0);
+                    let until_ns = secs("until_s", f.until_s)?;
+                    if until_ns.is_some_and(|u| u <= after) {
+                        return Err(format!("{what}.until_s: must be later than after_s"));
+                    }
+                    let hang = |functions| HangFault {
+                        functions,
+                        after_ns: after,
+                        until_ns,
+                        duration: f.duration_ms.map(Duration::from_millis),
+                        calls: f.calls.unwrap_or(0),
+                        hits: AtomicU64::new(0),
+                    };
+                    if device_mask != 0 {
+                        for &t in &targets {
+                            devices[t as usize].hangs.push(hang(device_mask));
+                        }
+                    }
+                    if system_mask != 0 {
+                        system_hangs.push(hang(system_mask));
+                    }
+                }
+                "page_retirement_pending" | "row_remap_pending" | "row_remap_failed" => {
+                    let (kind, keys): (MemoryKind, &[&str]) = match kind {
+                        "page_retirement_pending" => (
+                            MemoryKind::PageRetirementPending,
+                            &["gpu", "gpus", "after_s", "pages"],
+                        ),
+                        "row_remap_pending" => (
+                            MemoryKind::RowRemapPending,
+                            &[
+                                "gpu",
+                                "gpus",
+                                "after_s",
+                                "correctable_rows",
+                                "uncorrectable_rows",
+                            ],
+                        ),
+                        _ => (
+                            MemoryKind::RowRemapFailed,
+                            &[
+                                "gpu",
+                                "gpus",
+                                "after_s",
+                                "correctable_rows",
+                                "uncorrectable_rows",
+                            ],
+                        ),
+                    };
+                    check_keys(f, &what, keys)?;
                     for &t in &targets {
-                        devices[t as usize].hangs.push(HangFault {
-                            function,
+                        let d = &devices[t as usize];
+                        let m = &models[d.model];
+                        let (supported, feature, key) = if kind == MemoryKind::PageRetirementPending
+                        {
+                            (m.page_retirement, "page retirement", "page_retirement")
+                        } else {
+                            (m.row_remapping, "row remapping", "row_remapping")
+                        };
+                        if !supported || !d.ecc {
+                            return Err(format!(
+                                "{what}: GPU {t} ({}) has no {feature} (it needs ECC and {key} = true on its group)",
+                                m.name
+                            ));
+                        }
+                        if kind != MemoryKind::PageRetirementPending && d.mig_enabled {
+                            return Err(format!(
+                                "{what}: GPU {t} is in MIG mode, where NVML does not report remapped rows"
+                            ));
+                        }
+                        devices[t as usize].memory_faults.push(MemoryFault {
+                            kind,
                             after_ns: after_ns.unwrap_or(0),
-                            duration: Duration::from_millis(ms),
-                            calls: f.calls,
-                            hits: AtomicU64::new(0),
+                            pages: f.pages.unwrap_or(1),
+                            correctable_rows: f.correctable_rows.unwrap_or(0),
+                            uncorrectable_rows: f
+                                .uncorrectable_rows
+                                .unwrap_or(u32::from(kind == MemoryKind::RowRemapPending)),
+                            persisted: AtomicBool::new(false),
+                            recorded: AtomicBool::new(false),
                         });
+                    }
+                }
+                "event_wait_error" | "driver_gone" => {
+                    check_keys(f, &what, &["error", "after_s", "recover_after_s"])?;
+                    let default = if kind == "driver_gone" {
+                        "DRIVER_NOT_LOADED"
+                    } else {
+                        "UNKNOWN"
+                    };
+                    let code = parse_return_code(f.error.as_deref().unwrap_or(default))
+                        .map_err(|m| format!("{what}.error: {m}"))?;
+                    if code == NVML_SUCCESS {
+                        return Err(format!("{what}.error: must be an error, not SUCCESS"));
+                    }
+                    let start_ns = after_ns.unwrap_or(0);
+                    let window = Window {
+                        code,
+                        start_ns,
+                        end_ns: secs("recover_after_s", f.recover_after_s)?
+                            .map(|r| start_ns.saturating_add(r)),
+                    };
+                    if kind == "driver_gone" {
+                        driver_gone.push(window);
+                    } else {
+                        event_wait_errors.push(window);
                     }
                 }
                 other => {
                     return Err(format!(
-                        "{what}.kind: unknown {other:?} (not_supported, lost, hang)"
+                        "{what}.kind: unknown {other:?} (not_supported, lost, hang, page_retirement_pending, row_remap_pending, row_remap_failed, event_wait_error, driver_gone)"
                     ));
                 }
             }
@@ -698,6 +1020,7 @@ impl Sim {
                     unsupported_fields: parent.unsupported_fields.clone(),
                     lost: None,
                     hangs: Vec::new(),
+                    memory_faults: Vec::new(),
                 };
                 devices.push(mig_dev);
                 devices[idx].mig_devices.push(dev_index);
@@ -768,7 +1091,14 @@ impl Sim {
             latency_ns,
             latency_sleep,
             events,
+            system_hangs,
+            driver_gone,
+            event_wait_errors,
             epoch_ns: AtomicU64::new(now_ns()),
+            clock_started: AtomicBool::new(false),
+            wall_epoch_s: AtomicU64::new(0),
+            session_ns: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
         })
     }
 
@@ -794,9 +1124,98 @@ impl Sim {
         d.mig.map(|m| &self.models[d.model].mig_profiles[m.profile])
     }
 
-    /// Nanoseconds since the last nvmlInit that activated this machine.
+    /// Nanoseconds on the machine's clock (since its first nvmlInit in this process).
     pub fn elapsed_ns(&self) -> u64 {
         now_ns().saturating_sub(self.epoch_ns.load(Ordering::Relaxed))
+    }
+
+    /// Starts the clock on the first nvmlInit that reads this scenario; later inits
+    /// (after a shutdown) keep it, so faults fire once per process.
+    pub fn start_clock(&self) {
+        if !self.clock_started.swap(true, Ordering::AcqRel) {
+            self.epoch_ns.store(now_ns(), Ordering::Relaxed);
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            self.wall_epoch_s.store(wall, Ordering::Relaxed);
+        }
+    }
+
+    /// A session (refcount 0 -> 1) begins now: note when, and pick up memory-repair
+    /// state an earlier process left in NVML_SIM_PERSIST_DIR.
+    pub fn begin_session(&self) {
+        self.session_ns.store(self.elapsed_ns(), Ordering::Relaxed);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        let Some(dir) = persist_dir() else { return };
+        for (i, d) in self.devices[..self.gpu_count].iter().enumerate() {
+            for f in &d.memory_faults {
+                if marker_path(&dir, &self.name, i, f.kind).exists() {
+                    f.persisted.store(true, Ordering::Relaxed);
+                    f.recorded.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The error every call of the current session answers while the driver is gone:
+    /// from a driver_gone fault's start, for good for a session that began before it
+    /// recovered (a process must shut NVML down and init again, as after a reload).
+    pub fn gone(&self) -> Option<nvmlReturn_t> {
+        if self.driver_gone.is_empty() {
+            return None;
+        }
+        let now = self.elapsed_ns();
+        let session = self.session_ns.load(Ordering::Relaxed);
+        self.driver_gone
+            .iter()
+            .find(|w| now >= w.start_ns && w.end_ns.is_none_or(|e| session < e))
+            .map(|w| w.code)
+    }
+
+    /// Event sets created now see events due from this machine time on: all of them in
+    /// the first session, those from the session's start in later ones.
+    pub fn events_from_ns(&self) -> u64 {
+        if self.sessions.load(Ordering::Relaxed) > 1 {
+            self.session_ns.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// The error an init starting a new session answers now, if the driver is gone.
+    pub fn gone_for_new_session(&self) -> Option<nvmlReturn_t> {
+        let now = self.elapsed_ns();
+        self.driver_gone
+            .iter()
+            .find(|w| w.covers(now))
+            .map(|w| w.code)
+    }
+
+    /// The error an event-set wait answers now (driver gone or event_wait_error).
+    pub fn wait_error(&self) -> Option<nvmlReturn_t> {
+        if let Some(code) = self.gone() {
+            return Some(code);
+        }
+        if self.event_wait_errors.is_empty() {
+            return None;
+        }
+        let now = self.elapsed_ns();
+        self.event_wait_errors
+            .iter()
+            .find(|w| w.covers(now))
+            .map(|w| w.code)
+    }
+
+    /// Nanoseconds until the next driver_gone or event_wait_error window opens.
+    pub fn next_wait_error_in(&self) -> Option<u64> {
+        let now = self.elapsed_ns();
+        self.driver_gone
+            .iter()
+            .chain(&self.event_wait_errors)
+            .filter(|w| w.start_ns > now)
+            .map(|w| w.start_ns - now)
+            .min()
     }
 
     /// Next value of a metric for a device (advances its sample counter).
@@ -805,23 +1224,17 @@ impl Sim {
         d.gens[m as usize].at(d.seed, n)
     }
 
-    /// The per-call prologue: modelled driver latency, hangs, lost GPUs and metrics
-    /// declared unsupported. Err is the NVML code the call returns.
+    /// The per-call prologue: modelled driver latency, hangs, a gone driver, lost
+    /// GPUs and metrics declared unsupported. Err is the NVML code the call returns.
     pub fn enter(&self, d: &Device, f: fns::Fn) -> Result<(), nvmlReturn_t> {
-        let fi = f as usize;
-        let lat = self.latency_ns[fi];
-        if lat > 0 {
-            self.spend(lat);
-        }
         let gpu = &self.devices[d.gpu];
-        for h in &gpu.hangs {
-            if h.function == fi
-                && self.elapsed_ns() >= h.after_ns
-                && (h.calls == 0 || h.hits.fetch_add(1, Ordering::Relaxed) < h.calls)
-            {
-                std::thread::sleep(h.duration);
+        for m in &gpu.memory_faults {
+            if !m.recorded.load(Ordering::Relaxed) {
+                self.memory_active(d.gpu, m);
             }
         }
+        self.enter_lookup(d, f)?;
+        let fi = f as usize;
         if let Some(lost) = &gpu.lost {
             if self.is_lost(gpu, lost) {
                 return Err(NVML_ERROR_GPU_IS_LOST);
@@ -831,6 +1244,129 @@ impl Sim {
             return Err(NVML_ERROR_NOT_SUPPORTED);
         }
         Ok(())
+    }
+
+    /// The prologue of a handle lookup naming `d`: latency and hangs only (a lookup
+    /// is not a call on the GPU: lost, not_supported and after_calls ignore it).
+    pub fn enter_lookup(&self, d: &Device, f: fns::Fn) -> Result<(), nvmlReturn_t> {
+        let fi = f as usize;
+        let lat = self.latency_ns[fi];
+        if lat > 0 {
+            self.spend(lat);
+        }
+        for h in &self.devices[d.gpu].hangs {
+            if h.functions & (1u128 << fi) != 0 {
+                self.hang(h);
+            }
+        }
+        // The driver may have gone while the call was blocked.
+        match self.gone() {
+            Some(code) => Err(code),
+            None => Ok(()),
+        }
+    }
+
+    /// The prologue of a system-level call: its hangs, then a gone driver.
+    pub fn enter_system(&self, f: fns::SysFn) -> Result<(), nvmlReturn_t> {
+        for h in &self.system_hangs {
+            if h.functions & (1u128 << f as usize) != 0 {
+                self.hang(h);
+            }
+        }
+        match self.gone() {
+            Some(code) => Err(code),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks if `h` is due now: for duration (never past until), until until, or
+    /// for good.
+    fn hang(&self, h: &HangFault) {
+        let now = self.elapsed_ns();
+        if now < h.after_ns || h.until_ns.is_some_and(|u| now >= u) {
+            return;
+        }
+        if h.calls > 0 && h.hits.fetch_add(1, Ordering::Relaxed) >= h.calls {
+            return;
+        }
+        let left = h.until_ns.map(|u| Duration::from_nanos(u - now));
+        match (h.duration, left) {
+            (Some(d), Some(l)) => std::thread::sleep(d.min(l)),
+            (Some(d), None) | (None, Some(d)) => std::thread::sleep(d),
+            (None, None) => loop {
+                // Blocked for good; the process can still exit around this thread.
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+        }
+    }
+
+    /// Whether a memory fault of GPU `gpu` is active; the first time it is, its
+    /// marker goes to NVML_SIM_PERSIST_DIR (when set).
+    pub fn memory_active(&self, gpu: usize, f: &MemoryFault) -> bool {
+        let on = f.persisted.load(Ordering::Relaxed) || self.elapsed_ns() >= f.after_ns;
+        if on && !f.recorded.swap(true, Ordering::AcqRel) {
+            if let Some(dir) = persist_dir() {
+                let path = marker_path(&dir, &self.name, gpu, f.kind);
+                let text = format!(
+                    "{} on GPU {gpu} of scenario {:?}: kept until this file is removed\n",
+                    f.kind.name(),
+                    self.name
+                );
+                if let Err(e) =
+                    std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text))
+                {
+                    eprintln!("nvml-sim: cannot write {}: {e}", path.display());
+                }
+            }
+        }
+        on
+    }
+
+    /// What the retired-pages and remapped-rows queries of GPU `gpu` answer now.
+    pub fn memory_state(&self, gpu: usize) -> MemoryState {
+        let mut st = MemoryState::default();
+        for f in &self.devices[gpu].memory_faults {
+            if !self.memory_active(gpu, f) {
+                continue;
+            }
+            match f.kind {
+                MemoryKind::PageRetirementPending => {
+                    st.retirement_pending = true;
+                    st.retired_dbe_pages += f.pages;
+                }
+                MemoryKind::RowRemapPending | MemoryKind::RowRemapFailed => {
+                    st.remap_pending |= f.kind == MemoryKind::RowRemapPending;
+                    st.remap_failed |= f.kind == MemoryKind::RowRemapFailed;
+                    st.correctable_rows += f.correctable_rows;
+                    st.uncorrectable_rows += f.uncorrectable_rows;
+                }
+            }
+        }
+        st
+    }
+
+    /// The active retired pages of GPU `gpu` for double-bit ECC errors, as
+    /// (address, unix timestamp in seconds); addresses are page aligned and the same
+    /// in every run.
+    pub fn retired_pages(&self, gpu: usize) -> Vec<(u64, u64)> {
+        let d = &self.devices[gpu];
+        let wall = self.wall_epoch_s.load(Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (j, f) in d.memory_faults.iter().enumerate() {
+            if f.kind != MemoryKind::PageRetirementPending || !self.memory_active(gpu, f) {
+                continue;
+            }
+            let at = if f.persisted.load(Ordering::Relaxed) {
+                wall
+            } else {
+                wall + f.after_ns / 1_000_000_000
+            };
+            for k in 0..u64::from(f.pages) {
+                let h = mix64(d.seed ^ ((j as u64) << 32 | k));
+                out.push((h & 0x0000_000F_FFFF_F000, at));
+            }
+        }
+        out
     }
 
     fn is_lost(&self, gpu: &Device, lost: &LostFault) -> bool {
@@ -906,6 +1442,123 @@ mod tests {
         let e =
             Sim::from_toml("x", "name = \"t\"\n[[gpus]]\nmodel = \"l4\"\ncount = 0\n").unwrap_err();
         assert!(e.contains("count"), "{e}");
+    }
+
+    fn build_err(text: &str) -> String {
+        Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err()
+    }
+
+    fn build(text: &str) -> Sim {
+        Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap()
+    }
+
+    #[test]
+    fn fault_keys_that_do_not_apply_are_errors() {
+        let e =
+            build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\nafter_calls = 3\n");
+        assert!(e.contains("faults[0].after_calls: does not apply"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"lost\"\nafter_s = 1\nrecover_after_calls = 3\n",
+        );
+        assert!(e.contains("faults[0].recover_after_calls"), "{e}");
+        let e =
+            build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"driver_gone\"\ngpu = 0\n");
+        assert!(e.contains("faults[0].gpu: does not apply"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"event_wait_error\"\nerror = \"NOPE\"\n",
+        );
+        assert!(
+            e.contains("faults[0].error: unknown NVML return code"),
+            "{e}"
+        );
+        let e = build_err(
+            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\nafter_s = 2\nuntil_s = 1\n",
+        );
+        assert!(e.contains("faults[0].until_s"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\ngpu = 0\nfunction = \"nvmlEventSetWait_v2\"\n",
+        );
+        assert!(e.contains("belong to no GPU"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"not_supported\"\nfunction = \"nvmlDeviceGetHandleByIndex\"\n",
+        );
+        assert!(e.contains("unknown per-device query"), "{e}");
+        let e = build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"frobnicate\"\n");
+        assert!(e.contains("faults[0].kind: unknown"), "{e}");
+    }
+
+    #[test]
+    fn memory_faults_need_a_gpu_that_repairs_that_way() {
+        let e = build_err(
+            "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"page_retirement_pending\"\ngpu = 0\n",
+        );
+        assert!(e.contains("has no page retirement"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"v100-sxm2-32gb\"\n[[faults]]\nkind = \"row_remap_failed\"\n",
+        );
+        assert!(e.contains("has no row remapping"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"a100-sxm4-40gb\"\nmig = []\n[[faults]]\nkind = \"row_remap_pending\"\n",
+        );
+        assert!(e.contains("MIG mode"), "{e}");
+        let e = build_err(
+            "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"row_remap_pending\"\npages = 2\n",
+        );
+        assert!(e.contains("faults[0].pages: does not apply"), "{e}");
+        // Overrides turn the features on and off.
+        let s = build(
+            "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\npage_retirement = true\nrow_remapping = false\n[[faults]]\nkind = \"page_retirement_pending\"\npages = 3\n",
+        );
+        let m = s.model_of(&s.devices[0]);
+        assert!(m.page_retirement && !m.row_remapping);
+        assert_eq!(s.memory_state(0).retired_dbe_pages, 3);
+        assert_eq!(s.retired_pages(0).len(), 3);
+        assert!(s.retired_pages(0).iter().all(|(a, _)| a % 4096 == 0));
+        // An older architecture brings page retirement with it.
+        let s = build("[[gpus]]\nmodel = \"l4\"\narchitecture = \"turing\"\n");
+        assert!(s.model_of(&s.devices[0]).page_retirement);
+    }
+
+    #[test]
+    fn memory_mib_zero_means_no_dedicated_memory() {
+        let s = build("[[gpus]]\nmodel = \"h100-sxm5-80gb\"\nmemory_mib = 0\n");
+        assert_eq!(
+            (s.devices[0].memory_total, s.devices[0].memory_reserved),
+            (0, 0)
+        );
+        let s = build("[[gpus]]\nname = \"iGPU\"\nmemory_mib = 0\n");
+        assert_eq!(s.devices[0].memory_total, 0);
+        let e = build_err("[[gpus]]\nname = \"iGPU\"\nmemory_mib = 0\nmemory_reserved_mib = 5\n");
+        assert!(e.contains("gpus[0].memory_reserved_mib"), "{e}");
+        let e = build_err("[[gpus]]\nmodel = \"h100-sxm5-80gb\"\nmemory_mib = 0\nmig = []\n");
+        assert!(e.contains("gpus[0].mig"), "{e}");
+        let s = build("[[gpus]]\nmodel = \"gb10\"\n");
+        assert_eq!(s.devices[0].memory_total, 0);
+    }
+
+    #[test]
+    fn gpu_less_faults_cover_every_gpu() {
+        let s = build(
+            "[[gpus]]\nmodel = \"l4\"\ncount = 3\n[[faults]]\nkind = \"lost\"\nafter_s = 0\n[[faults]]\nkind = \"hang\"\nafter_s = 9\n[[faults]]\nkind = \"hang\"\nfunctions = [\"nvmlDeviceGetCount_v2\", \"nvmlDeviceGetPowerUsage\"]\nafter_s = 9\n",
+        );
+        for d in &s.devices {
+            assert!(d.lost.is_some());
+            assert_eq!(d.hangs.len(), 2);
+            assert_eq!(d.hangs[0].functions, u128::MAX);
+            assert_eq!(
+                d.hangs[1].functions,
+                1 << fns::Fn::nvmlDeviceGetPowerUsage as u128
+            );
+            assert_eq!(
+                s.enter(d, fns::Fn::nvmlDeviceGetUUID),
+                Err(NVML_ERROR_GPU_IS_LOST)
+            );
+        }
+        assert_eq!(s.system_hangs.len(), 1);
+        assert_eq!(
+            s.system_hangs[0].functions,
+            1 << fns::SysFn::nvmlDeviceGetCount as u128
+        );
     }
 
     #[test]

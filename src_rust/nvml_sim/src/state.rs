@@ -4,6 +4,7 @@
 //! that keeps a handle past nvmlShutdown (or races one) must read stale data, not freed
 //! memory. Machines are cached by (path, file text), so init/shutdown cycles on the same
 //! scenario reuse one machine and the leak stays bounded by the distinct scenarios used.
+//! Reusing the machine also keeps its clock, and with it which faults already fired.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use nvml_sys::*;
 
-use crate::sim::{now_ns, Sim};
+use crate::sim::Sim;
 
 /// Env var naming the scenario file, read at each first nvmlInit.
 pub const SCENARIO_ENV: &str = "NVML_SIM_SCENARIO";
@@ -50,6 +51,10 @@ pub fn init(_flags: u32) -> nvmlReturn_t {
     let mut guard = lock();
     let g = guard.get_or_insert_with(Global::default);
     if g.refcount > 0 {
+        // While the driver is gone, inits answer what every other call answers.
+        if let Some(code) = current().and_then(|s| s.gone()) {
+            return code;
+        }
         g.refcount += 1;
         return NVML_SUCCESS;
     }
@@ -85,6 +90,7 @@ pub fn init(_flags: u32) -> nvmlReturn_t {
         },
     };
     g.last = Some(sim);
+    sim.start_clock();
     if let Some((code, fail_count)) = sim.init_error {
         let n = g.failed_inits.entry(path).or_insert(0);
         if fail_count == 0 || *n < fail_count {
@@ -92,7 +98,10 @@ pub fn init(_flags: u32) -> nvmlReturn_t {
             return code;
         }
     }
-    sim.epoch_ns.store(now_ns(), Ordering::Relaxed);
+    if let Some(code) = sim.gone_for_new_session() {
+        return code;
+    }
+    sim.begin_session();
     CURRENT.store(sim as *const Sim as *mut Sim, Ordering::Release);
     g.refcount = 1;
     NVML_SUCCESS
