@@ -37,6 +37,25 @@ pub fn open(test: &str, text: &str) -> (PathBuf, Arc<Nvml>, Vec<String>) {
     (dir, nvml, ids)
 }
 
+/// As [`open`], for a scenario whose faults would block the enumeration:
+/// the GPUs' UUIDs come from `plain` (the same `name`, no faults: the same
+/// UUIDs), enumerated and shut down first; then NVML is opened on `text`,
+/// whose clock starts then.
+#[allow(dead_code)] // not every test binary uses it
+pub fn open_without_enumerating(
+    test: &str,
+    plain: &str,
+    text: &str,
+) -> (PathBuf, Arc<Nvml>, Vec<String>) {
+    let (dir, nvml, ids) = open(&format!("{test}-plain"), plain);
+    drop(nvml);
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir = use_scenario(test, text);
+    let lib = sim_library();
+    let nvml = Arc::new(Nvml::open(lib.to_str().unwrap()).expect("NVML on the simulator"));
+    (dir, nvml, ids)
+}
+
 /// Whole GPUs tracked under their UUIDs, in one group.
 pub fn tracked(ids: &[String], group: &str) -> Vec<TrackedDevice> {
     ids.iter()
