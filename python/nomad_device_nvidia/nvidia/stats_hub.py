@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from nomad_device_nvidia.nvidia.calls import CallRunner
+from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
@@ -21,6 +21,10 @@ from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, StatsEngine, 
 log = logging.getLogger(__name__)
 
 Tracked = Callable[[], tuple[int, list[TrackedDevice]]]
+
+
+def open_stats_engine(kind: str, options: EngineOptions) -> StatsEngine:
+    return make_stats_engine(kind, options=options)
 
 
 class StatsHub:
@@ -67,9 +71,14 @@ class StatsHub:
             wanted = (cfg.stats_engine, cfg.extended_stats, self._watch.epoch)
             if self._engine is None or wanted != self._built_for:
                 self._drop(self._engine)
-                self._engine = make_stats_engine(
-                    cfg.stats_engine, options=EngineOptions(extended=cfg.extended_stats, calls=self._runner)
-                )
+                self._engine = None
+                options = EngineOptions(extended=cfg.extended_stats, calls=self._runner)
+                try:
+                    # Building one inits NVML and makes an event set: under the deadline too.
+                    self._engine = self._runner.call(SYSTEM, open_stats_engine, cfg.stats_engine, options)
+                except (CallTimeout, RunnerClosed) as exc:
+                    log.warning("opening the stats engine: %s; trying again at the next tick", exc)
+                    return None
                 self._watch.add_engine(self._engine)
                 self._built_for, self._generation = wanted, -1
             engine = self._engine
