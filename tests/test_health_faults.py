@@ -461,6 +461,8 @@ def test_driver_gone_mid_run_marks_every_device_and_recovers_without_restart(
                all_unhealthy_ms=gone_seen,
                back_due_ms=window(init, gone_at + back_after), all_healthy_again_ms=back_seen,
                stats_after_recovery_ms=met_or_none(tl, 5),
+               nvml_initialised_lines=len(tl.plugin_logs(INIT_OK)),
+               init_failed_lines=len(tl.plugin_logs(INIT_FAILED)),
                stats_answers_while_away=None if gone_seen is None or back_seen is None else
                len([e for e in tl.stats if gone_seen <= e["ms"] <= back_seen]))
     tl.ok()
@@ -476,6 +478,10 @@ def test_driver_gone_mid_run_marks_every_device_and_recovers_without_restart(
     assert tl.ended_by_plugin() == []
     s = tl.streams()
     assert s["fingerprint_open"] and s["stats_open"], s
+    # One log line per change of state, not per try: NVML comes up once at start, once after.
+    ups = tl.plugin_logs(INIT_OK)
+    assert len(ups) == 2, [(u["ms"], u["entry"]["@message"]) for u in ups]
+    assert len(tl.plugin_logs(INIT_FAILED)) <= 1
     # Stats answered through the outage (empty answers are allowed) and follow the devices again.
     assert any(gone_seen <= e["ms"] <= back_seen for e in tl.stats), "no stats answer while the driver was away"
 
