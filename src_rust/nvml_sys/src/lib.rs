@@ -613,6 +613,204 @@ pub struct nvmlRemappedRowsInfo_v2_t {
     pub bFailureOccurred: c_uint,
 }
 
+// ---------------------------------------------------------------- NVLink and the fabric
+
+/// Links a GPU can have (nvmlDeviceGetNvLink* take 0 .. this - 1).
+pub const NVML_NVLINK_MAX_LINKS: c_uint = 36;
+
+pub type nvmlNvLinkCapability_t = c_uint;
+pub const NVML_NVLINK_CAP_P2P_SUPPORTED: nvmlNvLinkCapability_t = 0;
+pub const NVML_NVLINK_CAP_SYSMEM_ACCESS: nvmlNvLinkCapability_t = 1;
+pub const NVML_NVLINK_CAP_P2P_ATOMICS: nvmlNvLinkCapability_t = 2;
+pub const NVML_NVLINK_CAP_SYSMEM_ATOMICS: nvmlNvLinkCapability_t = 3;
+pub const NVML_NVLINK_CAP_SLI_BRIDGE: nvmlNvLinkCapability_t = 4;
+pub const NVML_NVLINK_CAP_VALID: nvmlNvLinkCapability_t = 5;
+pub const NVML_NVLINK_CAP_COUNT: nvmlNvLinkCapability_t = 6;
+
+/// nvmlNvlinkVersion_t
+pub const NVML_NVLINK_VERSION_INVALID: c_uint = 0;
+pub const NVML_NVLINK_VERSION_1_0: c_uint = 1;
+pub const NVML_NVLINK_VERSION_2_0: c_uint = 2;
+pub const NVML_NVLINK_VERSION_2_2: c_uint = 3;
+pub const NVML_NVLINK_VERSION_3_0: c_uint = 4;
+pub const NVML_NVLINK_VERSION_3_1: c_uint = 5;
+pub const NVML_NVLINK_VERSION_4_0: c_uint = 6;
+pub const NVML_NVLINK_VERSION_5_0: c_uint = 7;
+pub const NVML_NVLINK_VERSION_6_0: c_uint = 8;
+
+/// NVML_FI_DEV_NVLINK_GET_STATE values.
+pub const NVML_NVLINK_STATE_INACTIVE: c_uint = 0;
+pub const NVML_NVLINK_STATE_ACTIVE: c_uint = 1;
+pub const NVML_NVLINK_STATE_SLEEP: c_uint = 2;
+
+pub const NVML_GPU_FABRIC_UUID_LEN: usize = 16;
+
+/// nvmlGpuFabricState_t (an unsigned char in the structs).
+pub type nvmlGpuFabricState_t = u8;
+pub const NVML_GPU_FABRIC_STATE_NOT_SUPPORTED: nvmlGpuFabricState_t = 0;
+pub const NVML_GPU_FABRIC_STATE_NOT_STARTED: nvmlGpuFabricState_t = 1;
+pub const NVML_GPU_FABRIC_STATE_IN_PROGRESS: nvmlGpuFabricState_t = 2;
+pub const NVML_GPU_FABRIC_STATE_COMPLETED: nvmlGpuFabricState_t = 3;
+
+// The fabric health mask: 2-bit fields (4 bits for the configuration) at these shifts.
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_DEGRADED_BW: c_uint = 0;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_DEGRADED_BW: c_uint = 0x3;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_NOT_SUPPORTED: c_uint = 0;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_TRUE: c_uint = 1;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_FALSE: c_uint = 2;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_RECOVERY: c_uint = 2;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_ROUTE_RECOVERY: c_uint = 0x3;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_RECOVERY_TRUE: c_uint = 1;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_RECOVERY_FALSE: c_uint = 2;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_UNHEALTHY: c_uint = 4;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_ROUTE_UNHEALTHY: c_uint = 0x3;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_UNHEALTHY_TRUE: c_uint = 1;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_UNHEALTHY_FALSE: c_uint = 2;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ACCESS_TIMEOUT_RECOVERY: c_uint = 6;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_ACCESS_TIMEOUT_RECOVERY: c_uint = 0x3;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ACCESS_TIMEOUT_RECOVERY_TRUE: c_uint = 1;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_ACCESS_TIMEOUT_RECOVERY_FALSE: c_uint = 2;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_INCORRECT_CONFIGURATION: c_uint = 8;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_INCORRECT_CONFIGURATION: c_uint = 0xf;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_INCORRECT_CONFIGURATION_NONE: c_uint = 1;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_PARTITION_ASSIGNED: c_uint = 12;
+pub const NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_PARTITION_ASSIGNED: c_uint = 0x3;
+
+pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED: u8 = 0;
+pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_HEALTHY: u8 = 1;
+pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_UNHEALTHY: u8 = 2;
+pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_LIMITED_CAPACITY: u8 = 3;
+
+/// nvmlDeviceGetGpuFabricInfo (the unversioned call). `state` is one byte; the
+/// three bytes after it are padding, written as zeros (some bindings read a
+/// 4-byte state).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_t {
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+}
+
+/// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v2.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_v2_t {
+    pub version: c_uint,
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+    pub healthMask: c_uint,
+}
+
+/// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v3
+/// (nvmlGpuFabricInfoV_t in the current header).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_v3_t {
+    pub version: c_uint,
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+    pub healthMask: c_uint,
+    pub healthSummary: u8,
+    pub _pad2: [u8; 3],
+}
+
+// ---------------------------------------------------------------- GPM
+
+/// An opaque sample buffer from nvmlGpmSampleAlloc.
+#[repr(C)]
+pub struct nvmlGpmSample_st {
+    _private: [u8; 0],
+}
+pub type nvmlGpmSample_t = *mut nvmlGpmSample_st;
+
+// nvmlGpmMetricId_t: the metrics the plugin reads, and the array bound of the
+// header these layouts follow.
+pub const NVML_GPM_METRIC_GRAPHICS_UTIL: c_uint = 1;
+pub const NVML_GPM_METRIC_SM_UTIL: c_uint = 2;
+pub const NVML_GPM_METRIC_SM_OCCUPANCY: c_uint = 3;
+pub const NVML_GPM_METRIC_INTEGER_UTIL: c_uint = 4;
+pub const NVML_GPM_METRIC_ANY_TENSOR_UTIL: c_uint = 5;
+pub const NVML_GPM_METRIC_DFMA_TENSOR_UTIL: c_uint = 6;
+pub const NVML_GPM_METRIC_HMMA_TENSOR_UTIL: c_uint = 7;
+pub const NVML_GPM_METRIC_IMMA_TENSOR_UTIL: c_uint = 9;
+pub const NVML_GPM_METRIC_DRAM_BW_UTIL: c_uint = 10;
+pub const NVML_GPM_METRIC_FP64_UTIL: c_uint = 11;
+pub const NVML_GPM_METRIC_FP32_UTIL: c_uint = 12;
+pub const NVML_GPM_METRIC_FP16_UTIL: c_uint = 13;
+/// MiB/s
+pub const NVML_GPM_METRIC_PCIE_TX_PER_SEC: c_uint = 20;
+pub const NVML_GPM_METRIC_PCIE_RX_PER_SEC: c_uint = 21;
+pub const NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: c_uint = 60;
+pub const NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: c_uint = 61;
+pub const NVML_GPM_METRIC_MAX: usize = 333;
+
+pub const NVML_GPM_METRICS_GET_VERSION: c_uint = 1;
+pub const NVML_GPM_SUPPORT_VERSION: c_uint = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetricInfo_t {
+    pub shortName: *mut c_char,
+    pub longName: *mut c_char,
+    pub unit: *mut c_char,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetric_t {
+    pub metricId: c_uint,
+    pub nvmlReturn: nvmlReturn_t,
+    pub value: f64,
+    pub metricInfo: nvmlGpmMetricInfo_t,
+}
+
+impl nvmlGpmMetric_t {
+    pub const fn request(metricId: c_uint) -> Self {
+        nvmlGpmMetric_t {
+            metricId,
+            nvmlReturn: NVML_SUCCESS,
+            value: 0.0,
+            metricInfo: nvmlGpmMetricInfo_t {
+                shortName: std::ptr::null_mut(),
+                longName: std::ptr::null_mut(),
+                unit: std::ptr::null_mut(),
+            },
+        }
+    }
+}
+
+/// The argument of nvmlGpmMetricsGet. NVML reads and writes only the first
+/// `numMetrics` entries of `metrics`, so newer headers (a larger array) and
+/// this one share a layout for every entry used.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetricsGet_t {
+    pub version: c_uint,
+    pub numMetrics: c_uint,
+    pub sample1: nvmlGpmSample_t,
+    pub sample2: nvmlGpmSample_t,
+    pub metrics: [nvmlGpmMetric_t; NVML_GPM_METRIC_MAX],
+}
+
+/// The fixed part of nvmlGpmMetricsGet_t, before `metrics`.
+pub const NVML_GPM_METRICS_GET_HEADER: usize = 24;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpmSupport_t {
+    pub version: c_uint,
+    pub isSupportedDevice: c_uint,
+}
+
 // ---------------------------------------------------------------- struct versions
 
 /// `NVML_STRUCT_VERSION(data, ver)`: the struct size with the version in the top byte.
@@ -633,6 +831,10 @@ pub const nvmlComputeInstanceProfileInfo_v3: c_uint = nvml_struct_version(
     std::mem::size_of::<nvmlComputeInstanceProfileInfo_v3_t>(),
     3,
 );
+pub const nvmlGpuFabricInfo_v2: c_uint =
+    nvml_struct_version(std::mem::size_of::<nvmlGpuFabricInfo_v2_t>(), 2);
+pub const nvmlGpuFabricInfo_v3: c_uint =
+    nvml_struct_version(std::mem::size_of::<nvmlGpuFabricInfo_v3_t>(), 3);
 
 // ---------------------------------------------------------------- function signatures
 //
@@ -731,6 +933,26 @@ pub type nvmlDeviceGetRemappedRows_fn = unsafe extern "C" fn(
 ) -> nvmlReturn_t;
 pub type nvmlDeviceGetRemappedRows_v2_fn =
     unsafe extern "C" fn(nvmlDevice_t, *mut nvmlRemappedRowsInfo_v2_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuInstanceId_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuFabricInfo_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuFabricInfoV_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_v3_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkState_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlEnableState_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkVersion_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkCapability_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, nvmlNvLinkCapability_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlGpmQueryDeviceSupport_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpmSupport_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleAlloc_fn = unsafe extern "C" fn(*mut nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleFree_fn = unsafe extern "C" fn(nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleGet_fn = unsafe extern "C" fn(nvmlDevice_t, nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmMigSampleGet_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmMetricsGet_fn = unsafe extern "C" fn(*mut nvmlGpmMetricsGet_t) -> nvmlReturn_t;
 
 #[cfg(test)]
 mod layout_tests {
@@ -785,6 +1007,39 @@ mod layout_tests {
         assert_eq!(offset_of!(nvmlRemappedRowsInfo_v2_t, uncActiveRemaps), 8);
         assert_eq!(offset_of!(nvmlRemappedRowsInfo_v2_t, bFailureOccurred), 20);
         assert_eq!(size_of::<nvmlRemappedRowsInfo_v2_t>(), 24);
+    }
+
+    #[test]
+    fn fabric_info() {
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_t, status), 16);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_t, cliqueId), 20);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_t, state), 24);
+        assert_eq!(size_of::<nvmlGpuFabricInfo_t>(), 28);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v2_t, clusterUuid), 4);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v2_t, status), 20);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v2_t, cliqueId), 24);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v2_t, state), 28);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v2_t, healthMask), 32);
+        assert_eq!(size_of::<nvmlGpuFabricInfo_v2_t>(), 36);
+        assert_eq!(nvmlGpuFabricInfo_v2, 0x0200_0024);
+        assert_eq!(offset_of!(nvmlGpuFabricInfo_v3_t, healthSummary), 36);
+        assert_eq!(size_of::<nvmlGpuFabricInfo_v3_t>(), 40);
+        assert_eq!(nvmlGpuFabricInfo_v3, 0x0300_0028);
+    }
+
+    #[test]
+    fn gpm() {
+        assert_eq!(offset_of!(nvmlGpmMetric_t, value), 8);
+        assert_eq!(offset_of!(nvmlGpmMetric_t, metricInfo), 16);
+        assert_eq!(size_of::<nvmlGpmMetric_t>(), 40);
+        assert_eq!(offset_of!(nvmlGpmMetricsGet_t, sample1), 8);
+        assert_eq!(offset_of!(nvmlGpmMetricsGet_t, sample2), 16);
+        assert_eq!(
+            offset_of!(nvmlGpmMetricsGet_t, metrics),
+            NVML_GPM_METRICS_GET_HEADER
+        );
+        assert_eq!(size_of::<nvmlGpmMetricsGet_t>(), 24 + 40 * 333);
+        assert_eq!(size_of::<nvmlGpmSupport_t>(), 8);
     }
 
     #[test]
