@@ -109,7 +109,8 @@ class DeviceWatch:
         self._session = NvmlSession()
         self._lock = threading.Lock()
         self._state = NvmlState.NOT_READY
-        self._state_reason = ""
+        self._said = ""  # the last state line logged
+        self._announced = -1  # the NVML epoch whose coming up was logged
         self._inventory: fp.Inventory | None = None
         self._events: EventWatcher | None = None
         self._retiring: list[EventWatcher] = []  # stopped, not ended yet
@@ -211,19 +212,22 @@ class DeviceWatch:
                 period = cfg.fingerprint_period
             now = time.monotonic()
             try:
-                if self._state is NvmlState.GONE:
-                    self._release_when_idle()
+                if self._state is NvmlState.GONE and self._release_when_idle():
+                    # Re-init with backoff: a driver that is back but whose GPUs are all
+                    # still lost must not make this a loop.
+                    next_try = now + backoff.delay(cfg.fingerprint_period)
                 if self._state in (NvmlState.ABSENT, NvmlState.NOT_READY) and now >= next_try:
                     delay = self._open(cfg, backoff)
                     next_try = now + delay
                     if delay == 0.0:  # up: scan and probe now
                         next_scan = next_probe = now
                 if self._state is NvmlState.READY:
-                    self._follow_health_config(cfg)
                     if now >= next_scan or self._scan_now.is_set():
                         self._scan_now.clear()
                         scanned_at = now
                         next_scan = now + self._scan(cfg, backoff)
+                    if self._state is NvmlState.READY:
+                        self._follow_health_config(cfg)
                     if self._state is NvmlState.READY and cfg.health.enabled and (
                         now >= next_probe or self._probe_now.is_set()
                     ):
@@ -251,13 +255,18 @@ class DeviceWatch:
             self._kick.clear()
 
     def _set_state(self, state: NvmlState, reason: str, level: int) -> None:
-        # One line per change of state (or of its reason), not per try.
-        if (state, reason) != (self._state, self._state_reason):
-            log.log(level, "%s", reason)
+        self._say(level, reason)
         changed = state is not self._state
-        self._state, self._state_reason = state, reason
+        self._state = state
         if changed:
             self._on_change()
+
+    def _say(self, level: int, line: str) -> None:
+        # One line per change of state, not per try: a line equal to the last one
+        # said (the same failure again, another cycle of a driver that flaps) is not repeated.
+        if line != self._said:
+            log.log(level, "%s", line)
+            self._said = line
 
     def _open(self, cfg: NvidiaConfig, backoff: _Backoff) -> float:
         """Try to init NVML; seconds until the next try (0 once it is up)."""
@@ -280,8 +289,10 @@ class DeviceWatch:
             reason = str(exc) if isinstance(exc, NvmlUnavailable) else f"NVML failed to initialise: {exc}"
             self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff", logging.WARNING)
             return delay
-        backoff.reset()
-        self._set_state(NvmlState.READY, "NVML initialised", logging.INFO)
+        # Not logged yet: "NVML initialised" is said by the first scan that finds the
+        # driver well, so a driver that comes back with every GPU lost logs nothing new.
+        self._state = NvmlState.READY
+        self._on_change()
         return 0.0
 
     def _follow_health_config(self, cfg: NvidiaConfig) -> None:
@@ -315,6 +326,9 @@ class DeviceWatch:
             self._driver_gone(str(exc))
             return 0.0
         self._scans += 1
+        if self._announced != self._session.epoch:
+            self._announced = self._session.epoch
+            self._say(logging.INFO, f"NVML initialised: {len(inventory.devices)} devices")
         for dev in inventory.devices:
             failure = inventory.failures.get(dev.id)
             if failure is not None:
@@ -398,16 +412,17 @@ class DeviceWatch:
             engines = list(self._engines)
         self._set_state(NvmlState.GONE, f"{reason}; releasing NVML to initialise it again", logging.WARNING)
         if events is not None:
-            events.stop(timeout=0.0)  # ends on its own soon; its waits fail fast now
+            events.stop(timeout=None)  # ends on its own soon; its waits fail fast now
             self._retiring.append(events)
         for engine in engines:
             # Each native engine holds its own NVML reference; all must go for a fresh session.
             engine.close()
 
-    def _release_when_idle(self) -> None:
+    def _release_when_idle(self) -> bool:
+        """Release NVML once nothing of ours is in it; whether it did."""
         self._retiring = [w for w in self._retiring if w.alive]
         if self._runner.live() or self._retiring:
-            return  # nvmlShutdown never runs under a live call, nor before the old event set is freed
+            return False  # nvmlShutdown never runs under a live call, nor before the old event set is freed
         self._session.release(self._runner)
-        self._state = NvmlState.NOT_READY  # the next _open logs the outcome
-        self._state_reason = ""
+        self._state = NvmlState.NOT_READY  # the next _open logs a new outcome
+        return True

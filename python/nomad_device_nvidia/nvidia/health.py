@@ -24,6 +24,7 @@ import pynvml
 
 from nomad_device_nvidia.nvidia.calls import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.config import HealthConfig
+from nomad_device_nvidia.nvidia.nvml_session import DRIVER_GONE_CODES
 from nomad_device_nvidia.nvidia.fingerprint import (
     UNSUPPORTED_CODES,
     GpuDevice,
@@ -204,6 +205,8 @@ def _probe_work(members: Sequence[GpuDevice], c: Calls) -> ProbeResult:
 def record_probe(book: HealthBook, members: Sequence[GpuDevice], result: ProbeResult) -> None:
     for dev in members:
         exc = result.errors.get(dev.id)
+        if exc is not None and exc.value in DRIVER_GONE_CODES:
+            continue  # about the driver, not this GPU: the scan that follows decides
         if exc is not None:
             book.failed(dev.id, failure_of(exc))
         else:
@@ -296,12 +299,14 @@ class EventWatcher:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def stop(self, timeout: float = 2.0) -> bool:
-        """Stop the thread; False when it has not ended after `timeout` (it then frees nothing)."""
+    def stop(self, timeout: float | None = 2.0) -> bool:
+        """Stop the thread; False when it has not ended after `timeout` (None: do not wait)."""
         self._stop.set()
         thread = self._thread
         if thread is None:
             return True
+        if timeout is None:
+            return not thread.is_alive()
         thread.join(timeout=timeout)
         if thread.is_alive():
             log.warning("the NVML event watcher has not stopped after %.0fs", timeout)

@@ -207,11 +207,9 @@ class NvidiaDevicePlugin(DevicePlugin):
                     log.info("plugin disabled by config; ending the stats stream")
                     return
                 data = self._stats.collect()
-                if data is None:
-                    # Nothing to read while NVML is down; the fingerprint says why.
-                    stop.wait(min(interval, _STOP_CHECK_S * 5))
-                    continue
-                yield data
+                # While NVML is down: an empty StatsResponse (no groups), not stale
+                # figures; the fingerprint says why.
+                yield data if data is not None else b""
                 stop.wait(interval)
         finally:
             self._stats.leave()
