@@ -949,3 +949,46 @@ def test_stats_streams_share_one_engine(tmp_path: Path, engine: str) -> None:
             assert all(len(t["NVIDIA L4"]) == 2 for t in report["ticks"]), report
     # One engine while the 8 were open, a new one for the next streams (the last close freed it).
     assert log.count(f"stats engine: {engine}") == 2, log
+
+
+def test_a_blocked_gpu_holds_one_thread_however_much_work_comes(tmp_path: Path) -> None:
+    # GPU 1's every call blocks from 0.5 s on: scans every second, probes every 100 ms
+    # and eight python-engine Stats streams at 20 ms all have work for it.
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "l4"
+        count = 3
+
+        [[faults]]
+        kind = "hang"
+        gpu = 1
+        after_s = 0.5
+        """,
+    )
+    config = {
+        "simulate": path,
+        "fingerprint_period": "1s",
+        "stats_engine": "python",
+        "health": {"probe_interval": "100ms", "call_timeout": "200ms"},
+    }
+    out, log = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "sum(len(g['devices']) for g in groups) == 3"},
+            {"op": "wait", "until": why_contains("did not return within 200ms")},
+            {"op": "stats_streams", "n": 8, "ticks": 40, "interval": 0.02},
+            {"op": "threads"},
+            {"op": "stop"},
+        ]
+    )
+    assert "timeout" not in out[3], out[3]
+    blocked = [d for d in devices(out[3]["groups"]) if not d["healthy"]]
+    assert len(blocked) == 1, out[3]
+    for report in out[4]["reports"]:
+        assert len(report["ticks"]) >= 40, report  # the others kept their pace
+    # The pool's workers on time (at most 8) and idle ones (2), plus one for the blocked GPU.
+    assert out[4]["names"].count("nvml-call") <= 8 + 2 + 1, out[4]["names"]
+    assert out[5]["names"].count("nvml-call") <= 8 + 2 + 1, out[5]["names"]
