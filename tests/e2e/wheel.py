@@ -7,6 +7,7 @@ runs the plugin as a user gets it, from the installed wheel.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -45,9 +46,13 @@ def _newest_input() -> float:
     return newest
 
 
-def wheel_path() -> Path | None:
+HOST_ARCH = platform.machine()
+
+
+def wheel_path(arch: str = HOST_ARCH) -> Path | None:
+    """The wheel for one CPU architecture (`make wheel` builds x86_64 and aarch64)."""
     # The newest by time: names do not sort by age ("cp39" sorts after "cp310").
-    found = DIST.glob(f"nomad_device_nvidia-{project_version()}-*.whl")
+    found = DIST.glob(f"nomad_device_nvidia-{project_version()}-*_{arch}.whl")
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -56,14 +61,16 @@ def sdist_path() -> Path | None:
     return p if p.is_file() else None
 
 
-def ensure_wheel() -> Path:
-    """The current wheel in dist/, built with scripts/build_wheel.sh unless one newer
-    than every source input is already there."""
-    whl = wheel_path()
+def ensure_wheel(arch: str = HOST_ARCH) -> Path:
+    """The current wheel for `arch` in dist/, built with scripts/build_wheel.sh (that
+    architecture only) unless one newer than every source input is already there."""
+    whl = wheel_path(arch)
     if whl is None or sdist_path() is None or whl.stat().st_mtime < _newest_input():
-        res = subprocess.run(["bash", str(BUILD_SCRIPT), str(DIST)], capture_output=True, text=True, timeout=1200)
+        env = dict(os.environ, NOMAD_WHEEL_TARGETS=f"{arch}-unknown-linux-gnu")
+        res = subprocess.run(["bash", str(BUILD_SCRIPT), str(DIST)], capture_output=True, text=True, timeout=1200,
+                             env=env)
         assert res.returncode == 0, f"scripts/build_wheel.sh failed ({res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
-        whl = wheel_path()
+        whl = wheel_path(arch)
         assert whl is not None, f"scripts/build_wheel.sh made no wheel in {DIST}"
     return whl
 
