@@ -12,9 +12,12 @@ export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean
+.PHONY: demo test venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean \
+	launcher nomad cluster test-cluster test-aarch64
 
-demo: build
+# Only what the demo runs: the plugin, the simulated driver and Nomad's launcher
+# (not the nomad agent, the slowest build).
+demo: native sim launcher
 	$(VPY) scripts/demo.py
 
 test: build
@@ -24,8 +27,11 @@ test: build
 	$(MAKE) bench-ci
 
 venv: $(VENV)/.deps-stamp
+# Development needs Python 3.11+ (the tests read TOML with tomllib); the wheel serves 3.10+.
 $(VENV)/.deps-stamp: requirements-dev.txt
-	test -x $(VPY) || $(PY) -m venv $(VENV)
+	test -x $(VPY) || { $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make: $(PY) is Python $$($(PY) -c 'import platform; print(platform.python_version())'); development needs 3.11+ (make PY=python3.11)" >&2; exit 1; }; \
+	  $(PY) -m venv $(VENV); }
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -49,6 +55,12 @@ sim:
 # cache under $HOME makes later builds quick).
 harness:
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin all nomad
+
+launcher:
+	$(MAKE) -C tests/harness BIN=$(BUILD)/bin launcher
+
+nomad:
+	$(MAKE) -C tests/harness BIN=$(BUILD)/bin nomad
 
 test-rust: sim
 	cargo test --release -q --workspace --exclude nomad-device-nvidia-native
@@ -79,6 +91,19 @@ e2e: build
 
 transcript: build
 	bash scripts/e2e_transcript.sh
+
+# A Nomad server and three clients on loopback, each with the plugin on a
+# different simulated node (docs/cluster.md); Ctrl-C stops it all.
+cluster: native sim nomad
+	$(VPY) scripts/cluster.py
+
+# The scheduling checks on that cluster (also part of `make test`, through test-python).
+test-cluster: native sim nomad
+	$(VPY) -m pytest tests/test_cluster.py
+
+# The aarch64 wheel run on an arm64 Debian under qemu-user (tests/e2e/aarch64.py).
+test-aarch64: venv
+	$(VPY) -m pytest tests/test_aarch64.py
 
 clean:
 	rm -rf $(BUILD) dist
