@@ -25,32 +25,76 @@ class ProbeError(Exception):
 
 
 def load_plugin_config(path: Path) -> dict[str, Any]:
-    """The `config` of the agent's `plugin "nomad-device-nvidia"` block in an HCL file."""
-    import hcl2
-    from hcl2.utils import SerializationOptions
+    """The `config` of the agent's `plugin "nomad-device-nvidia"` block in an agent file.
 
+    Read with pyhcl, an HCL1 parser, as the agent reads its files (HCL1, or JSON);
+    of several blocks with that name the last one counts, as in Nomad's plugin
+    loader, which keys the blocks by name. tests/test_probe_config.py compares
+    the result with what the agent's own code reads from the same files.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
         raise ProbeError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        doc = hcl2.loads(text, serialization_options=SerializationOptions(
-            strip_string_quotes=True, explicit_blocks=False, with_comments=False))
+        doc = _hcl1_loads(text)
     except Exception as exc:
         raise ProbeError(f"{path} is not valid HCL: {str(exc).splitlines()[0]}") from None
-    for block in doc.get("plugin", []):
+    found: Any = None
+    for block in _blocks(doc.get("plugin") if isinstance(doc, dict) else None):
         for name in PLUGIN_BLOCK_NAMES:
             if name in block:
-                configs = block[name].get("config", [{}])
-                config = _unwrap_blocks(configs[0] if configs else {})
-                if not isinstance(config, dict):
-                    raise ProbeError(f"{path}: the plugin block's config must be a block")
-                return config
-    raise ProbeError(f'{path} has no plugin "nomad-device-nvidia" block')
+                found = block[name]
+    if found is None:
+        raise ProbeError(f'{path} has no plugin "nomad-device-nvidia" block')
+    body = _last(found)
+    config = _unwrap_blocks(body.get("config", {})) if isinstance(body, dict) else None
+    if not isinstance(config, dict):
+        raise ProbeError(f"{path}: the plugin block's config must be a block")
+    return config
+
+
+def _hcl1_loads(text: str) -> Any:
+    """pyhcl's reading of an HCL1 or JSON document, heredocs as HCL1 itself reads them.
+
+    Go's HCL1 keeps the newline before a heredoc's closing marker
+    (`<<EOT\npython\nEOT` is "python\n", which the plugin then refuses as the
+    agent would); pyhcl drops it.
+    """
+    from hcl.api import isHcl
+    from hcl.lexer import Lexer
+    from hcl.parser import HclParser
+
+    if not isHcl(text):
+        return json.loads(text)
+
+    class Hcl1Lexer(Lexer):  # type: ignore[misc]
+        def _end_heredoc(self, t: Any) -> Any:
+            closing = t.value.strip() if t.lexer.is_tabbed else t.value
+            on_own_line = closing == t.lexer.here_identifier
+            tok = super()._end_heredoc(t)
+            if tok is not None and on_own_line:
+                tok.value += "\n"
+            return tok
+
+    return HclParser().yacc.parse(text, lexer=Hcl1Lexer())
+
+
+def _blocks(value: Any) -> list[dict[str, Any]]:
+    # `plugin "x" {}` parses as {"x": {...}}; JSON may also give a list of such objects.
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict)]
+    return []
+
+
+def _last(value: Any) -> Any:
+    return value[-1] if isinstance(value, list) and value else value
 
 
 def _unwrap_blocks(value: Any) -> Any:
-    # HCL blocks parse as one-element lists of objects; hcldec hands the plugin the object.
+    # A block written in JSON as a one-element list of objects is that object, as hcldec sees it.
     if isinstance(value, dict):
         return {k: _unwrap_blocks(v) for k, v in value.items()}
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/ast"
 	"github.com/hashicorp/hcl/v2/hcldec"
 	"github.com/hashicorp/nomad/client/lib/numalib"
+	"github.com/hashicorp/nomad/command/agent"
 	"github.com/hashicorp/nomad/helper/pluginutils/hclspecutils"
 	"github.com/hashicorp/nomad/helper/pluginutils/hclutils"
 	"github.com/hashicorp/nomad/nomad/structs/config"
@@ -95,10 +96,12 @@ type agentPluginBlocks struct {
 	Plugins []*config.PluginConfig `hcl:"plugin"`
 }
 
-// readPluginConfig reads an HCL file as the agent does. It takes an agent
-// file with `plugin` blocks (the one named name, or the only one), or the
-// launcher's form, a bare `config { ... }` block, which is read as the body
-// of a plugin block.
+// readPluginConfig reads an HCL file as the agent does. An agent file (HCL
+// or JSON) with `plugin` blocks goes through the agent's own
+// agent.ParseConfigFile, and the block the loader would use is taken: the
+// last one with that name (the loader keys its configs by name), or the only
+// one. The launcher's form, a bare `config { ... }` block, is read as the
+// body of a plugin block.
 func readPluginConfig(path, name string) (*config.PluginConfig, error) {
 	if path == "" {
 		return &config.PluginConfig{Name: name}, nil
@@ -115,23 +118,31 @@ func readPluginConfig(path, name string) (*config.PluginConfig, error) {
 	if !ok {
 		return nil, fmt.Errorf("error parsing %s: root should be an object", path)
 	}
-	src := string(text)
 	if len(list.Filter("plugin").Items) == 0 {
-		src = fmt.Sprintf("plugin %q {\n%s\n}\n", name, text)
-	}
-	var blocks agentPluginBlocks
-	if err := hcl.Decode(&blocks, src); err != nil {
-		return nil, fmt.Errorf("failed to decode HCL file %s: %w", path, err)
-	}
-	if len(blocks.Plugins) == 1 {
+		var blocks agentPluginBlocks
+		src := fmt.Sprintf("plugin %q {\n%s\n}\n", name, text)
+		if err := hcl.Decode(&blocks, src); err != nil {
+			return nil, fmt.Errorf("failed to decode HCL file %s: %w", path, err)
+		}
 		return blocks.Plugins[0], nil
 	}
-	for _, p := range blocks.Plugins {
+	cfg, err := agent.ParseConfigFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Plugins) == 1 {
+		return cfg.Plugins[0], nil
+	}
+	var found *config.PluginConfig
+	for _, p := range cfg.Plugins {
 		if p.Name == name {
-			return p, nil
+			found = p
 		}
 	}
-	return nil, fmt.Errorf("%s: no single plugin block, and none named %q", path, name)
+	if found == nil {
+		return nil, fmt.Errorf("%s: no single plugin block, and none named %q", path, name)
+	}
+	return found, nil
 }
 
 // encodeConfig is the loader's validatePluginConfig: the block's config map
