@@ -16,10 +16,10 @@ use crate::fns::{Fn, SysFn};
 use crate::sim::{ComputeInstance, Device, GpuInstance, Metric, Sim, MIB};
 use crate::state;
 
-type R = Result<(), nvmlReturn_t>;
+pub(crate) type R = Result<(), nvmlReturn_t>;
 
 #[inline]
-fn guard(f: impl FnOnce() -> R) -> nvmlReturn_t {
+pub(crate) fn guard(f: impl FnOnce() -> R) -> nvmlReturn_t {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => NVML_SUCCESS,
         Ok(Err(code)) => code,
@@ -30,7 +30,7 @@ fn guard(f: impl FnOnce() -> R) -> nvmlReturn_t {
 /// The machine of the current session; Err while uninitialized or while a
 /// driver_gone fault holds (every call but nvmlShutdown and nvmlErrorString).
 #[inline]
-fn sim() -> Result<&'static Sim, nvmlReturn_t> {
+pub(crate) fn sim() -> Result<&'static Sim, nvmlReturn_t> {
     let s = state::current().ok_or(NVML_ERROR_UNINITIALIZED)?;
     match s.gone() {
         Some(code) => Err(code),
@@ -48,13 +48,16 @@ fn index_in<T>(items: &[T], p: usize) -> Option<usize> {
 }
 
 #[inline]
-fn device(s: &'static Sim, h: nvmlDevice_t) -> Result<(usize, &'static Device), nvmlReturn_t> {
+pub(crate) fn device(
+    s: &'static Sim,
+    h: nvmlDevice_t,
+) -> Result<(usize, &'static Device), nvmlReturn_t> {
     let i = index_in(&s.devices, h as usize).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
     Ok((i, &s.devices[i]))
 }
 
 #[inline]
-fn device_handle(s: &Sim, i: usize) -> nvmlDevice_t {
+pub(crate) fn device_handle(s: &Sim, i: usize) -> nvmlDevice_t {
     &s.devices[i] as *const Device as nvmlDevice_t
 }
 
@@ -84,7 +87,7 @@ fn compute_instance_handle(s: &Sim, i: usize) -> nvmlComputeInstance_t {
 
 /// The common shape of a per-device query.
 #[inline]
-fn on_device(
+pub(crate) fn on_device(
     h: nvmlDevice_t,
     f: Fn,
     body: impl FnOnce(&'static Sim, usize, &'static Device) -> R,
@@ -98,7 +101,7 @@ fn on_device(
 }
 
 #[inline]
-unsafe fn put<T>(p: *mut T, v: T) -> R {
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) -> R {
     if p.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -130,7 +133,7 @@ unsafe fn get_str<'a>(p: *const c_char) -> Result<&'a str, nvmlReturn_t> {
 
 /// Queries a MIG device cannot answer (they belong to the whole GPU).
 #[inline]
-fn gpu_only(d: &Device) -> R {
+pub(crate) fn gpu_only(d: &Device) -> R {
     if d.mig.is_some() {
         Err(NVML_ERROR_NOT_SUPPORTED)
     } else {
@@ -1882,6 +1885,11 @@ fn field_function(id: u32) -> Option<Fn> {
         NVML_FI_DEV_REMAPPED_COR..=NVML_FI_DEV_REMAPPED_FAILURE
         | NVML_FI_DEV_REMAPPED_ROWS_COR_INACTIVE
         | NVML_FI_DEV_REMAPPED_ROWS_UNC_INACTIVE => Fn::nvmlDeviceGetRemappedRows,
+        NVML_FI_DEV_NVLINK_SPEED_MBPS_L0..=NVML_FI_DEV_NVLINK_LINK_COUNT
+        | NVML_FI_DEV_NVLINK_SPEED_MBPS_L6..=NVML_FI_DEV_NVLINK_SPEED_MBPS_L11
+        | NVML_FI_DEV_NVLINK_GET_SPEED..=NVML_FI_DEV_NVLINK_GET_VERSION => {
+            Fn::nvmlDeviceGetNvLinkState
+        }
         _ => return None,
     })
 }
@@ -1891,7 +1899,13 @@ enum FieldValue {
     U64(c_ulonglong),
 }
 
-fn field_value(s: &Sim, i: usize, d: &Device, id: u32) -> Result<FieldValue, nvmlReturn_t> {
+fn field_value(
+    s: &Sim,
+    i: usize,
+    d: &Device,
+    id: u32,
+    scope: u32,
+) -> Result<FieldValue, nvmlReturn_t> {
     if d.unsupported_fields.contains(&id) {
         return Err(NVML_ERROR_NOT_SUPPORTED);
     }
@@ -1987,6 +2001,32 @@ fn field_value(s: &Sim, i: usize, d: &Device, id: u32) -> Result<FieldValue, nvm
         NVML_FI_DEV_POWER_DEFAULT_LIMIT
         | NVML_FI_DEV_POWER_CURRENT_LIMIT
         | NVML_FI_DEV_POWER_REQUESTED_LIMIT => FieldValue::U32(limit_mw(s, d)),
+        NVML_FI_DEV_NVLINK_LINK_COUNT => FieldValue::U32(crate::fabric::links(m)?),
+        NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON => {
+            crate::fabric::links(m)?;
+            FieldValue::U32(m.nvlink_speed_mbps)
+        }
+        NVML_FI_DEV_NVLINK_SPEED_MBPS_L0..=NVML_FI_DEV_NVLINK_SPEED_MBPS_L5 => {
+            crate::fabric::link(m, id - NVML_FI_DEV_NVLINK_SPEED_MBPS_L0)?;
+            FieldValue::U32(m.nvlink_speed_mbps)
+        }
+        NVML_FI_DEV_NVLINK_SPEED_MBPS_L6..=NVML_FI_DEV_NVLINK_SPEED_MBPS_L11 => {
+            crate::fabric::link(m, id - NVML_FI_DEV_NVLINK_SPEED_MBPS_L6 + 6)?;
+            FieldValue::U32(m.nvlink_speed_mbps)
+        }
+        // Per link: the link is the field's scopeId.
+        NVML_FI_DEV_NVLINK_GET_SPEED => {
+            crate::fabric::link(m, scope)?;
+            FieldValue::U32(m.nvlink_speed_mbps)
+        }
+        NVML_FI_DEV_NVLINK_GET_STATE => {
+            crate::fabric::link(m, scope)?;
+            FieldValue::U32(NVML_NVLINK_STATE_ACTIVE)
+        }
+        NVML_FI_DEV_NVLINK_GET_VERSION => {
+            crate::fabric::link(m, scope)?;
+            FieldValue::U32(m.nvlink_version)
+        }
         _ => return Err(NVML_ERROR_NOT_SUPPORTED),
     })
 }
@@ -2009,7 +2049,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
         for v in values {
             v.timestamp = timestamp;
             v.latencyUsec = 0;
-            match field_value(s, i, d, v.fieldId) {
+            match field_value(s, i, d, v.fieldId, v.scopeId) {
                 Ok(FieldValue::U32(x)) => {
                     v.valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
                     v.value = nvmlValue_t { ullVal: 0 };

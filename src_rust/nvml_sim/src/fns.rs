@@ -80,6 +80,14 @@ device_functions!(
     nvmlDeviceGetRetiredPages,
     nvmlDeviceGetRetiredPagesPendingStatus,
     nvmlDeviceGetRemappedRows,
+    nvmlDeviceGetNvLinkState,
+    nvmlDeviceGetNvLinkVersion,
+    nvmlDeviceGetNvLinkCapability,
+    nvmlDeviceGetGpuFabricInfo,
+    nvmlGpmQueryDeviceSupport,
+    nvmlGpmSampleGet,
+    nvmlGpmMigSampleGet,
+    nvmlGpmMetricsGet,
     // Handle lookups: they name one GPU, so latency and hangs apply to them, but
     // they are not "calls on the GPU" (lost / not_supported / after_calls ignore them).
     nvmlDeviceGetHandleByIndex,
@@ -120,6 +128,11 @@ pub fn lookup(name: &str) -> Option<usize> {
         .strip_suffix("ThrottleReasons")
         .map(|_| "nvmlDeviceGetCurrentClocksEventReasons")
         .unwrap_or(base);
+    // The versioned-struct form ("...InfoV") is the same query.
+    let base = match base {
+        "nvmlDeviceGetGpuFabricInfoV" => "nvmlDeviceGetGpuFabricInfo",
+        other => other,
+    };
     NAMES.iter().position(|n| *n == base)
 }
 
@@ -167,5 +180,9 @@ mod tests {
             Some(SysFn::nvmlDeviceGetCount as usize)
         );
         assert_eq!(lookup_system("nvmlDeviceGetPowerUsage"), None);
+        assert_eq!(
+            lookup("nvmlDeviceGetGpuFabricInfoV"),
+            Some(Fn::nvmlDeviceGetGpuFabricInfo as usize)
+        );
     }
 }

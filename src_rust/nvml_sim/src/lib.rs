@@ -5,8 +5,10 @@
 
 pub mod api;
 pub mod events;
+pub mod fabric;
 pub mod fns;
 pub mod gen;
+pub mod gpm;
 pub mod models;
 pub mod scenario;
 pub mod sim;

@@ -61,15 +61,32 @@ pub struct Model {
     pub page_retirement: bool,
     /// Row remapping (Ampere and later): nvmlDeviceGetRemappedRows answers.
     pub row_remapping: bool,
+    /// GPU Performance Monitoring (Hopper and later): nvmlGpmQueryDeviceSupport
+    /// says so and the nvmlGpm* sample calls answer.
+    pub gpm: bool,
+    /// NVLink links present (0: none, the NVLink queries answer NOT_SUPPORTED),
+    /// each link's speed in MB/s (NVML's "MBps") and its nvmlNvlinkVersion_t.
+    pub nvlink_links: u32,
+    pub nvlink_speed_mbps: u32,
+    pub nvlink_version: u32,
+    /// Registered with an NVLink fabric manager (an NVLink domain): the fabric
+    /// info calls report a cluster and a clique.
+    pub fabric: bool,
 }
 
 impl Model {
-    /// How the board repairs memory follows its architecture: page retirement up to
-    /// Volta/Turing, row remapping from Ampere on (unknown numbers count as newer).
-    pub fn set_memory_repair_by_architecture(&mut self) {
+    /// What follows the architecture: memory repair (page retirement up to
+    /// Volta/Turing, row remapping from Ampere on) and GPM (Hopper and later);
+    /// unknown numbers count as newer.
+    pub fn set_by_architecture(&mut self) {
         let before_ampere = self.architecture < NVML_DEVICE_ARCH_AMPERE;
         self.page_retirement = before_ampere;
         self.row_remapping = !before_ampere;
+        self.gpm = self.hopper_or_later();
+    }
+
+    pub fn hopper_or_later(&self) -> bool {
+        self.architecture >= NVML_DEVICE_ARCH_HOPPER
     }
 }
 
@@ -88,6 +105,7 @@ const MIG_LAYOUT: [(&str, u32, u32, u32, u32, u32, u32); 6] = [
 
 /// Multiprocessors per profile (rows of MIG_LAYOUT), by architecture.
 const HOPPER_SMS: [u32; 6] = [16, 16, 32, 60, 64, 132];
+const BLACKWELL_SMS: [u32; 6] = [18, 18, 36, 54, 72, 144];
 const AMPERE_SMS: [u32; 6] = [14, 14, 28, 42, 56, 98];
 
 /// A board's MIG profiles: MIG_LAYOUT with the architecture's multiprocessor
@@ -126,6 +144,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "l4",
     "v100-sxm2-32gb",
     "gb10",
+    "gb200",
 ];
 
 pub fn preset(key: &str) -> Option<Model> {
@@ -164,6 +183,12 @@ pub fn preset(key: &str) -> Option<Model> {
         mig_total_memory_slices: 8,
         page_retirement: false,
         row_remapping: true,
+        gpm: true,
+        // 18 NVLink 4 links of 26.562 GB/s each way, to the NVSwitches of an HGX board.
+        nvlink_links: 18,
+        nvlink_speed_mbps: 26562,
+        nvlink_version: NVML_NVLINK_VERSION_4_0,
+        fabric: false,
     };
     let mut model = match key {
         "h100-sxm5-80gb" => h100,
@@ -219,6 +244,9 @@ pub fn preset(key: &str) -> Option<Model> {
                 jpegs: 1,
                 temp_thresholds_c: [92, 89, 95, 85],
                 vbios: "92.00.36.00.02".into(),
+                nvlink_links: 12,
+                nvlink_speed_mbps: 25000,
+                nvlink_version: NVML_NVLINK_VERSION_3_0,
                 mig_profiles: if big {
                     mig_profiles(
                         AMPERE_SMS,
@@ -259,6 +287,7 @@ pub fn preset(key: &str) -> Option<Model> {
             ofas: 1,
             temp_thresholds_c: [96, 93, 0, 90],
             vbios: "95.04.29.00.06".into(),
+            nvlink_links: 0,
             mig_profiles: Vec::new(),
             mig_total_slices: 0,
             mig_total_memory_slices: 0,
@@ -289,6 +318,9 @@ pub fn preset(key: &str) -> Option<Model> {
             ofas: 0,
             temp_thresholds_c: [90, 87, 95, 83],
             vbios: "88.00.80.00.04".into(),
+            nvlink_links: 6,
+            nvlink_speed_mbps: 25000,
+            nvlink_version: NVML_NVLINK_VERSION_2_0,
             mig_profiles: Vec::new(),
             mig_total_slices: 0,
             mig_total_memory_slices: 0,
@@ -320,14 +352,55 @@ pub fn preset(key: &str) -> Option<Model> {
             ofas: 1,
             temp_thresholds_c: [100, 95, 0, 90],
             vbios: "98.B0.10.00.01".into(),
+            // Its link to the CPU is NVLink-C2C, which the NVLink queries do not count.
+            nvlink_links: 0,
             mig_profiles: Vec::new(),
             mig_total_slices: 0,
             mig_total_memory_slices: 0,
             ..h100
         },
+        // One Blackwell GPU of a Grace Blackwell superchip (GB200 NVL72 and NVL4
+        // trays): HBM3e shared coherently with the Grace CPU over NVLink-C2C (no
+        // BAR1 aperture reported, as on GH200), 18 NVLink 5 links to the NVLink
+        // switch trays, and a place in the rack's NVLink fabric.
+        "gb200" => Model {
+            key: "gb200",
+            name: "NVIDIA GB200".into(),
+            memory_mib: 189471,
+            memory_reserved_mib: 1123,
+            bar1_mib: None,
+            power_limit_w: 1200.0,
+            power_min_w: 200.0,
+            power_max_w: 1200.0,
+            max_clocks_mhz: [2062, 2062, 3996, 1755],
+            pcie_gen: 6,
+            pcie_width: 16,
+            compute_capability: (10, 0),
+            architecture: NVML_DEVICE_ARCH_BLACKWELL,
+            pci_device_id: 0x2941_10DE,
+            pci_subsystem_id: 0x2046_10DE,
+            multiprocessors: 144,
+            copy_engines: 10,
+            decoders: 7,
+            encoders: 0,
+            jpegs: 7,
+            ofas: 1,
+            temp_thresholds_c: [95, 92, 95, 88],
+            vbios: "97.00.6A.00.03".into(),
+            mig_profiles: mig_profiles(
+                BLACKWELL_SMS,
+                [23, 46, 46, 93, 93, 186],
+                [23296, 47104, 47104, 94720, 94720, 188928],
+            ),
+            nvlink_links: 18,
+            nvlink_speed_mbps: 50000,
+            nvlink_version: NVML_NVLINK_VERSION_5_0,
+            fabric: true,
+            ..h100
+        },
         _ => return None,
     };
-    model.set_memory_repair_by_architecture();
+    model.set_by_architecture();
     Some(model)
 }
 
@@ -358,6 +431,23 @@ mod tests {
         assert_eq!((gb10.memory_mib, gb10.bar1_mib), (0, None));
         assert_eq!(gb10.max_clocks_mhz[2], 0);
         assert_eq!(gb10.compute_capability, (12, 1));
+    }
+
+    #[test]
+    fn gpm_from_hopper_on_and_a_fabric_on_grace_blackwell() {
+        for key in ["h100-sxm5-80gb", "gh200-96gb", "gb10", "gb200"] {
+            assert!(preset(key).unwrap().gpm, "{key}");
+        }
+        for key in ["a100-sxm4-40gb", "a100-sxm4-80gb", "l4", "v100-sxm2-32gb"] {
+            assert!(!preset(key).unwrap().gpm, "{key}");
+        }
+        let gb200 = preset("gb200").unwrap();
+        assert!(gb200.fabric && gb200.mig_profiles.len() == 6);
+        assert_eq!((gb200.nvlink_links, gb200.nvlink_speed_mbps), (18, 50000));
+        assert_eq!(gb200.compute_capability, (10, 0));
+        assert!(MODEL_KEYS
+            .iter()
+            .all(|k| *k == "gb200" || !preset(k).unwrap().fabric));
     }
 
     #[test]

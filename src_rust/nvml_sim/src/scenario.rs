@@ -139,6 +139,15 @@ pub struct GpuGroup {
     pub page_retirement: Option<bool>,
     /// Whether nvmlDeviceGetRemappedRows answers (default: Ampere and later).
     pub row_remapping: Option<bool>,
+    /// Whether GPM answers (default: Hopper and later).
+    pub gpm: Option<bool>,
+    /// NVLink links present (0 = none), each link's speed in MB/s, and the NVLink
+    /// version ("4.0", "5.0", ...).
+    pub nvlink_links: Option<u32>,
+    pub nvlink_speed_mbps: Option<u32>,
+    pub nvlink_version: Option<String>,
+    /// The GPUs' place in an NVLink fabric (default: the preset's).
+    pub fabric: Option<FabricSpec>,
     #[serde(default)]
     pub display_mode: bool,
     #[serde(default = "default_true")]
@@ -159,6 +168,20 @@ pub struct GpuGroup {
 fn default_count() -> u32 {
     1
 }
+
+/// `[gpus.fabric]`: what nvmlDeviceGetGpuFabricInfo[V] reports once the fabric
+/// manager has registered the GPU.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FabricSpec {
+    /// false: the GPUs are in no fabric (state NOT_SUPPORTED).
+    pub enabled: Option<bool>,
+    /// The NVLink domain's cluster UUID; default from the scenario name (one
+    /// domain for every GPU of the scenario).
+    pub cluster_uuid: Option<String>,
+    /// The fabric clique (partition) within the cluster.
+    pub clique: Option<u32>,
+}
 fn default_true() -> bool {
     true
 }
@@ -167,7 +190,8 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Fault {
     /// "not_supported", "lost", "hang", "page_retirement_pending", "row_remap_pending",
-    /// "row_remap_failed", "event_wait_error" or "driver_gone". Which of the keys
+    /// "row_remap_failed", "event_wait_error", "driver_gone", "fabric_not_ready" or
+    /// "fabric_unhealthy". Which of the keys
     /// below apply depends on the kind; a key that does not apply is an error.
     pub kind: String,
     /// GPU indexes (nvmlDeviceGetHandleByIndex order); `gpu` for one. Neither = all.
@@ -185,7 +209,7 @@ pub struct Fault {
     pub after_s: Option<f64>,
     /// lost: number of calls on the GPU after which it is lost.
     pub after_calls: Option<u64>,
-    /// lost / event_wait_error / driver_gone: how long after the start it ends.
+    /// lost / event_wait_error / driver_gone / fabric_*: how long after the start it ends.
     pub recover_after_s: Option<f64>,
     pub recover_after_calls: Option<u64>,
     /// hang: seconds on the machine's clock from which calls no longer hang.
@@ -202,6 +226,10 @@ pub struct Fault {
     /// uncorrectable errors.
     pub correctable_rows: Option<u32>,
     pub uncorrectable_rows: Option<u32>,
+    /// fabric_not_ready: the fabric state meanwhile ("in_progress", "not_started").
+    pub state: Option<String>,
+    /// fabric_unhealthy: the fabric health mask meanwhile.
+    pub health_mask: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

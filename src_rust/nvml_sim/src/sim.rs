@@ -50,6 +50,16 @@ metrics!(
     EccUncorrected = "ecc_uncorrected",
     PcieTx = "pcie_tx_kbps",
     PcieRx = "pcie_rx_kbps",
+    // GPM metrics (nvmlGpmMetricsGet): evaluated at the later sample's number.
+    GpmGraphics = "gpm_graphics_util",
+    GpmSm = "gpm_sm_util",
+    GpmSmOccupancy = "gpm_sm_occupancy",
+    GpmTensor = "gpm_tensor_util",
+    GpmDram = "gpm_dram_bw_util",
+    GpmPcieTx = "gpm_pcie_tx_mibps",
+    GpmPcieRx = "gpm_pcie_rx_mibps",
+    GpmNvlinkTx = "gpm_nvlink_tx_mibps",
+    GpmNvlinkRx = "gpm_nvlink_rx_mibps",
 );
 pub const METRICS: usize = METRIC_NAMES.len();
 
@@ -139,6 +149,62 @@ pub struct MemoryFault {
     pub recorded: AtomicBool,
 }
 
+/// A GPU's place in an NVLink fabric once registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fabric {
+    pub cluster_uuid: [u8; 16],
+    pub clique: u32,
+}
+
+/// The health mask of a registered GPU with nothing wrong: bandwidth not
+/// degraded, no route recovery, routes healthy, no access-timeout recovery,
+/// a correct configuration, a partition assigned.
+pub const FABRIC_HEALTHY_MASK: u32 = (NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_FALSE
+    << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_DEGRADED_BW)
+    | (NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_RECOVERY_FALSE
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_RECOVERY)
+    | (NVML_GPU_FABRIC_HEALTH_MASK_ROUTE_UNHEALTHY_FALSE
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ROUTE_UNHEALTHY)
+    | (NVML_GPU_FABRIC_HEALTH_MASK_ACCESS_TIMEOUT_RECOVERY_FALSE
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_ACCESS_TIMEOUT_RECOVERY)
+    | (NVML_GPU_FABRIC_HEALTH_MASK_INCORRECT_CONFIGURATION_NONE
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_INCORRECT_CONFIGURATION)
+    | (1 << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_PARTITION_ASSIGNED);
+
+/// The default mask of a fabric_unhealthy fault: the healthy mask with the
+/// bandwidth degraded.
+pub const FABRIC_DEGRADED_MASK: u32 = (FABRIC_HEALTHY_MASK
+    & !(NVML_GPU_FABRIC_HEALTH_MASK_WIDTH_DEGRADED_BW
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_DEGRADED_BW))
+    | (NVML_GPU_FABRIC_HEALTH_MASK_DEGRADED_BW_TRUE
+        << NVML_GPU_FABRIC_HEALTH_MASK_SHIFT_DEGRADED_BW);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FabricFaultKind {
+    /// Registration not done: this state (NOT_STARTED or IN_PROGRESS) meanwhile.
+    NotReady(nvmlGpuFabricState_t),
+    /// Registered, with this health mask meanwhile.
+    Unhealthy(u32),
+}
+
+/// A fabric fault over [start_ns, end_ns) of machine time.
+#[derive(Debug, Clone, Copy)]
+pub struct FabricFault {
+    pub kind: FabricFaultKind,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+}
+
+/// What the fabric info calls of one GPU answer now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FabricNow {
+    pub state: nvmlGpuFabricState_t,
+    /// Zeros until registered.
+    pub cluster_uuid: [u8; 16],
+    pub clique: u32,
+    pub health_mask: u32,
+}
+
 /// What the memory-repair queries of one GPU answer now.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryState {
@@ -180,6 +246,12 @@ pub struct Device {
     pub lost: Option<LostFault>,
     pub hangs: Vec<HangFault>,
     pub memory_faults: Vec<MemoryFault>,
+    /// GPM samples taken of this device (its GPU instance for a MIG device):
+    /// the sample number the GPM metrics are evaluated at.
+    pub gpm_samples: AtomicU64,
+    /// Physical GPUs only: its NVLink fabric, and the faults on it.
+    pub fabric: Option<Fabric>,
+    pub fabric_faults: Vec<FabricFault>,
 }
 
 #[derive(Debug)]
@@ -353,7 +425,83 @@ fn default_gens(m: &Model) -> [Gen; METRICS] {
         Gen::Constant(0.0),
         r(1_000.0, 500_000.0),
         r(1_000.0, 500_000.0),
+        s(20.0, 95.0, 60),
+        s(15.0, 85.0, 60),
+        s(10.0, 60.0, 90),
+        r(0.0, 70.0),
+        s(5.0, 80.0, 45),
+        r(100.0, 20_000.0),
+        r(100.0, 20_000.0),
+        r(1_000.0, 400_000.0),
+        r(1_000.0, 400_000.0),
     ]
+}
+
+/// The first GPM metric; GPM metrics are the last ones of the list.
+pub const FIRST_GPM: usize = Metric::GpmGraphics as usize;
+
+fn parse_nvlink_version(s: &str) -> Result<u32, String> {
+    Ok(match s {
+        "1.0" => NVML_NVLINK_VERSION_1_0,
+        "2.0" => NVML_NVLINK_VERSION_2_0,
+        "2.2" => NVML_NVLINK_VERSION_2_2,
+        "3.0" => NVML_NVLINK_VERSION_3_0,
+        "3.1" => NVML_NVLINK_VERSION_3_1,
+        "4.0" => NVML_NVLINK_VERSION_4_0,
+        "5.0" => NVML_NVLINK_VERSION_5_0,
+        "6.0" => NVML_NVLINK_VERSION_6_0,
+        _ => {
+            return Err(format!(
+                "nvlink_version: unknown {s:?} (1.0, 2.0, 2.2, 3.0, 3.1, 4.0, 5.0, 6.0)"
+            ))
+        }
+    })
+}
+
+/// A UUID written as 32 hex digits (dashes anywhere), as 16 bytes.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?;
+        *o = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn fabric_plan(
+    m: &Model,
+    g: &scenario::GpuGroup,
+    scenario_name: &str,
+    what: &str,
+) -> Result<Option<Fabric>, String> {
+    let spec = g.fabric.as_ref();
+    if !spec
+        .and_then(|f| f.enabled)
+        .unwrap_or(m.fabric || spec.is_some())
+    {
+        return Ok(None);
+    }
+    if !m.hopper_or_later() {
+        return Err(format!(
+            "{what}.fabric: NVML reports an NVLink fabric from Hopper on, not on {:?}",
+            m.name
+        ));
+    }
+    let cluster_uuid = match spec.and_then(|f| f.cluster_uuid.as_deref()) {
+        Some(u) => parse_uuid(u).ok_or_else(|| {
+            format!("{what}.fabric.cluster_uuid: expected a UUID (32 hex digits), got {u:?}")
+        })?,
+        None => parse_uuid(&uuid_like("", &format!("{scenario_name}/fabric")))
+            .expect("uuid_like gives 32 hex digits"),
+    };
+    Ok(Some(Fabric {
+        cluster_uuid,
+        clique: spec.and_then(|f| f.clique).unwrap_or(1),
+    }))
 }
 
 fn apply_stats(
@@ -417,7 +565,24 @@ fn apply_overrides(m: &mut Model, g: &scenario::GpuGroup, what: &str) -> Result<
     }
     if let Some(a) = &g.architecture {
         m.architecture = parse_architecture(a).map_err(|e| format!("{what}.{e}"))?;
-        m.set_memory_repair_by_architecture();
+        m.set_by_architecture();
+    }
+    if let Some(v) = g.gpm {
+        m.gpm = v;
+    }
+    if let Some(v) = g.nvlink_links {
+        if v > NVML_NVLINK_MAX_LINKS {
+            return Err(format!(
+                "{what}.nvlink_links: at most {NVML_NVLINK_MAX_LINKS}, got {v}"
+            ));
+        }
+        m.nvlink_links = v;
+    }
+    if let Some(v) = g.nvlink_speed_mbps {
+        m.nvlink_speed_mbps = v;
+    }
+    if let Some(v) = &g.nvlink_version {
+        m.nvlink_version = parse_nvlink_version(v).map_err(|e| format!("{what}.{e}"))?;
     }
     if let Some(v) = g.page_retirement {
         m.page_retirement = v;
@@ -470,6 +635,8 @@ fn check_keys(f: &Fault, what: &str, allowed: &[&str]) -> Result<(), String> {
         ("pages", f.pages.is_some()),
         ("correctable_rows", f.correctable_rows.is_some()),
         ("uncorrectable_rows", f.uncorrectable_rows.is_some()),
+        ("state", f.state.is_some()),
+        ("health_mask", f.health_mask.is_some()),
     ];
     match set.iter().find(|(k, on)| *on && !allowed.contains(k)) {
         Some((k, _)) => Err(format!(
@@ -505,6 +672,7 @@ fn persist_dir() -> Option<PathBuf> {
 
 struct GroupPlan {
     model: usize,
+    fabric: Option<Fabric>,
     gens: [Gen; METRICS],
     mig_gens: [Gen; METRICS],
     mig: Option<Vec<usize>>,
@@ -636,6 +804,8 @@ impl Sim {
                 max: 1024.0,
                 seed: 0,
             };
+            // A MIG instance's GPM metrics default to the same generators as a GPU's.
+            mig_gens[FIRST_GPM..].copy_from_slice(&default_gens(&m)[FIRST_GPM..]);
             apply_stats(&mut mig_gens, &g.mig_stats, &format!("{what}.mig_stats"))?;
             let mig = match &g.mig {
                 Some(names) => Some(plan_mig(&m, names, &what)?),
@@ -643,6 +813,7 @@ impl Sim {
             };
             plans.push(GroupPlan {
                 model: models.len(),
+                fabric: fabric_plan(&m, g, &sc.name, &what)?,
                 gens,
                 mig_gens,
                 mig,
@@ -708,6 +879,9 @@ impl Sim {
                 lost: None,
                 hangs: Vec::new(),
                 memory_faults: Vec::new(),
+                gpm_samples: AtomicU64::new(0),
+                fabric: plan.fabric,
+                fabric_faults: Vec::new(),
             });
         }
 
@@ -952,9 +1126,48 @@ impl Sim {
                         event_wait_errors.push(window);
                     }
                 }
+                "fabric_not_ready" | "fabric_unhealthy" => {
+                    let not_ready = kind == "fabric_not_ready";
+                    let last = if not_ready { "state" } else { "health_mask" };
+                    check_keys(
+                        f,
+                        &what,
+                        &["gpu", "gpus", "after_s", "recover_after_s", last],
+                    )?;
+                    let fault_kind = if not_ready {
+                        FabricFaultKind::NotReady(match f.state.as_deref() {
+                            None | Some("in_progress") => NVML_GPU_FABRIC_STATE_IN_PROGRESS,
+                            Some("not_started") => NVML_GPU_FABRIC_STATE_NOT_STARTED,
+                            Some(o) => {
+                                return Err(format!(
+                                    "{what}.state: {o:?} is not \"in_progress\" or \"not_started\""
+                                ))
+                            }
+                        })
+                    } else {
+                        FabricFaultKind::Unhealthy(f.health_mask.unwrap_or(FABRIC_DEGRADED_MASK))
+                    };
+                    let start_ns = after_ns.unwrap_or(0);
+                    let end_ns = secs("recover_after_s", f.recover_after_s)?
+                        .map(|r| start_ns.saturating_add(r));
+                    for &t in &targets {
+                        let d = &mut devices[t as usize];
+                        if d.fabric.is_none() {
+                            return Err(format!(
+                                "{what}: GPU {t} ({}) is in no NVLink fabric (give its group a [gpus.fabric] table)",
+                                d.name
+                            ));
+                        }
+                        d.fabric_faults.push(FabricFault {
+                            kind: fault_kind,
+                            start_ns,
+                            end_ns,
+                        });
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "{what}.kind: unknown {other:?} (not_supported, lost, hang, page_retirement_pending, row_remap_pending, row_remap_failed, event_wait_error, driver_gone)"
+                        "{what}.kind: unknown {other:?} (not_supported, lost, hang, page_retirement_pending, row_remap_pending, row_remap_failed, event_wait_error, driver_gone, fabric_not_ready, fabric_unhealthy)"
                     ));
                 }
             }
@@ -1021,6 +1234,9 @@ impl Sim {
                     lost: None,
                     hangs: Vec::new(),
                     memory_faults: Vec::new(),
+                    gpm_samples: AtomicU64::new(0),
+                    fabric: None,
+                    fabric_faults: Vec::new(),
                 };
                 devices.push(mig_dev);
                 devices[idx].mig_devices.push(dev_index);
@@ -1343,6 +1559,41 @@ impl Sim {
             }
         }
         st
+    }
+
+    /// What the fabric info calls of physical GPU `gpu` answer now; None when it
+    /// is in no fabric.
+    pub fn fabric_now(&self, gpu: usize) -> Option<FabricNow> {
+        let d = &self.devices[gpu];
+        let fabric = d.fabric?;
+        let mut now = FabricNow {
+            state: NVML_GPU_FABRIC_STATE_COMPLETED,
+            cluster_uuid: fabric.cluster_uuid,
+            clique: fabric.clique,
+            health_mask: FABRIC_HEALTHY_MASK,
+        };
+        if d.fabric_faults.is_empty() {
+            return Some(now);
+        }
+        let t = self.elapsed_ns();
+        for f in &d.fabric_faults {
+            if t < f.start_ns || f.end_ns.is_some_and(|e| t >= e) {
+                continue;
+            }
+            match f.kind {
+                FabricFaultKind::NotReady(state) => {
+                    // Not registered yet: no cluster, no clique.
+                    now.state = state;
+                    now.cluster_uuid = [0; 16];
+                    now.clique = 0;
+                }
+                FabricFaultKind::Unhealthy(mask) => now.health_mask = mask,
+            }
+        }
+        if now.state != NVML_GPU_FABRIC_STATE_COMPLETED {
+            now.health_mask = 0;
+        }
+        Some(now)
     }
 
     /// The active retired pages of GPU `gpu` for double-bit ECC errors, as
