@@ -396,8 +396,9 @@ class DeviceWatch:
         inventory = self.inventory
         if inventory is None:
             return
-        answering = [d for d in inventory.devices if d.id not in inventory.failures]
-        codes = probe_all(self._runner, answering or list(inventory.devices), self._book)
+        # Every device, the ones whose last read failed too: a probe is how a lost
+        # GPU is found back (and how a GPU is found lost without any event).
+        codes = probe_all(self._runner, inventory.devices, self._book)
         if codes & DRIVER_GONE_CODES:
             self._kick.set()  # scan now: the scan decides whether the driver is gone
 
