@@ -131,13 +131,8 @@ class CallRunner:
         self._running: set[Job[object]] = set()  # jobs a worker is running
         self._stuck: set[Job[object]] = set()  # running jobs seen overdue; their worker was replaced
         self._idle = 0
-        self._threads = 0
         self._closed = False
         self._on_return: list[Callable[[Hashable], None]] = []
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
 
     def set_timeout(self, timeout: float) -> None:
         if timeout <= 0:
@@ -158,10 +153,6 @@ class CallRunner:
         with self._cond:
             return len(self._running)
 
-    def threads(self) -> int:
-        with self._cond:
-            return self._threads
-
     def stuck_lanes(self) -> dict[Hashable, str]:
         """Lane -> the overdue call, for every lane whose call is past the deadline."""
         now = time.monotonic()
@@ -172,17 +163,6 @@ class CallRunner:
                 if call:
                     out[job.lane] = call
             return out
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once no job is running or queued (within `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._running or self._queue:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, _POLL_S))
-            return True
 
     def close(self) -> None:
         """Refuse new work; idle workers exit (busy ones when their job returns)."""
@@ -290,7 +270,6 @@ class CallRunner:
         on_time = len(self._running) - len(self._stuck)
         waiting = len(self._queue) - self._idle
         if waiting > 0 and on_time + self._idle < self._max_workers:
-            self._threads += 1
             self._idle += 1  # counted idle until it takes a job
             threading.Thread(target=self._worker, name=f"{self._name}-call", daemon=True).start()
 
@@ -337,4 +316,3 @@ class CallRunner:
                             return
             finally:
                 self._idle -= 1
-                self._threads -= 1

@@ -1,0 +1,173 @@
+"""CallRunner: work on per-GPU lanes, each call under a deadline, bounded threads.
+
+The work here is plain Python that blocks on an Event where an NVML call would
+block on a sick GPU; the runner only ever sees callables, so this is its whole
+contract. How the plugin uses it on the simulated driver is in test_nvidia_sim.py
+and, through Nomad's client code, in test_health_faults.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout, RunnerClosed
+
+WAIT = 10.0  # bounds every wait below, so a broken runner fails instead of hanging
+
+
+def nvmlDeviceGetPowerUsage(gate: threading.Event) -> str:  # noqa: N802 - named as the call it stands for
+    gate.wait(WAIT)
+    return "answered"
+
+
+def quick(value: int) -> int:
+    return value
+
+
+@pytest.fixture
+def runner() -> Iterator[CallRunner]:
+    r = CallRunner(0.2, max_workers=4, name="test")
+    yield r
+    r.close()
+
+
+def workers() -> int:
+    return sum(t.name == "test-call" for t in threading.enumerate())
+
+
+def test_a_call_past_the_deadline_names_itself_and_its_lane_refuses_at_once(runner: CallRunner) -> None:
+    gate = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(CallTimeout) as info:
+        runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
+    waited = time.monotonic() - started
+    assert str(info.value) == "nvmlDeviceGetPowerUsage did not return within 200ms"
+    assert info.value.lane == "gpu0" and 0.2 <= waited < WAIT
+    # The lane's call is still in flight: new work there is refused at once, with the same words.
+    started = time.monotonic()
+    with pytest.raises(CallTimeout, match="nvmlDeviceGetPowerUsage did not return within 200ms"):
+        runner.call("gpu0", quick, 1)
+    assert time.monotonic() - started < 0.2
+    assert runner.stuck_lanes() == {"gpu0": "nvmlDeviceGetPowerUsage"}
+    # Other lanes are not held up.
+    assert runner.call("gpu1", quick, 7) == 7
+    gate.set()
+
+
+def test_the_lane_is_free_again_when_the_call_returns_and_the_return_is_told(runner: CallRunner) -> None:
+    gate, returned = threading.Event(), threading.Event()
+    lanes: list[object] = []
+    runner.on_return(lambda lane: (lanes.append(lane), returned.set()))
+    with pytest.raises(CallTimeout):
+        runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
+    gate.set()
+    assert returned.wait(WAIT)
+    assert lanes == ["gpu0"]
+    assert runner.call("gpu0", quick, 3) == 3
+    assert runner.stuck_lanes() == {}
+
+
+def test_a_blocked_lane_holds_one_thread_however_much_work_comes(runner: CallRunner) -> None:
+    gate = threading.Event()
+    with pytest.raises(CallTimeout):
+        runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
+    before = workers()
+    for _ in range(200):
+        with pytest.raises(CallTimeout):
+            runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
+        assert runner.try_submit("gpu0", lambda c: c(quick, 1), time.monotonic() + 0.01) is None
+    assert workers() == before
+    gate.set()
+
+
+def test_workers_held_by_blocked_calls_are_replaced(runner: CallRunner) -> None:
+    # As many blocked lanes as workers: the other lanes still get answers.
+    gate = threading.Event()
+    for i in range(4):
+        with pytest.raises(CallTimeout):
+            runner.call(f"stuck{i}", nvmlDeviceGetPowerUsage, gate)
+    assert [runner.call(f"gpu{i}", quick, i) for i in range(8)] == list(range(8))
+    # Four blocked, at most four on time, two idle.
+    assert workers() <= 4 + 4 + 2
+    gate.set()
+
+
+def test_one_job_per_lane_at_a_time_and_lanes_in_parallel(runner: CallRunner) -> None:
+    active: dict[str, int] = {}
+    most: dict[str, int] = {}
+    lock = threading.Lock()
+
+    both = threading.Event()  # set when the two lanes ran at the same time
+
+    def work(lane: str, c: Calls) -> None:
+        with lock:
+            active[lane] = active.get(lane, 0) + 1
+            most[lane] = max(most.get(lane, 0), active[lane])
+            if all(active.get(k, 0) for k in ("gpu0", "gpu1")):
+                both.set()
+        c(both.wait, 0.05)  # a lane's job waits a little for the other lane to run too
+        with lock:
+            active[lane] -= 1
+
+    def caller(lane: str) -> None:
+        for _ in range(5):
+            runner.run(lane, lambda c: work(lane, c))
+
+    threads = [threading.Thread(target=caller, args=(f"gpu{i % 2}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert most == {"gpu0": 1, "gpu1": 1}
+    assert both.is_set(), "the two lanes never ran side by side"
+
+
+def test_a_job_is_timed_per_call_not_as_a_whole(runner: CallRunner) -> None:
+    # Ten calls of 100 ms each: one second of work, no call past 200 ms.
+    def work(c: Calls) -> int:
+        for _ in range(10):
+            c(time.sleep, 0.1)
+        return 10
+
+    assert runner.run("gpu0", work) == 10
+
+
+def test_grace_extends_a_call_that_waits_on_purpose(runner: CallRunner) -> None:
+    assert runner.run("events", lambda c: c(time.sleep, 0.4) or "waited", grace=0.5) == "waited"
+    with pytest.raises(CallTimeout):
+        runner.run("events", lambda c: c(time.sleep, 0.4))
+
+
+def test_errors_of_the_work_reach_the_caller(runner: CallRunner) -> None:
+    def fail(c: Calls) -> None:
+        raise KeyError("nvml said no")
+
+    with pytest.raises(KeyError, match="nvml said no"):
+        runner.run("gpu0", fail)
+    assert runner.call("gpu0", quick, 5) == 5
+
+
+def test_a_closed_runner_refuses_work_and_releases_its_waiters(runner: CallRunner) -> None:
+    gate = threading.Event()
+    slow = CallRunner(30.0, name="test")
+    job = slow.submit("gpu0", lambda c: c(nvmlDeviceGetPowerUsage, gate))
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            slow.wait(job)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    slow.close()
+    t.join(WAIT)
+    assert not t.is_alive() and isinstance(outcome[0], RunnerClosed)
+    with pytest.raises(RunnerClosed):
+        slow.call("gpu1", quick, 1)
+    gate.set()
