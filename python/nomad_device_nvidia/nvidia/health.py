@@ -243,6 +243,8 @@ def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook
 
 
 _EVENT_WAIT_MS = 500
+# Events taken in one job at most.
+_EVENT_BATCH = 256
 
 
 class EventWatcher:
@@ -405,10 +407,21 @@ class EventWatcher:
 
     def _wait_for_event(self) -> None:
         wait_ms = self._wait_ms
+        event_set = self._event_set
+
+        def wait(c: Calls) -> list[Any]:
+            # One wait, then whatever else is waiting, in one job: a storm of XIDs
+            # costs one hand-off per batch, not per event.
+            events = [c(pynvml.nvmlEventSetWait_v2, event_set, wait_ms)]
+            while len(events) < _EVENT_BATCH:
+                try:
+                    events.append(c(pynvml.nvmlEventSetWait_v2, event_set, 0))
+                except pynvml.NVMLError:
+                    break  # TIMEOUT: nothing more waiting (an error shows again at the next wait)
+            return events
+
         try:
-            data = self._runner.run(
-                EVENTS, lambda c: c(pynvml.nvmlEventSetWait_v2, self._event_set, wait_ms), grace=wait_ms / 1000
-            )
+            batch = self._runner.run(EVENTS, wait, grace=wait_ms / 1000)
         except CallTimeout as exc:
             self._trouble(str(exc))
             self._stop.wait(wait_ms / 1000)
@@ -427,7 +440,8 @@ class EventWatcher:
             self._stop.wait(wait_ms / 1000)
             return
         self._recovered()
-        self._handle_event(data)
+        for data in batch:
+            self._handle_event(data)
 
     def _recovered(self) -> None:
         if self._failing:

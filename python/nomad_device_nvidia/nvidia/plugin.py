@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PLUGIN_NAME = "nvidia-gpu"
 # How often a waiting stream looks at its stop event; bounds how late it returns.
 _STOP_CHECK_S = 0.2
+# The least time between two fingerprint answers of one stream.
+_COALESCE_S = 0.05
 # The first fingerprint answer waits this much longer than one call may take
 # for the first scan; after that it answers with what is known.
 _FIRST_ANSWER_SLACK_S = 1.0
@@ -192,8 +194,12 @@ class NvidiaDevicePlugin(DevicePlugin):
                 log.exception("rendering the NVIDIA device groups failed")
             else:
                 yield groups
+            answered = time.monotonic()
             # Woken by the watch on every change; the timeout only bounds a lost wake-up.
-            self._wait(stop, kick, time.monotonic() + cfg.fingerprint_period)
+            self._wait(stop, kick, answered + cfg.fingerprint_period)
+            # Changes that come in a burst (an XID storm) make one answer per
+            # _COALESCE_S, not one each: the first is not delayed.
+            self._wait(stop, threading.Event(), answered + _COALESCE_S)
 
     def stats(self, interval: float, stop: threading.Event) -> Generator[bytes | device_pb2.StatsResponse, None, None]:
         if not self._config.enabled:
