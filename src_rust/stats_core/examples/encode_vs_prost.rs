@@ -52,9 +52,12 @@ struct StatObject {
     attributes: HashMap<String, StatValue>,
 }
 
-// Wrappers (Int64Value, StringValue) are prost's impls for i64 and String.
+// Wrappers (DoubleValue, Int64Value, StringValue) are prost's impls for f64,
+// i64 and String.
 #[derive(Clone, PartialEq, Message)]
 struct StatValue {
+    #[prost(message, optional, tag = "1")]
+    float_numerator_val: Option<f64>,
     #[prost(message, optional, tag = "3")]
     int_numerator_val: Option<i64>,
     #[prost(message, optional, tag = "4")]
@@ -80,8 +83,13 @@ fn value(spec: &AttrSpec, r: Reading) -> StatValue {
         Reading::NotAvailable => (None, None, Some(NOT_AVAILABLE.to_string())),
         Reading::Int(n) => (Some(n), None, None),
         Reading::Ratio(n, d) => (Some(n), Some(d), None),
+        Reading::Float(_) => (None, None, None),
     };
     StatValue {
+        float_numerator_val: match r {
+            Reading::Float(f) => Some(f),
+            _ => None,
+        },
         int_numerator_val: n,
         int_denominator_val: d,
         string_val: s,
@@ -108,8 +116,8 @@ fn standard(s: &DeviceSample) -> [(&'static AttrSpec, Reading); 11] {
 
 type Topic = (&'static str, Vec<(&'static AttrSpec, Reading)>);
 
-fn nested(x: &Extended) -> [Topic; 5] {
-    [
+fn nested(x: &Extended) -> Vec<Topic> {
+    let mut topics = vec![
         (
             CLOCKS,
             vec![
@@ -124,7 +132,11 @@ fn nested(x: &Extended) -> [Topic; 5] {
         ),
         (THROTTLE, vec![(&THROTTLE_REASONS, x.throttle_reasons)]),
         (XID, vec![(&XID_COUNT, x.xid_count)]),
-    ]
+    ];
+    if let Some(g) = x.gpm {
+        topics.push((GPM, GPM_STATS.iter().copied().zip(g).collect()));
+    }
+    topics
 }
 
 fn device_stats(s: &DeviceSample, ts: Timestamp) -> DeviceStats {
@@ -215,6 +227,13 @@ fn sample(i: i64, extended: bool) -> DeviceSample {
         x.pcie_tx_kbps = Reading::Int(1000 + i);
         x.throttle_reasons = Reading::Int(0);
         x.xid_count = Reading::Int(i % 2);
+        // Half the devices have GPM (Hopper and later).
+        if i % 2 == 0 {
+            let mut g = [Reading::Float((i % 10_000) as f64 / 100.0); 9];
+            g[5..].fill(Reading::Int(1258 + i));
+            g[8] = Reading::NotAvailable;
+            x.gpm = Some(g);
+        }
     }
     s
 }

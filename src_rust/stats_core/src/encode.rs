@@ -98,6 +98,67 @@ pub const XID_COUNT: AttrSpec = spec(
     "Critical XID errors reported for this GPU (for a MIG instance, its parent GPU) since stats collection started",
 );
 
+// GPM (Hopper and later): what the engines did over the sample period (the
+// time since the previous tick), per GPU and per MIG instance.
+pub const GPM: &str = "GPM";
+pub const GPM_GRAPHICS: AttrSpec = spec(
+    "Graphics activity",
+    "%",
+    "Percent of the sample period during which the graphics or compute engine was busy (for a MIG instance, its own)",
+);
+pub const GPM_SM: AttrSpec = spec(
+    "SM activity",
+    "%",
+    "Percent of the SMs busy over the sample period: the time at least one warp was resident, averaged over all SMs",
+);
+pub const GPM_SM_OCCUPANCY: AttrSpec = spec(
+    "SM occupancy",
+    "%",
+    "Resident warps as a percent of the most the SMs can hold, averaged over the sample period",
+);
+pub const GPM_TENSOR: AttrSpec = spec(
+    "Tensor activity",
+    "%",
+    "Percent of the sample period during which the tensor cores were busy (any precision), averaged over all SMs",
+);
+pub const GPM_DRAM: AttrSpec = spec(
+    "DRAM bandwidth utilization",
+    "%",
+    "Device memory bandwidth used over the sample period, as a percent of the peak",
+);
+pub const GPM_PCIE_TX: AttrSpec = spec(
+    "PCIe TX",
+    "MB/s",
+    "Data sent by the GPU over PCIe per second, averaged over the sample period",
+);
+pub const GPM_PCIE_RX: AttrSpec = spec(
+    "PCIe RX",
+    "MB/s",
+    "Data received by the GPU over PCIe per second, averaged over the sample period",
+);
+pub const GPM_NVLINK_TX: AttrSpec = spec(
+    "NVLink TX",
+    "MB/s",
+    "Data sent by the GPU over all its NVLink links per second, averaged over the sample period",
+);
+pub const GPM_NVLINK_RX: AttrSpec = spec(
+    "NVLink RX",
+    "MB/s",
+    "Data received by the GPU over all its NVLink links per second, averaged over the sample period",
+);
+/// In the order of `sample::GpmReadings` (and `gpm::METRIC_IDS`).
+pub const GPM_STATS: [&AttrSpec; crate::gpm::GPM_STATS] = [
+    &GPM_GRAPHICS,
+    &GPM_SM,
+    &GPM_SM_OCCUPANCY,
+    &GPM_TENSOR,
+    &GPM_DRAM,
+    &GPM_PCIE_TX,
+    &GPM_PCIE_RX,
+    &GPM_NVLINK_TX,
+    &GPM_NVLINK_RX,
+];
+
 pub const VENDOR: &str = "nvidia";
 pub const DEVICE_TYPE: &str = "gpu";
 pub const NOT_AVAILABLE: &str = "N/A";
@@ -134,6 +195,7 @@ const fn tag(field: u8, wire: u8) -> u8 {
 }
 const LEN: u8 = 2;
 const VARINT: u8 = 0;
+const I64: u8 = 1;
 
 #[inline]
 fn varint_len(v: u64) -> usize {
@@ -180,8 +242,9 @@ fn int64_wrapper_len(v: i64) -> usize {
     }
 }
 
-// StatValue field numbers: int_numerator_val 3, int_denominator_val 4,
-// string_val 5, unit 7, desc 8.
+// StatValue field numbers: float_numerator_val 1, int_numerator_val 3,
+// int_denominator_val 4, string_val 5, unit 7, desc 8.
+const SV_FLOAT_NUM: u8 = tag(1, LEN);
 const SV_INT_NUM: u8 = tag(3, LEN);
 const SV_INT_DEN: u8 = tag(4, LEN);
 const SV_STRING: u8 = tag(5, LEN);
@@ -253,6 +316,15 @@ impl Val {
                 v.int_wrapper(SV_INT_NUM, n);
                 v.int_wrapper(SV_INT_DEN, d);
             }
+            Reading::Float(f) => {
+                // A DoubleValue: proto3 omits a value whose bits are all zero.
+                if f.to_bits() == 0 {
+                    v.push(&[SV_FLOAT_NUM, 0]);
+                } else {
+                    v.push(&[SV_FLOAT_NUM, 9, tag(1, I64)]);
+                    v.push(&f.to_le_bytes());
+                }
+            }
         }
         v
     }
@@ -311,6 +383,8 @@ struct Tables {
     standard: [PreAttr; 11],
     /// (nested object key, its attributes) for extended stats.
     nested: [(Vec<u8>, Vec<PreAttr>); 5],
+    /// The GPM object's key and attributes.
+    gpm: (Vec<u8>, Vec<PreAttr>),
 }
 
 fn tables() -> &'static Tables {
@@ -349,6 +423,10 @@ fn tables() -> &'static Tables {
                 (key(THROTTLE), vec![PreAttr::new(&THROTTLE_REASONS)]),
                 (key(XID), vec![PreAttr::new(&XID_COUNT)]),
             ],
+            gpm: (
+                key(GPM),
+                GPM_STATS.iter().map(|a| PreAttr::new(a)).collect(),
+            ),
         }
     })
 }
@@ -359,6 +437,7 @@ const MEMORY_INDEX: usize = 6;
 struct DeviceEnc {
     standard: [Val; 11],
     nested: Option<[[Val; 2]; 5]>,
+    gpm: Option<[Val; crate::gpm::GPM_STATS]>,
     stat_object: usize,
     body: usize,
 }
@@ -389,6 +468,7 @@ impl DeviceEnc {
                 [Val::new(x.xid_count), na],
             ]
         });
+        let gpm = s.extended.and_then(|x| x.gpm).map(|g| g.map(Val::new));
         let mut stat_object: usize = standard
             .iter()
             .zip(&t.standard)
@@ -399,11 +479,16 @@ impl DeviceEnc {
                 stat_object += ld_len(key.len() + ld_len(nested_object_len(vals, pres)));
             }
         }
+        if let Some(g) = &gpm {
+            let (key, pres) = &t.gpm;
+            stat_object += ld_len(key.len() + ld_len(nested_object_len(g, pres)));
+        }
         let summary = sv_body_len(&standard[MEMORY_INDEX], &t.standard[MEMORY_INDEX]);
         let body = ld_len(summary) + ld_len(stat_object) + ld_len(ts_len);
         DeviceEnc {
             standard,
             nested,
+            gpm,
             stat_object,
             body,
         }
@@ -426,6 +511,16 @@ impl DeviceEnc {
                 }
             }
         }
+        if let Some(g) = &self.gpm {
+            let (key, pres) = &t.gpm;
+            let obj = nested_object_len(g, pres);
+            put_ld_header(buf, SO_NESTED, key.len() + ld_len(obj));
+            buf.extend_from_slice(key);
+            put_ld_header(buf, ENTRY_VALUE, obj);
+            for (v, p) in g.iter().zip(pres) {
+                put_attr_entry(buf, SO_ATTRS, v, p);
+            }
+        }
         for (v, p) in self.standard.iter().zip(&t.standard) {
             put_attr_entry(buf, SO_ATTRS, v, p);
         }
@@ -434,8 +529,8 @@ impl DeviceEnc {
     }
 }
 
-/// A nested StatObject of attributes only (`pres` may be shorter than 2).
-fn nested_object_len(vals: &[Val; 2], pres: &[PreAttr]) -> usize {
+/// A nested StatObject of attributes only (`pres` may be shorter than `vals`).
+fn nested_object_len(vals: &[Val], pres: &[PreAttr]) -> usize {
     vals.iter()
         .zip(pres)
         .map(|(v, p)| ld_len(attr_entry_body_len(v, p)))
@@ -565,8 +660,22 @@ mod tests {
     }
 
     #[test]
+    fn float_value_bytes() {
+        let mut want = vec![0x0a, 9, 0x09];
+        want.extend_from_slice(&87.5f64.to_le_bytes());
+        want.extend_from_slice(&[0x3a, 1, b'W']);
+        assert_eq!(value_bytes(Reading::Float(87.5), "W"), want);
+        // Zero: the wrapper is there, empty (proto3 omits the zero).
+        assert_eq!(value_bytes(Reading::Float(0.0), ""), [SV_FLOAT_NUM, 0]);
+    }
+
+    #[test]
     fn lengths_agree_with_bytes_written() {
         let mut s = DeviceSample::unavailable(true);
+        let mut gpm = crate::gpm::NOT_AVAILABLE;
+        gpm[0] = Reading::Float(42.25);
+        gpm[5] = Reading::Int(1258);
+        s.extended.as_mut().unwrap().gpm = Some(gpm);
         s.power_w = Reading::Ratio(123, 700);
         s.memory_mib = Reading::Ratio(1 << 20, 81559);
         s.temperature_c = Reading::Int(0);

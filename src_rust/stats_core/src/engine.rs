@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nvml_sys::nvmlDevice_st;
 
 use crate::encode::{encode_stats_response, GroupView, Timestamp};
+use crate::gpm::Gpm;
 use crate::nvml::{Handle, Nvml, NvmlError};
 use crate::pool::{Batch, Pool};
 use crate::sample::{DeviceSample, ReadOptions, Reading};
@@ -111,6 +112,8 @@ struct Slot {
     hung_reported: AtomicBool,
     /// The handle lookup failure was reported.
     handle_reported: AtomicBool,
+    /// GPM sample buffers and support (extended stats).
+    gpm: Gpm,
 }
 
 impl Slot {
@@ -125,7 +128,20 @@ impl Slot {
             busy: AtomicBool::new(false),
             hung_reported: AtomicBool::new(false),
             handle_reported: AtomicBool::new(false),
+            gpm: Gpm::default(),
         }
+    }
+
+    /// Every value "N/A"; a GPU known to have GPM keeps its GPM stats (as
+    /// "N/A"), so they do not come and go with a slow tick.
+    fn unavailable(&self, extended: bool) -> DeviceSample {
+        let mut s = DeviceSample::unavailable(extended);
+        if let Some(x) = s.extended.as_mut() {
+            if self.gpm.supported() {
+                x.gpm = Some(crate::gpm::NOT_AVAILABLE);
+            }
+        }
+        s
     }
 
     fn label(&self) -> String {
@@ -263,8 +279,14 @@ impl Batch for Tick {
             }
             let run_drain = registers && self.release_drain();
             let sample = match handle {
-                Some(h) => self.nvml.read_device(h, self.opts),
-                None => DeviceSample::unavailable(self.opts.extended),
+                Some(h) => {
+                    let mut s = self.nvml.read_device(h, self.opts);
+                    if let Some(x) = s.extended.as_mut() {
+                        x.gpm = slot.gpm.read(&self.nvml, h);
+                    }
+                    s
+                }
+                None => slot.unavailable(self.opts.extended),
             };
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -625,7 +647,7 @@ impl Engine {
                             ),
                         );
                     }
-                    out.push(DeviceSample::unavailable(opts.extended));
+                    out.push(slot.unavailable(opts.extended));
                 }
             }
         }

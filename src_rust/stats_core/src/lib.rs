@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod engine;
+pub mod gpm;
 pub mod host_memory;
 pub mod nvml;
 pub mod pool;
@@ -13,4 +14,4 @@ pub mod xid;
 
 pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
-pub use sample::{DeviceSample, Extended, ReadOptions, Reading};
+pub use sample::{DeviceSample, Extended, GpmReadings, ReadOptions, Reading};

@@ -7,8 +7,8 @@ use nvml_sys::*;
 
 use crate::nvml::{Handle, Nvml};
 
-/// A stat value in one of the Go plugin's three forms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// A stat value in one of the Go plugin's three forms, or a float (GPM).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Reading {
     /// NVML could not tell (error, not supported, timed out): "N/A".
     #[default]
@@ -17,10 +17,16 @@ pub enum Reading {
     Int(i64),
     /// A numerator/denominator pair (used / total, usage / limit).
     Ratio(i64, i64),
+    /// A float numerator (GPM percentages, two decimals).
+    Float(f64),
 }
 
+/// GPM stats per device, in the order of `encode::GPM_STATS`: five
+/// percentages, then PCIe TX/RX and NVLink TX/RX in MB/s.
+pub type GpmReadings = [Reading; crate::gpm::GPM_STATS];
+
 /// Extra readings sent only when extended stats are on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct Extended {
     pub sm_clock_mhz: Reading,
     pub memory_clock_mhz: Reading,
@@ -31,9 +37,11 @@ pub struct Extended {
     /// Critical XID errors since the engine started; a MIG instance shows
     /// its parent GPU's count (see xid.rs).
     pub xid_count: Reading,
+    /// GPM metrics; None on a device without GPM (nothing is sent for it).
+    pub gpm: Option<GpmReadings>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct DeviceSample {
     pub power_w: Reading,
     pub gpu_utilization: Reading,
