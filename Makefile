@@ -28,10 +28,14 @@ test: build
 
 venv: $(VENV)/.deps-stamp
 # Development needs Python 3.11+ (the tests read TOML with tomllib); the wheel serves 3.10+.
-$(VENV)/.deps-stamp: requirements-dev.txt
+# Two steps: what the demo runs (requirements-run.txt), then the test and lint tools.
+$(VENV)/.run-stamp: requirements-run.txt
 	test -x $(VPY) || { $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "make: $(PY) is Python $$($(PY) -c 'import platform; print(platform.python_version())'); development needs 3.11+ (make PY=python3.11)" >&2; exit 1; }; \
 	  $(PY) -m venv $(VENV); }
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-run.txt
+	touch $@
+$(VENV)/.deps-stamp: requirements-dev.txt $(VENV)/.run-stamp
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -39,7 +43,7 @@ build: native sim harness
 
 # The extension and the package, installed editable into .venv
 # (.venv/bin/nomad-device-nvidia is then the plugin binary).
-native: venv
+native: $(VENV)/.run-stamp
 	$(VENV)/bin/maturin develop --release -q
 
 # The simulated NVML library, under the SONAME real tools look for. Replaced
@@ -75,21 +79,21 @@ lint: venv
 	$(VPY) -m mypy.stubtest nomad_device_nvidia._native
 
 # All sizes (8 to 4,096 devices), results in build/bench.json; plot with benches/plot.py.
-bench: build
+bench: build venv
 	$(VPY) -m pytest benches --benchmark-enable --benchmark-json=$(BUILD)/bench.json
 
 # The small sizes, so the benchmarks run in CI and cannot rot.
-bench-ci: build
+bench-ci: build venv
 	BENCH_SIZES=8,56 $(VPY) -m pytest benches --benchmark-enable -q
 
 # An abi3 manylinux2014 wheel (linked with zig so it needs only glibc 2.17) and an sdist.
 wheel: venv
 	bash scripts/build_wheel.sh $(CURDIR)/dist
 
-e2e: build
+e2e: build venv
 	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py
 
-transcript: build
+transcript: build venv
 	bash scripts/e2e_transcript.sh
 
 # A Nomad server and three clients on loopback, each with the plugin on a
@@ -98,7 +102,7 @@ cluster: native sim nomad
 	$(VPY) scripts/cluster.py
 
 # The scheduling checks on that cluster (also part of `make test`, through test-python).
-test-cluster: native sim nomad
+test-cluster: venv native sim nomad
 	$(VPY) -m pytest tests/test_cluster.py
 
 # The aarch64 wheel run on an arm64 Debian under qemu-user (tests/e2e/aarch64.py).
