@@ -15,6 +15,7 @@
 //! order: support query (until it answers), parent and GPU instance lookup
 //! (until they answer), sample, metrics.
 
+use std::cell::RefCell;
 use std::os::raw::c_uint;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,15 @@ enum Target {
 struct Buffers {
     nvml: Arc<Nvml>,
     samples: [nvmlGpmSample_t; 2],
-    get: Box<nvmlGpmMetricsGet_t>,
+}
+
+thread_local! {
+    // The nvmlGpmMetricsGet argument (13 KB for the whole metric array) is
+    // one per worker thread, not one per device: 4,096 devices would hold
+    // 53 MB of them.
+    static GET: RefCell<Box<nvmlGpmMetricsGet_t>> =
+        // SAFETY: all-zero is a valid nvmlGpmMetricsGet_t (null pointers, zeros).
+        RefCell::new(Box::new(unsafe { std::mem::zeroed() }));
 }
 
 // SAFETY: sample handles are opaque tokens NVML accepts from any thread.
@@ -144,7 +153,7 @@ impl Gpm {
         }
         let target = st.target.expect("resolved above");
         let last = st.last;
-        let Some(b) = st.buffers.as_mut() else {
+        let Some(b) = st.buffers.as_ref() else {
             return Some(NOT_AVAILABLE);
         };
         let cur = last.map_or(0, |l| 1 - l);
@@ -238,16 +247,23 @@ fn allocate(nvml: &Arc<Nvml>, alloc: nvmlGpmSampleAlloc_fn) -> Option<Buffers> {
     Some(Buffers {
         nvml: Arc::clone(nvml),
         samples,
-        // SAFETY: all-zero is a valid nvmlGpmMetricsGet_t (null pointers, zeros).
-        get: Box::new(unsafe { std::mem::zeroed() }),
     })
 }
 
-fn metrics(nvml: &Nvml, b: &mut Buffers, prev: usize, cur: usize) -> GpmReadings {
+fn metrics(nvml: &Nvml, b: &Buffers, prev: usize, cur: usize) -> GpmReadings {
     let Some(f) = nvml.gpm_metrics_get else {
         return NOT_AVAILABLE;
     };
-    let get = &mut *b.get;
+    GET.with(|get| metrics_into(f, &mut get.borrow_mut(), b, prev, cur))
+}
+
+fn metrics_into(
+    f: nvmlGpmMetricsGet_fn,
+    get: &mut nvmlGpmMetricsGet_t,
+    b: &Buffers,
+    prev: usize,
+    cur: usize,
+) -> GpmReadings {
     get.version = NVML_GPM_METRICS_GET_VERSION;
     get.numMetrics = GPM_STATS as c_uint;
     get.sample1 = b.samples[prev];
