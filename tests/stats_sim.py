@@ -88,9 +88,11 @@ def decode(data: bytes, *, clear_timestamps: bool = True) -> device_pb2.StatsRes
 
 
 def value_form(v: object) -> object:
-    """A StatValue as a plain value: "N/A", an int, or (num, den)."""
+    """A StatValue as a plain value: "N/A", an int, a float, or (num, den)."""
     if v.HasField("string_val"):  # type: ignore[attr-defined]
         return v.string_val.value  # type: ignore[attr-defined]
+    if v.HasField("float_numerator_val"):  # type: ignore[attr-defined]
+        return v.float_numerator_val.value  # type: ignore[attr-defined]
     if v.HasField("int_denominator_val"):  # type: ignore[attr-defined]
         return (v.int_numerator_val.value, v.int_denominator_val.value)  # type: ignore[attr-defined]
     return v.int_numerator_val.value  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ does not answer reads N/A), and relies on the plugin having called
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
-from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout
+from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR, host_memory
 
 # Private there, shared on purpose: XID events name a GPU by the same handle
@@ -88,6 +89,68 @@ EXTENDED = (
     ("XID", (XID_COUNT,)),
 )
 
+# GPM (Hopper and later): what the engines did over the sample period (the time
+# since the previous tick), per GPU and per MIG instance. The same text as the
+# native engine's (src_rust/stats_core/src/encode.rs).
+GPM = "GPM"
+GPM_GRAPHICS = Stat(
+    "Graphics activity",
+    "%",
+    "Percent of the sample period during which the graphics or compute engine was busy (for a MIG instance, its own)",
+)
+GPM_SM = Stat(
+    "SM activity",
+    "%",
+    "Percent of the SMs busy over the sample period: the time at least one warp was resident, averaged over all SMs",
+)
+GPM_SM_OCCUPANCY = Stat(
+    "SM occupancy", "%", "Resident warps as a percent of the most the SMs can hold, averaged over the sample period"
+)
+GPM_TENSOR = Stat(
+    "Tensor activity",
+    "%",
+    "Percent of the sample period during which the tensor cores were busy (any precision), averaged over all SMs",
+)
+GPM_DRAM = Stat(
+    "DRAM bandwidth utilization", "%", "Device memory bandwidth used over the sample period, as a percent of the peak"
+)
+GPM_PCIE_TX = Stat("PCIe TX", "MB/s", "Data sent by the GPU over PCIe per second, averaged over the sample period")
+GPM_PCIE_RX = Stat("PCIe RX", "MB/s", "Data received by the GPU over PCIe per second, averaged over the sample period")
+GPM_NVLINK_TX = Stat(
+    "NVLink TX", "MB/s", "Data sent by the GPU over all its NVLink links per second, averaged over the sample period"
+)
+GPM_NVLINK_RX = Stat(
+    "NVLink RX",
+    "MB/s",
+    "Data received by the GPU over all its NVLink links per second, averaged over the sample period",
+)
+GPM_STATS = (
+    GPM_GRAPHICS,
+    GPM_SM,
+    GPM_SM_OCCUPANCY,
+    GPM_TENSOR,
+    GPM_DRAM,
+    GPM_PCIE_TX,
+    GPM_PCIE_RX,
+    GPM_NVLINK_TX,
+    GPM_NVLINK_RX,
+)
+# The NVML metric behind each, in that order: five percentages, then MiB/s rates.
+GPM_METRIC_IDS = (
+    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+    pynvml.NVML_GPM_METRIC_SM_UTIL,
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
+)
+_GPM_PERCENTS = 5
+_NOT_MIG = (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+_NO_GPM = (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
 MIB = 1 << 20
 # Field IDs of the batched read (NVML_FI_DEV_*).
 FI_ECC_SBE_VOL_L1 = 7
@@ -101,14 +164,16 @@ _OWN_WORKERS = 4
 # Events taken per tick at most, as in the native engine (src_rust/stats_core/src/xid.rs).
 MAX_EVENTS_PER_TICK = 4096
 
-# A reading: None ("N/A"), an int, or a (numerator, denominator) pair.
-Reading = int | tuple[int, int] | None
+# A reading: None ("N/A"), an int, a (numerator, denominator) pair, or a float (GPM).
+Reading = int | float | tuple[int, int] | None
 
 
 def stat_value(stat: Stat, reading: Reading) -> structs_pb2.StatValue:
     v = structs_pb2.StatValue(unit=stat.unit, desc=stat.desc)
     if reading is None:
         v.string_val.value = NOT_AVAILABLE
+    elif isinstance(reading, float):
+        v.float_numerator_val.value = reading
     elif isinstance(reading, tuple):
         v.int_numerator_val.value, v.int_denominator_val.value = reading
     else:
@@ -162,6 +227,115 @@ def _power(c: Calls, h: Any) -> Reading:
         return None
     limit = _try(c, pynvml.nvmlDeviceGetPowerManagementLimit, h)
     return None if limit is None else (usage // 1000, limit // 1000)
+
+
+def gpm_percent(value: float) -> float | None:
+    """A GPM percentage as sent: two decimals, rounded as the native engine does."""
+    if not math.isfinite(value):
+        return None
+    return math.floor(max(value, 0.0) * 100.0 + 0.5) / 100.0
+
+
+def gpm_mb(value: float) -> int | None:
+    """NVML's MiB/s as MB/s (10^6 bytes), a whole number."""
+    if not math.isfinite(value):
+        return None
+    return int(math.floor(max(value, 0.0) * 1.048576 + 0.5))
+
+
+_gpm_local = threading.local()
+
+
+def _metrics_get() -> Any:
+    """This thread's nvmlGpmMetricsGet argument (19 KB with the whole metric array): one
+    per worker, not one per device."""
+    get = getattr(_gpm_local, "get", None)
+    if get is None:
+        get = _gpm_local.get = pynvml.c_nvmlGpmMetricsGet_t()
+    return get
+
+
+class GpmReader:
+    """One device's GPM state, made the same way as the native engine's
+    (src_rust/stats_core/src/gpm.rs), with the same NVML calls in the same order:
+    the support query until it answers, the MIG parent and GPU instance lookups
+    until they answer, then each tick one sample and the metrics between it and
+    the previous tick's (the first tick has no interval: N/A)."""
+
+    def __init__(self) -> None:
+        self.supported: bool | None = None  # None: the query has not answered yet
+        self._mig: tuple[Any, int] | None = None  # a MIG instance's GPU and GPU instance id
+        self._resolved = False
+        self._samples: list[Any] = []
+        self._last: int | None = None
+
+    def read(self, c: Calls, h: Any) -> list[Reading] | None:
+        """This tick's readings in GPM_STATS order; None for a device without GPM."""
+        if self.supported is None:
+            try:
+                self.supported = bool(c(pynvml.nvmlGpmQueryDeviceSupport, h).isSupportedDevice)
+            except pynvml.NVMLError as exc:
+                if exc.value not in _NO_GPM:
+                    return None  # asked again next tick
+                self.supported = False
+        if not self.supported:
+            return None
+        na: list[Reading] = [None] * len(GPM_STATS)
+        if not self._resolved:
+            try:
+                parent = c(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, h)
+            except pynvml.NVMLError as exc:
+                if exc.value not in _NOT_MIG:
+                    return na
+                self._resolved = True  # a whole GPU
+            else:
+                try:
+                    self._mig = (parent, int(c(pynvml.nvmlDeviceGetGpuInstanceId, h)))
+                except pynvml.NVMLError:
+                    return na
+                self._resolved = True
+        if not self._samples:
+            try:
+                self._samples = [c(pynvml.nvmlGpmSampleAlloc), c(pynvml.nvmlGpmSampleAlloc)]
+            except pynvml.NVMLError:
+                return na
+        cur = 0 if self._last is None else 1 - self._last
+        try:
+            if self._mig is None:
+                c(pynvml.nvmlGpmSampleGet, h, self._samples[cur])
+            else:
+                c(pynvml.nvmlGpmMigSampleGet, self._mig[0], self._mig[1], self._samples[cur])
+        except pynvml.NVMLError:
+            return na  # the last good sample stays: the next interval starts there
+        prev, self._last = self._last, cur
+        if prev is None:
+            return na
+        get = _metrics_get()
+        get.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        get.numMetrics = len(GPM_METRIC_IDS)
+        get.sample1, get.sample2 = self._samples[prev], self._samples[cur]
+        for k, metric in enumerate(GPM_METRIC_IDS):
+            get.metrics[k].metricId = metric
+        try:
+            c(pynvml.nvmlGpmMetricsGet, get)
+        except pynvml.NVMLError:
+            return na
+        out: list[Reading] = []
+        for k in range(len(GPM_METRIC_IDS)):
+            m = get.metrics[k]
+            if m.nvmlReturn != pynvml.NVML_SUCCESS:
+                out.append(None)
+            else:
+                out.append(gpm_percent(m.value) if k < _GPM_PERCENTS else gpm_mb(m.value))
+        return out
+
+    def free(self, c: Calls) -> None:
+        samples, self._samples, self._last = self._samples, [], None
+        for s in samples:
+            try:
+                c(pynvml.nvmlGpmSampleFree, s)
+            except pynvml.NVMLError:
+                pass
 
 
 class XidCounter:
@@ -227,6 +401,7 @@ class PythonStatsEngine:
         self._xid: XidCounter | None = None
         self._xid_gpu: dict[str, int] = {}  # UUID -> XidCounter key
         self._xid_reported: set[str] = set()
+        self._gpm: dict[str, GpmReader] = {}  # UUID -> its GPM state (extended stats)
         self._closed = False
         if options.extended:
             try:
@@ -321,7 +496,7 @@ class PythonStatsEngine:
                     d.device_id,
                     self._options.timeout,
                 )
-            read[d.uuid] = self._unavailable()
+            read[d.uuid] = self._unavailable(d.uuid)
         for name, devices in self._groups:
             group = resp.groups.add(vendor=VENDOR, type=DEVICE_TYPE, name=name)
             for d in devices:
@@ -338,6 +513,17 @@ class PythonStatsEngine:
             self._readers = []
             self._handles.clear()
             xid, self._xid = self._xid, None
+            gpm, self._gpm = self._gpm, {}
+        # Each device's sample buffers are freed on its lane, so never under a read
+        # still in progress there (a device whose lane is busy keeps its two buffers).
+        deadline = time.monotonic() + self._options.timeout
+        try:
+            jobs = [self._calls.try_submit(uuid, reader.free, deadline) for uuid, reader in gpm.items()]
+            for job in jobs:
+                if job is not None:
+                    self._calls.wait_until(job, deadline)
+        except RunnerClosed:  # the plugin is shutting down: the process frees them
+            pass
         if xid is not None:
             try:
                 self._calls.run(("xid", id(self)), xid.close)
@@ -361,21 +547,27 @@ class PythonStatsEngine:
         self._handles[d.uuid] = h
         return h
 
-    def _unavailable(self) -> device_pb2.DeviceStats:
-        return self._assemble({})
+    def _unavailable(self, uuid: str = "") -> device_pb2.DeviceStats:
+        """Every value N/A; a GPU known to have GPM keeps its GPM stats (as N/A)."""
+        reader = self._gpm.get(uuid)
+        gpm: list[Reading] | None = [None] * len(GPM_STATS) if reader is not None and reader.supported else None
+        return self._assemble({}, gpm)
 
     def _stats(self, c: Calls, d: TrackedDevice) -> device_pb2.DeviceStats:
         """One read of the GPU `d` names (by its UUID)."""
         h = self._handle(c, d)
         readings = self._read(c, h) if h is not None else {}
+        gpm: list[Reading] | None = None
+        if h is not None and self._options.extended:
+            gpm = self._gpm.setdefault(d.uuid, GpmReader()).read(c, h)
         if h is not None:
             self._watch_xid(c, d, h)
         xid = self._xid
         if xid is not None and d.uuid in self._xid_gpu:
             readings[XID_COUNT.name] = xid.count(self._xid_gpu[d.uuid])
-        return self._assemble(readings)
+        return self._assemble(readings, gpm)
 
-    def _assemble(self, readings: dict[str, Reading]) -> device_pb2.DeviceStats:
+    def _assemble(self, readings: dict[str, Reading], gpm: list[Reading] | None = None) -> device_pb2.DeviceStats:
         ds = device_pb2.DeviceStats()
         attrs = ds.stats.attributes
         for stat in (POWER, GPU_UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, TEMPERATURE, MEMORY, BAR1, ECC_L1, ECC_L2, ECC_DEVICE):
@@ -387,6 +579,10 @@ class PythonStatsEngine:
                 obj = nested[topic]
                 for stat in stats:
                     obj.attributes[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
+            if gpm is not None:
+                obj = nested[GPM]
+                for stat, reading in zip(GPM_STATS, gpm):
+                    obj.attributes[stat.name].CopyFrom(stat_value(stat, reading))
         return ds
 
     def _read(self, c: Calls, h: Any) -> dict[str, Reading]:
