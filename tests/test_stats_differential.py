@@ -1,6 +1,7 @@
 """Differential test: the native engine and the pure-Python reference engine
 decode to the same StatsResponse (timestamps aside) over generated simulated
-scenarios, faults and XID events.
+scenarios, faults and XID events, GPM stats included (GPUs with and without
+GPM, MIG instances, GPM calls that fail).
 
 The simulator's values are a pure function of the scenario and of how many
 times each metric was read, so each engine gets its own fresh copy of the
@@ -24,8 +25,9 @@ from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
 
-MODELS = ["h100-sxm5-80gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "gh200-96gb", "l4"]
+MODELS = ["h100-sxm5-80gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "gh200-96gb", "l4", "gb200"]
 MIG_LAYOUTS = {
+    "gb200": [["3g.93gb", "2g.46gb", "1g.23gb", "1g.23gb"], ["7g.186gb"]],
     "h100-sxm5-80gb": [["1g.10gb"] * 7, ["3g.40gb", "2g.20gb", "1g.10gb"], ["7g.80gb"], []],
     "a100-sxm4-80gb": [["3g.40gb", "3g.40gb"], ["1g.10gb", "2g.20gb"]],
     "a100-sxm4-40gb": [["1g.5gb"] * 7, ["4g.20gb"]],
@@ -46,6 +48,10 @@ FUNCTIONS = [
     "nvmlDeviceGetPcieThroughput",
     "nvmlDeviceGetCurrentClocksEventReasons",
     "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlGpmQueryDeviceSupport",
+    "nvmlGpmSampleGet",
+    "nvmlGpmMigSampleGet",
+    "nvmlGpmMetricsGet",
 ]
 FIELDS = [7, 9, 11, 83]
 GENERATORS = [
@@ -54,7 +60,23 @@ GENERATORS = [
     'kind = "ramp"\nmin = 0\nmax = 100\nperiod = 7',
     'kind = "counter"\nvalue = 3\nstep = 2',
 ]
-METRICS = ["utilization_gpu", "temperature_c", "power_w", "ecc_corrected", "utilization_encoder", "clock_sm_mhz"]
+METRICS = [
+    "utilization_gpu",
+    "temperature_c",
+    "power_w",
+    "ecc_corrected",
+    "utilization_encoder",
+    "clock_sm_mhz",
+    "gpm_graphics_util",
+    "gpm_sm_occupancy",
+    "gpm_tensor_util",
+    "gpm_pcie_tx_mibps",
+    "gpm_nvlink_rx_mibps",
+]
+# Of MIG devices: their memory and their own GPM metrics.
+MIG_METRICS = ["memory_used_mib", "gpm_sm_util", "gpm_dram_bw_util", "gpm_nvlink_tx_mibps"]
+# Hopper and later have GPM; a group may turn it off (or on, for the others).
+GPM_MODELS = {"h100-sxm5-80gb", "gh200-96gb", "gb200"}
 
 
 @st.composite
@@ -66,12 +88,17 @@ def scenario(draw: st.DrawFn) -> str:
         model = draw(st.sampled_from(MODELS))
         count = draw(st.integers(1, 3))
         lines += ["[[gpus]]", f'model = "{model}"', f"count = {count}"]
+        if draw(st.integers(0, 4)) == 0:
+            lines.append(f"gpm = {'false' if model in GPM_MODELS else 'true'}")
         if model in MIG_LAYOUTS and draw(st.booleans()):
             layout = draw(st.sampled_from(MIG_LAYOUTS[model]))
             lines.append("mig = [" + ", ".join(f'"{p}"' for p in layout) + "]")
+            for metric in draw(st.lists(st.sampled_from(MIG_METRICS), max_size=2, unique=True)):
+                gen = draw(st.sampled_from(GENERATORS)).replace("\n", ", ")
+                lines.append(f"mig_stats.{metric} = {{ {gen} }}")
         else:
             whole += range(gpu_count, gpu_count + count)
-        for metric in draw(st.lists(st.sampled_from(METRICS), max_size=3, unique=True)):
+        for metric in draw(st.lists(st.sampled_from(METRICS), max_size=4, unique=True)):
             gen = draw(st.sampled_from(GENERATORS)).replace("\n", ", ")
             lines.append(f"stats.{metric} = {{ {gen} }}")
         gpu_count += count

@@ -136,10 +136,103 @@ def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str
         engine.close()
     for g in resp.groups:
         for ds in g.instance_stats.values():
-            assert set(ds.stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle", "XID"}
+            # H100s (and their MIG instances) have GPM.
+            assert set(ds.stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle", "XID", "GPM"}
             assert set(ds.stats.nested["Clocks"].attributes) == {"SM clock", "Memory clock"}
             assert ds.stats.nested["Clocks"].attributes["SM clock"].unit == "MHz"
             assert len(ds.stats.attributes) == 11
+
+
+GPM_NAMES = [
+    "Graphics activity",
+    "SM activity",
+    "SM occupancy",
+    "Tensor activity",
+    "DRAM bandwidth utilization",
+    "PCIe TX",
+    "PCIe RX",
+    "NVLink TX",
+    "NVLink RX",
+]
+
+GPM = """
+name = "stats-gpm"
+[[gpus]]                    # GPU 0: GPM, constants
+model = "gb200"
+stats.gpm_graphics_util = 87.5
+stats.gpm_sm_util = 72.25
+stats.gpm_sm_occupancy = 41.0
+stats.gpm_tensor_util = 63.754
+stats.gpm_dram_bw_util = 55.5
+stats.gpm_pcie_tx_mibps = 1200
+stats.gpm_pcie_rx_mibps = 3400
+stats.gpm_nvlink_tx_mibps = 250000
+stats.gpm_nvlink_rx_mibps = 245000
+[[gpus]]                    # GPU 1: no GPM (Ampere)
+model = "a100-sxm4-80gb"
+[[gpus]]                    # GPU 2: MIG, each instance its own values
+model = "gb200"
+mig = ["3g.93gb", "1g.23gb"]
+mig_stats.gpm_graphics_util = { kind = "counter", value = 10, step = 1 }
+mig_stats.gpm_nvlink_rx_mibps = 1000
+[[gpus]]                    # GPU 3: GPM whose samples fail
+model = "h100-sxm5-80gb"
+[[faults]]
+kind = "not_supported"
+gpu = 3
+function = "nvmlGpmSampleGet"
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
+    with nvml_session(write(tmp_path, GPM)):
+        devices = tracked_devices()
+        gpus = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(4)]
+        engine = make_stats_engine(kind, extended=True)
+        try:
+            engine.track(devices)
+            ticks = [decode(engine.collect()) for _ in range(4)]
+        finally:
+            engine.close()
+    names = {s.name: s for s in stats_python.GPM_STATS}
+    assert list(names) == GPM_NAMES
+    for n, resp in enumerate(ticks):
+        stats = {dev: ds for g in resp.groups for dev, ds in g.instance_stats.items()}
+        assert set(stats) == {d.device_id for d in devices}
+        assert "GPM" not in stats[gpus[1]].stats.nested, "a GPU without GPM sends nothing extra"
+        assert set(stats[gpus[1]].stats.nested) == {"Clocks", "Energy", "PCIe", "Throttle", "XID"}
+        with_gpm = [dev for dev in stats if dev != gpus[1]]
+        assert len(with_gpm) == 4
+        for dev in with_gpm:
+            gpm = stats[dev].stats.nested["GPM"].attributes
+            assert sorted(gpm) == sorted(GPM_NAMES), dev
+            for name, v in gpm.items():
+                assert (v.unit, v.desc) == (names[name].unit, names[name].desc)
+                assert v.unit == ("%" if GPM_NAMES.index(name) < 5 else "MB/s")
+            forms = {name: value_form(v) for name, v in gpm.items()}
+            if n == 0 or dev == gpus[3]:
+                # The first tick has no interval yet; GPU 3's samples fail.
+                assert set(forms.values()) == {"N/A"}, (n, dev, forms)
+                continue
+            if dev == gpus[0]:
+                assert forms == {
+                    "Graphics activity": 87.5,
+                    "SM activity": 72.25,
+                    "SM occupancy": 41.0,
+                    "Tensor activity": 63.75,  # two decimals
+                    "DRAM bandwidth utilization": 55.5,
+                    "PCIe TX": 1258,  # 1200 MiB/s in MB/s
+                    "PCIe RX": 3565,
+                    "NVLink TX": 262144,
+                    "NVLink RX": 256901,
+                }
+            else:
+                # A MIG instance's own values: the counter at its n+1-th sample.
+                assert forms["Graphics activity"] == 10.0 + n + 1, (n, dev)
+                assert forms["NVLink RX"] == 1049
+                assert all(isinstance(forms[k], float) for k in GPM_NAMES[:5])
+                assert all(isinstance(forms[k], int) for k in GPM_NAMES[5:])
 
 
 # MIXED's GPUs (0 and 1 whole, 2 in MIG mode) with events.
