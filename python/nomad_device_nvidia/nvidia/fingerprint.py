@@ -8,7 +8,9 @@ the failure, so one bad GPU never hides the others.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import uuid as uuidlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -41,6 +43,10 @@ NUMA_NODE = "numa_node"
 MIG_PROFILE = "mig_profile"
 PARENT_UUID = "parent_uuid"
 SHARES = "shares"
+FABRIC_CLUSTER_UUID = "fabric_cluster_uuid"
+FABRIC_CLIQUE = "fabric_clique"
+NVLINK_LINKS = "nvlink_links"
+NVLINK_BANDWIDTH = "nvlink_bandwidth"
 
 MIB = "MiB"
 WATT = "W"
@@ -71,6 +77,34 @@ LOST_CODES = frozenset({pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_RESET_R
 _NO_MIG_AT_INDEX = frozenset({pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_ERROR_INVALID_ARGUMENT})
 
 T = TypeVar("T")
+
+# nvmlGpuFabricState_t
+FABRIC_NOT_SUPPORTED = 0
+FABRIC_NOT_STARTED = 1
+FABRIC_IN_PROGRESS = 2
+FABRIC_COMPLETED = 3
+_FABRIC_STATES = {FABRIC_NOT_STARTED: "not started", FABRIC_IN_PROGRESS: "in progress"}
+# The fabric health mask's fields (shift, width) and the value of each that means trouble.
+_FABRIC_MASK_TRUE = 1
+_FABRIC_MASK_PROBLEMS = (
+    (0, 0x3, "bandwidth degraded"),
+    (2, 0x3, "route recovery in progress"),
+    (4, 0x3, "route unhealthy"),
+    (6, 0x3, "access timeout recovery in progress"),
+)
+_FABRIC_CONFIG_SHIFT, _FABRIC_CONFIG_WIDTH = 8, 0xF
+_FABRIC_CONFIG_PROBLEMS = {
+    2: "incorrect system GUID",
+    3: "incorrect chassis serial number",
+    4: "no partition",
+    5: "insufficient NVLinks",
+    6: "incompatible GPU firmware",
+    7: "invalid location",
+    8: "GPU state invalid",
+}
+# NVML_FI_DEV_NVLINK_LINK_COUNT, NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON
+_FI_NVLINK_LINK_COUNT = 91
+_FI_NVLINK_SPEED_MBPS_COMMON = 90
 
 
 @dataclass(frozen=True)
@@ -187,7 +221,119 @@ def _gpu_attributes(c: Calls, gpu: Any) -> dict[str, Attribute]:
     arch = _optional(c, pynvml.nvmlDeviceGetArchitecture, gpu)
     if arch is not None and int(arch) in _ARCHITECTURES:
         attrs[ARCHITECTURE] = Attribute(_ARCHITECTURES[int(arch)])
+    _nvlink_attributes(c, gpu, attrs)
+    fabric = read_fabric(c, gpu)
+    # Only once the fabric manager has registered the GPU: before that NVML has no
+    # cluster or clique for it (and the GPU is unhealthy, see health.py).
+    if fabric is not None and fabric.ready:
+        attrs[FABRIC_CLUSTER_UUID] = Attribute(fabric.cluster_uuid)
+        attrs[FABRIC_CLIQUE] = Attribute(fabric.clique)
     return attrs
+
+
+def _nvlink_attributes(c: Calls, gpu: Any, attrs: dict[str, Attribute]) -> None:
+    """NVLink links present and their bandwidth (links x the common link speed), when NVML reports them."""
+    try:
+        links, speed = c(pynvml.nvmlDeviceGetFieldValues, gpu, [_FI_NVLINK_LINK_COUNT, _FI_NVLINK_SPEED_MBPS_COMMON])
+    except pynvml.NVMLError as exc:
+        if exc.value in UNSUPPORTED_CODES:
+            return
+        raise
+    n = _field_uint(links)
+    if not n:
+        return
+    attrs[NVLINK_LINKS] = Attribute(n)
+    mbps = _field_uint(speed)
+    if mbps:
+        attrs[NVLINK_BANDWIDTH] = Attribute(n * mbps, MB_PER_S)
+
+
+def _field_uint(fv: Any) -> int | None:
+    if fv.nvmlReturn != pynvml.NVML_SUCCESS:
+        return None
+    value = {
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    }.get(fv.valueType)
+    return None if value is None else int(getattr(fv.value, value))
+
+
+@dataclass(frozen=True)
+class FabricInfo:
+    """A GPU's registration with the NVLink fabric manager (nvmlDeviceGetGpuFabricInfoV)."""
+
+    state: int  # FABRIC_*
+    status: int  # the registration's NVML return code (meaningful once completed)
+    cluster_uuid: str  # "" until assigned
+    clique: int
+    health_mask: int | None  # None: only the unversioned call answered (no mask)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == FABRIC_COMPLETED and self.status == pynvml.NVML_SUCCESS and bool(self.cluster_uuid)
+
+    def problem(self) -> str:
+        """What keeps the GPU from NVLink work, "" when nothing does."""
+        if self.state != FABRIC_COMPLETED:
+            return f"NVLink fabric not ready: {_FABRIC_STATES.get(self.state, f'state {self.state}')}"
+        if self.status != pynvml.NVML_SUCCESS:
+            return f"NVLink fabric registration failed ({_error_name(self.status)})"
+        if self.health_mask is None:
+            return ""
+        problems = [
+            what
+            for shift, width, what in _FABRIC_MASK_PROBLEMS
+            if (self.health_mask >> shift) & width == _FABRIC_MASK_TRUE
+        ]
+        config = (self.health_mask >> _FABRIC_CONFIG_SHIFT) & _FABRIC_CONFIG_WIDTH
+        if config > 1:  # 0: not reported, 1: correct
+            problems.append(f"incorrect configuration ({_FABRIC_CONFIG_PROBLEMS.get(config, config)})")
+        return f"NVLink fabric unhealthy: {', '.join(problems)}" if problems else ""
+
+
+def _error_name(code: int) -> str:
+    """An NVML return code by its name (no NVML call: the names are pynvml's constants)."""
+    for name in dir(pynvml):
+        if name.startswith("NVML_ERROR_") and getattr(pynvml, name) == code:
+            return name
+    return f"NVML error {code}"
+
+
+def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
+    """The GPU's NVLink fabric registration; None where NVML reports no fabric
+    (before Hopper, or a GPU in none)."""
+    mask: int | None
+    try:
+        info: Any = pynvml.c_nvmlGpuFabricInfo_v2_t()
+        c(pynvml.nvmlDeviceGetGpuFabricInfoV, gpu, ctypes.byref(info))
+        mask = int(info.healthMask)
+    except pynvml.NVMLError as exc:
+        if exc.value != pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+            if exc.value in UNSUPPORTED_CODES:
+                return None
+            raise
+        # A driver older than the versioned call.
+        info = pynvml.c_nvmlGpuFabricInfo_t()
+        try:
+            c(pynvml.nvmlDeviceGetGpuFabricInfo, gpu, ctypes.byref(info))
+        except pynvml.NVMLError as exc2:
+            if exc2.value in UNSUPPORTED_CODES:
+                return None
+            raise
+        mask = None
+    # The state is one byte in nvml.h, padded; pynvml reads four.
+    state = int(info.state) & 0xFF
+    if state == FABRIC_NOT_SUPPORTED:
+        return None
+    raw = bytes(info.clusterUuid)
+    return FabricInfo(
+        state=state,
+        status=int(info.status),
+        cluster_uuid=str(uuidlib.UUID(bytes=raw)) if any(raw) else "",
+        clique=int(info.cliqueId),
+        health_mask=mask,
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A device is healthy when it has no open condition. Conditions come from NVML
 events (critical XIDs, double-bit ECC), from reads that fail or do not return
 in time (lost GPU, other NVML errors, a blocked call), from polled state
-(pending page retirement / row remapping) and from the driver going away.
+(pending page retirement / row remapping, an NVLink fabric not ready or
+unhealthy) and from the driver going away.
 Recovery: a failed read clears when the device answers again; an XID or ECC
 condition clears when the GPU is seen going away and answering again (a
 GPU reset or a driver reload), which is what an operator does to recover such a GPU.
@@ -31,6 +32,7 @@ from nomad_device_nvidia.nvidia.fingerprint import (
     ScanFailure,
     failure_of,
     physical_devices,
+    read_fabric,
 )
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ READ = "read"
 XID = "xid"
 ECC = "ecc"
 RETIREMENT = "retirement"
-_ORDER = (DRIVER, LOST, XID, ECC, RETIREMENT, READ)
+FABRIC = "fabric"
+_ORDER = (DRIVER, LOST, XID, ECC, RETIREMENT, FABRIC, READ)
 # Conditions only a GPU reset (or a driver reload) clears.
 _RESET_CLEARED = (LOST, XID, ECC)
 
@@ -174,6 +177,8 @@ class ProbeResult:
 
     errors: dict[str, pynvml.NVMLError | None]
     retirement: str | None  # None: not known (the GPU did not answer)
+    # The NVLink fabric's problem ("" when none, or no fabric); None: not known.
+    fabric: str | None = None
 
 
 def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
@@ -189,13 +194,17 @@ def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
             continue
         errors[dev.id] = None
     retirement: str | None = None
+    fabric: str | None = None
     if members and all(e is None for e in errors.values()):
         try:
             gpu = c(pynvml.nvmlDeviceGetHandleByUUID, members[0].physical_uuid)
             retirement = retirement_problem(c, gpu)
+            # CUDA fails on a GPU whose NVLink fabric registration is not complete.
+            info = read_fabric(c, gpu)
+            fabric = info.problem() if info is not None else ""
         except pynvml.NVMLError:
-            retirement = None  # the next probe tries again; the reads above answered
-    return ProbeResult(errors, retirement)
+            pass  # the next probe tries again; the reads above answered
+    return ProbeResult(errors, retirement, fabric)
 
 
 def _probe_work(members: Sequence[GpuDevice], c: Calls) -> ProbeResult:
@@ -215,6 +224,10 @@ def record_probe(book: HealthBook, members: Sequence[GpuDevice], result: ProbeRe
             book.mark(dev.id, RETIREMENT, result.retirement)
         elif result.retirement == "":
             book.clear(dev.id, RETIREMENT)
+        if result.fabric:
+            book.mark(dev.id, FABRIC, result.fabric)
+        elif result.fabric == "":
+            book.clear(dev.id, FABRIC)
 
 
 def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTimeout) -> None:
