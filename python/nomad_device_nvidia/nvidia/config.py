@@ -28,6 +28,9 @@ GROUP_BY = ("numa_node", "parent_uuid")
 MIN_FINGERPRINT_PERIOD = 1.0
 MIN_PROBE_INTERVAL = 0.1
 MIN_CALL_TIMEOUT = 0.1
+# IMEX channel numbers, as /dev/nvidia-caps-imex-channels/channelN names them
+# (the driver's NVreg_ImexChannelCount is 2048 by default).
+MAX_IMEX_CHANNEL = 2**20 - 1
 
 T = TypeVar("T")
 
@@ -49,6 +52,13 @@ class ReserveConfig:
     device_nodes: bool = False
     dev_root: str = "/dev"
     mig_capabilities_root: str = "/proc/driver/nvidia/capabilities"
+    # Opt-in extras for NVLink-switched and RDMA nodes, which NVIDIA's container
+    # toolkit reads: IMEX channels for multi-node NVLink (NVIDIA_IMEX_CHANNELS,
+    # and with device_nodes their /dev nodes), GPUDirect Storage, MOFED, GDRCopy.
+    imex_channels: tuple[int, ...] = ()
+    gds: bool = False
+    mofed: bool = False
+    gdrcopy: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +261,23 @@ def _absolute_path(key: str, value: Any) -> str:
     return path.rstrip("/") or "/"
 
 
+def _imex_channels(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"must be a list of IMEX channel numbers, got {_kind(value)} ({value!r})")
+    channels: list[int] = []
+    for i, item in enumerate(value):
+        try:
+            n = _int(key, item)
+        except ConfigError:
+            raise ConfigError(key, f"item {i} must be an IMEX channel number, got {item!r}") from None
+        if not 0 <= n <= MAX_IMEX_CHANNEL:
+            raise ConfigError(key, f"item {i} must be a channel between 0 and {MAX_IMEX_CHANNEL}, got {n}")
+        if n in channels:
+            raise ConfigError(key, f"item {i}: channel {n} is listed twice")
+        channels.append(n)
+    return tuple(sorted(channels))  # one order, so equal configs compare equal
+
+
 def _reserve(key: str, value: Any) -> ReserveConfig:
     d = ReserveConfig()
     r = _Reader(value, key + ".")
@@ -259,6 +286,10 @@ def _reserve(key: str, value: Any) -> ReserveConfig:
         device_nodes=r.get("device_nodes", _bool, d.device_nodes),
         dev_root=r.get("dev_root", _absolute_path, d.dev_root),
         mig_capabilities_root=r.get("mig_capabilities_root", _absolute_path, d.mig_capabilities_root),
+        imex_channels=r.get("imex_channels", _imex_channels, d.imex_channels),
+        gds=r.get("gds", _bool, d.gds),
+        mofed=r.get("mofed", _bool, d.mofed),
+        gdrcopy=r.get("gdrcopy", _bool, d.gdrcopy),
     )
     r.reject_unknown()
     return cfg
@@ -323,6 +354,10 @@ def config_spec() -> hclspec.Spec:
                         "device_nodes": a("device_nodes", "bool", rs.device_nodes),
                         "dev_root": a("dev_root", "string", rs.dev_root),
                         "mig_capabilities_root": a("mig_capabilities_root", "string", rs.mig_capabilities_root),
+                        "imex_channels": a("imex_channels", "list(number)", list(rs.imex_channels)),
+                        "gds": a("gds", "bool", rs.gds),
+                        "mofed": a("mofed", "bool", rs.mofed),
+                        "gdrcopy": a("gdrcopy", "bool", rs.gdrcopy),
                     }
                 ),
             ),
