@@ -17,6 +17,11 @@ NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 # Nodes every CUDA process opens besides its GPU's own /dev/nvidiaN.
 CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
+# Read by NVIDIA's container toolkit: IMEX channels to create in the container
+# (multi-node NVLink), and the GPUDirect Storage, MOFED and GDRCopy features.
+NVIDIA_IMEX_CHANNELS = "NVIDIA_IMEX_CHANNELS"
+IMEX_CHANNELS_DIR = "nvidia-caps-imex-channels"
+FEATURE_TOGGLES = (("gds", "NVIDIA_GDS"), ("mofed", "NVIDIA_MOFED"), ("gdrcopy", "NVIDIA_GDRCOPY"))
 
 
 def resolve(
@@ -79,6 +84,7 @@ def device_nodes(devices: Sequence[GpuDevice], config: ReserveConfig) -> list[De
                 minor = _cap_minor(path)
                 if minor is not None:
                     names.append(f"nvidia-caps/nvidia-cap{minor}")
+    names.extend(f"{IMEX_CHANNELS_DIR}/channel{n}" for n in config.imex_channels)
     specs: list[DeviceSpec] = []
     seen: set[str] = set()
     for name in names:
@@ -98,5 +104,10 @@ def reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservat
     envs = {NVIDIA_VISIBLE_DEVICES: visible}
     if config.cuda_visible_devices:
         envs[CUDA_VISIBLE_DEVICES] = visible
+    if config.imex_channels:
+        envs[NVIDIA_IMEX_CHANNELS] = ",".join(str(n) for n in config.imex_channels)
+    for key, env in FEATURE_TOGGLES:
+        if getattr(config, key):
+            envs[env] = "enabled"
     nodes = tuple(device_nodes(devices, config)) if config.device_nodes else ()
     return Reservation(envs=envs, devices=nodes)
