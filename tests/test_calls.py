@@ -171,3 +171,28 @@ def test_a_closed_runner_refuses_work_and_releases_its_waiters(runner: CallRunne
     with pytest.raises(RunnerClosed):
         slow.call("gpu1", quick, 1)
     gate.set()
+
+
+def test_a_job_holding_a_lane_makes_other_work_there_wait_or_be_refused(runner: CallRunner) -> None:
+    # The python stats engine's tick: one job reads several GPUs, holding each one's lane.
+    gate, holding = threading.Event(), threading.Event()
+
+    def tick(c: Calls) -> str:
+        assert c.hold("gpu0", time.monotonic() + WAIT)
+        holding.set()
+        try:
+            return c(nvmlDeviceGetPowerUsage, gate)
+        finally:
+            c.release("gpu0")
+
+    job = runner.submit(("tick", 1), tick)
+    assert holding.wait(WAIT)
+    # Work on the held lane waits for it, and is refused, naming the held call,
+    # once that call is overdue; other lanes are not held up.
+    with pytest.raises(CallTimeout, match="nvmlDeviceGetPowerUsage did not return within 200ms"):
+        runner.call("gpu0", quick, 1)
+    assert runner.try_submit("gpu0", lambda c: c(quick, 1), time.monotonic() + 0.05) is None
+    assert runner.call("gpu1", quick, 3) == 3
+    gate.set()
+    assert runner.wait_until(job, time.monotonic() + WAIT) and job.result() == "answered"
+    assert runner.call("gpu0", quick, 2) == 2  # released with the job

@@ -31,8 +31,7 @@ P = ParamSpec("P")
 SYSTEM = "system"
 EVENTS = "events"
 
-# Idle workers kept for the next piece of work; more than this exit at once.
-_MAX_IDLE = 2
+# An idle worker exits after this long without work.
 _IDLE_EXIT_S = 30.0
 # How often a waiter re-checks a job that has not started a call yet (x4), or a busy lane.
 _POLL_S = 0.05
@@ -54,14 +53,37 @@ class RunnerClosed(Exception):
 
 
 class Calls(Protocol):
-    """What work functions call NVML through: `c(pynvml.nvmlDeviceGetName, handle)`."""
+    """What work functions call NVML through: `c(pynvml.nvmlDeviceGetName, handle)`.
+
+    Work that reads several GPUs in one job (the python stats engine's tick)
+    holds each GPU's lane while it reads it, so other work on that GPU waits or
+    is refused as if it were queued there, and a blocked read shows on its lane.
+    """
 
     def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
+    def hold(self, lane: Hashable, until: float) -> bool:
+        """Take `lane` for this job, waiting for it until time.monotonic() reaches `until`;
+        False when it is still busy then, or its call is overdue."""
+        ...
 
-def direct(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """`Calls` without a deadline, for code that runs outside the plugin (probe, tests)."""
-    return fn(*args, **kwargs)
+    def release(self, lane: Hashable) -> None: ...
+
+
+class _Direct:
+    """`Calls` without a deadline or lanes, for code that runs outside the plugin (probe, tests)."""
+
+    def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return fn(*args, **kwargs)
+
+    def hold(self, lane: Hashable, until: float) -> bool:
+        return True
+
+    def release(self, lane: Hashable) -> None:
+        pass
+
+
+direct: Calls = _Direct()
 
 
 def _name(fn: Callable[..., object]) -> str:
@@ -71,8 +93,10 @@ def _name(fn: Callable[..., object]) -> str:
 class Job(Generic[T]):
     """One piece of work on a lane; records which NVML call it is in and since when."""
 
-    def __init__(self, lane: Hashable, work: Callable[[Calls], T], grace: float = 0.0) -> None:
+    def __init__(self, runner: CallRunner, lane: Hashable, work: Callable[[Calls], T], grace: float = 0.0) -> None:
+        self._runner = runner
         self.lane = lane
+        self.held: set[Hashable] = set()  # other lanes this job holds now
         self._work = work
         self.grace = grace  # seconds added to the deadline (a call that waits on purpose)
         self.done = threading.Event()
@@ -90,6 +114,12 @@ class Job(Generic[T]):
         finally:
             self.call_started = 0.0
             self.call = ""
+
+    def hold(self, lane: Hashable, until: float) -> bool:
+        return self._runner._hold(self, lane, until)  # type: ignore[arg-type]
+
+    def release(self, lane: Hashable) -> None:
+        self._runner._release(self, lane)  # type: ignore[arg-type]
 
     def run(self) -> None:
         try:
@@ -115,8 +145,8 @@ class Job(Generic[T]):
 class CallRunner:
     """Runs NVML work on worker threads, one job per lane at a time, each call under `timeout`.
 
-    Threads: at most `max_workers` running work that is on time, plus one per
-    lane whose call is overdue, plus `_MAX_IDLE` idle ones.
+    Threads: at most `max_workers` running work that is on time or idle (an idle
+    one exits after `_IDLE_EXIT_S`), plus one per lane whose call is overdue.
     """
 
     def __init__(self, timeout: float, *, max_workers: int = 8, name: str = "nvml") -> None:
@@ -125,7 +155,9 @@ class CallRunner:
         self._timeout = timeout
         self._max_workers = max(1, max_workers)
         self._name = name
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # workers wait here for work
+        self._freed = threading.Condition(lock)  # submitters wait here for a busy lane
         self._queue: deque[Job[object]] = deque()
         self._lanes: dict[Hashable, Job[object]] = {}  # lane -> job started or queued there
         self._running: set[Job[object]] = set()  # jobs a worker is running
@@ -169,6 +201,7 @@ class CallRunner:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._freed.notify_all()
 
     # -- submitting and waiting --
 
@@ -185,7 +218,7 @@ class CallRunner:
                 now = time.monotonic()
                 if now >= until or busy.overdue(self._timeout, now):
                     return None
-                self._cond.wait(min(until - now, _POLL_S))
+                self._freed.wait(min(until - now, _POLL_S))
 
     def submit(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> Job[T]:
         """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue."""
@@ -197,7 +230,7 @@ class CallRunner:
                 if busy is None:
                     return self._enqueue(lane, work, grace)
                 self._check_overdue(busy)  # raises when the lane's call is stuck
-                self._cond.wait(_POLL_S)
+                self._freed.wait(_POLL_S)
 
     def wait(self, job: Job[T]) -> T:
         """The job's result; CallTimeout as soon as one of its calls passes the deadline."""
@@ -229,6 +262,26 @@ class CallRunner:
         """One NVML call on `lane` under the deadline."""
         return self.run(lane, lambda c: c(fn, *args, **kwargs))
 
+    def _hold(self, job: Job[object], lane: Hashable, until: float) -> bool:
+        with self._cond:
+            while True:
+                busy = self._lanes.get(lane)
+                if busy is None or busy is job:
+                    self._lanes[lane] = job
+                    job.held.add(lane)
+                    return True
+                now = time.monotonic()
+                if self._closed or now >= until or busy.overdue(self._timeout, now):
+                    return False
+                self._freed.wait(min(until - now, _POLL_S))
+
+    def _release(self, job: Job[object], lane: Hashable) -> None:
+        with self._cond:
+            if lane != job.lane and self._lanes.get(lane) is job:
+                del self._lanes[lane]
+                self._freed.notify_all()
+            job.held.discard(lane)
+
     # -- internals (under self._cond) --
 
     def _slice(self, job: Job[object] | Job[T]) -> float:
@@ -259,7 +312,7 @@ class CallRunner:
             self._spawn_if_needed()
 
     def _enqueue(self, lane: Hashable, work: Callable[[Calls], T], grace: float) -> Job[T]:
-        job: Job[T] = Job(lane, work, grace)
+        job: Job[T] = Job(self, lane, work, grace)
         self._lanes[lane] = job  # type: ignore[assignment]
         self._queue.append(job)  # type: ignore[arg-type]
         self._cond.notify()
@@ -279,10 +332,8 @@ class CallRunner:
                 while True:
                     idle_since = time.monotonic()
                     while not self._queue:
-                        if self._closed or self._idle > _MAX_IDLE:
-                            return
                         left = idle_since + _IDLE_EXIT_S - time.monotonic()
-                        if left <= 0:
+                        if self._closed or left <= 0:
                             return
                         self._cond.wait(left)
                     job = self._queue.popleft()
@@ -296,10 +347,12 @@ class CallRunner:
                     self._running.discard(job)
                     was_stuck = job in self._stuck
                     self._stuck.discard(job)
-                    if self._lanes.get(job.lane) is job:
-                        del self._lanes[job.lane]
+                    for lane in (job.lane, *job.held):
+                        if self._lanes.get(lane) is job:
+                            del self._lanes[lane]
+                    job.held.clear()
                     self._idle += 1
-                    self._cond.notify_all()
+                    self._freed.notify_all()
                     if was_stuck:
                         callbacks = list(self._on_return)
                         self._cond.release()
@@ -312,7 +365,7 @@ class CallRunner:
                         finally:
                             self._cond.acquire()
                         # The replacement took this worker's place: one of the two goes.
-                        if len(self._running) - len(self._stuck) + self._idle > self._max_workers + _MAX_IDLE:
+                        if len(self._running) - len(self._stuck) + self._idle > self._max_workers:
                             return
             finally:
                 self._idle -= 1

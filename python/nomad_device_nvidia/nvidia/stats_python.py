@@ -159,7 +159,7 @@ FI_ECC_SBE_VOL_DEV = 11
 FI_TOTAL_ENERGY = 83
 _BATCH_FALLBACK = (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_NOT_SUPPORTED)
 # Workers of an engine that has no runner of the plugin's (benchmarks, tests):
-# the reads hold the GIL, so more threads would not read faster.
+# a tick is one job; more are only needed beside ticks blocked in NVML.
 _OWN_WORKERS = 4
 # Events taken per tick at most, as in the native engine (src_rust/stats_core/src/xid.rs).
 MAX_EVENTS_PER_TICK = 4096
@@ -384,6 +384,12 @@ class XidCounter:
             pass
 
 
+class _Tick:
+    """Set once the tick's caller stopped waiting: a tick still running stops at the next GPU."""
+
+    cancelled = False
+
+
 class PythonStatsEngine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self._options = options
@@ -402,6 +408,7 @@ class PythonStatsEngine:
         self._xid_gpu: dict[str, int] = {}  # UUID -> XidCounter key
         self._xid_reported: set[str] = set()
         self._gpm: dict[str, GpmReader] = {}  # UUID -> its GPM state (extended stats)
+        self._ticks = 0
         self._closed = False
         if options.extended:
             try:
@@ -431,20 +438,21 @@ class PythonStatsEngine:
             if self._xid is None:
                 return
             deadline = time.monotonic() + self._options.timeout
-            jobs = []
-            for d in self._readers:
-                if d.uuid in self._xid_gpu:
-                    continue
+            pending = [d for d in self._readers if d.uuid not in self._xid_gpu]
 
-                def register(c: Calls, d: TrackedDevice = d) -> None:
-                    h = self._handle(c, d)
-                    if h is not None:
-                        self._watch_xid(c, d, h)
+            def register(c: Calls) -> None:
+                for d in pending:
+                    if time.monotonic() >= deadline or not c.hold(d.uuid, deadline):
+                        continue  # registered by a later read
+                    try:
+                        h = self._handle(c, d)
+                        if h is not None:
+                            self._watch_xid(c, d, h)
+                    finally:
+                        c.release(d.uuid)
 
-                jobs.append(self._calls.try_submit(d.uuid, register, deadline))
-            for job in jobs:
-                if job is not None:
-                    self._calls.wait_until(job, deadline)
+            if pending:
+                self._calls.wait_until(self._calls.submit(("stats", id(self), "track"), register), deadline)
 
     def _watch_xid(self, c: Calls, d: TrackedDevice, h: Any) -> None:
         """Registers the GPU of `d` for XIDs once (inside its read, under the deadline)."""
@@ -467,24 +475,38 @@ class PythonStatsEngine:
         now = time.time_ns()
         deadline = time.monotonic() + self._options.timeout
         resp = device_pb2.StatsResponse()
-        xid = self._xid
-        if xid is not None and self._groups:
-            # Before the reads, which take the counts; skipped while a drain is still blocked.
-            drain = self._calls.try_submit(("xid", id(self)), xid.drain, deadline)
-            if drain is not None:
-                self._calls.wait_until(drain, deadline)
-        # Each GPU read once, as one job on its lane; its shares get copies.
-        jobs = []
-        for d in self._readers:
-
-            def work(c: Calls, d: TrackedDevice = d) -> device_pb2.DeviceStats:
-                return self._stats(c, d)
-
-            jobs.append((d, self._calls.try_submit(d.uuid, work, deadline)))
+        xid, readers = self._xid, self._readers
         read: dict[str, device_pb2.DeviceStats] = {}
-        for d, job in jobs:
-            if job is not None and self._calls.wait_until(job, deadline):
-                read[d.uuid] = job.result()
+        tick = _Tick()
+        xid_lane = ("xid", id(self))
+
+        # The whole tick is one job, reading the GPUs one after another (threads
+        # would only fight over the GIL), each while holding its lane: a GPU
+        # busy elsewhere, or blocked since an earlier tick, is skipped.
+        def work(c: Calls) -> None:
+            if xid is not None and readers and c.hold(xid_lane, deadline):
+                try:  # before the reads, which take the counts; skipped while a drain is blocked
+                    xid.drain(c)
+                finally:
+                    c.release(xid_lane)
+            for d in readers:
+                if tick.cancelled:
+                    return
+                if not c.hold(d.uuid, deadline):
+                    continue
+                try:
+                    stats = self._stats(c, d)
+                finally:
+                    c.release(d.uuid)
+                if not tick.cancelled:
+                    read[d.uuid] = stats
+
+        self._ticks += 1
+        job = self._calls.submit(("stats", id(self), self._ticks), work)
+        self._calls.wait_until(job, deadline)
+        tick.cancelled = True  # a tick still running stops at the next GPU
+        for d in readers:
+            if d.uuid in read:
                 if d.uuid in self._hung_reported:
                     self._hung_reported.discard(d.uuid)
                     log.info("device %s answers again", d.device_id)
@@ -517,11 +539,18 @@ class PythonStatsEngine:
         # Each device's sample buffers are freed on its lane, so never under a read
         # still in progress there (a device whose lane is busy keeps its two buffers).
         deadline = time.monotonic() + self._options.timeout
+
+        def free(c: Calls) -> None:
+            for uuid, reader in gpm.items():
+                if c.hold(uuid, deadline):
+                    try:
+                        reader.free(c)
+                    finally:
+                        c.release(uuid)
+
         try:
-            jobs = [self._calls.try_submit(uuid, reader.free, deadline) for uuid, reader in gpm.items()]
-            for job in jobs:
-                if job is not None:
-                    self._calls.wait_until(job, deadline)
+            if gpm:
+                self._calls.wait_until(self._calls.submit(("stats", id(self), "close"), free), deadline)
         except RunnerClosed:  # the plugin is shutting down: the process frees them
             pass
         if xid is not None:
