@@ -149,6 +149,18 @@ def test_installed_plugin_through_nomads_client_code(installed: InstalledWheel, 
     assert sorted(visible) == sorted(first_two)
 
 
+def test_installed_bench_subcommand(installed: InstalledWheel) -> None:
+    # Shipped in the wheel: operators benchmark stats collection on their own nodes.
+    env = installed.env(NOMAD_DEVICE_NVIDIA_SIM_LIB=str(SIM_LIB))
+    res = subprocess.run([str(installed.binary), "bench", "--simulate", str(SCENARIO), "--duration", "200ms", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd="/", stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["simulated"] and report["devices"] == 14
+    assert [e["engine"] for e in report["engines"]] == ["native", "python"]
+    assert all(e["ticks"] > 0 for e in report["engines"])
+
+
 # The oldest and newest CPython the package supports besides the one the suite runs on:
 # the same abi3 wheel must install and serve on each.
 OTHER_PYTHONS = ("3.10", "3.13")
