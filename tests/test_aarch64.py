@@ -24,7 +24,9 @@ import pytest
 from e2e.aarch64 import BUILD, Node, cache_lock, prepare, scenario
 from e2e.wheel import project_version
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The first test also waits for the node to be built: cold, about 6 minutes on 2 cores
+# (build/aarch64/timings.json has each step), more while other builds run.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 EM_AARCH64 = 183  # ELF e_machine of arm64
 

@@ -207,7 +207,8 @@ def _ensure_venv(node: Node) -> None:
     dependencies), then the wheel itself reinstalled from the file."""
     stamp = node.venv / ".nde-deps-complete"
     if not stamp.is_file():
-        shutil.rmtree(node.venv, ignore_errors=True)
+        for old in CACHE.glob("venv-*"):  # other dependency sets: not used again
+            shutil.rmtree(old, ignore_errors=True)
         res = node.run([str(node.rootfs / "usr" / "bin" / "python3"), "-m", "venv", "--without-pip", str(node.venv)],
                        timeout=300)
         if res.returncode != 0:
