@@ -13,7 +13,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: demo test venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean \
-	launcher nomad cluster test-cluster test-aarch64
+	launcher nomad cluster test-cluster test-aarch64 soak
 
 # Only what the demo runs: the plugin, the simulated driver and Nomad's launcher
 # (not the nomad agent, the slowest build).
@@ -86,12 +86,18 @@ bench: build venv
 bench-ci: build venv
 	BENCH_SIZES=8,56 $(VPY) -m pytest benches --benchmark-enable -q
 
+# The full soak: 100,000 Stats ticks on 56 simulated GPUs with stream churn, config
+# changes and driver faults, about 15 minutes; writes docs/soak.json, docs/soak.png and
+# the soak section of docs/reliability.md. A 6,000-tick version runs in `make test` (tests/test_soak.py).
+soak: native sim
+	nice -n 10 $(VPY) benches/soak.py --progress --json docs/soak.json --plot docs/soak.png --doc docs/reliability.md
+
 # An abi3 manylinux2014 wheel (linked with zig so it needs only glibc 2.17) and an sdist.
 wheel: venv
 	bash scripts/build_wheel.sh $(CURDIR)/dist
 
 e2e: build venv
-	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py
+	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py tests/test_sharing_e2e.py
 
 transcript: build venv
 	bash scripts/e2e_transcript.sh
