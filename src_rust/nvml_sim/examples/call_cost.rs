@@ -80,5 +80,41 @@ fn main() {
             NVML_SUCCESS
         );
     });
+    // GPM: a sample per device and the 9 metrics the plugin reads between two.
+    let samples: Vec<[nvml_sys::nvmlGpmSample_t; 2]> = handles
+        .iter()
+        .map(|&d| {
+            let mut s = [std::ptr::null_mut(); 2];
+            for x in &mut s {
+                unsafe {
+                    nvml_sim::gpm::nvmlGpmSampleAlloc(x);
+                    nvml_sim::gpm::nvmlGpmSampleGet(d, *x);
+                }
+            }
+            s
+        })
+        .collect();
+    time("nvmlGpmSampleGet", n / 4, |i| {
+        let k = (i % count) as usize;
+        assert_eq!(
+            unsafe { nvml_sim::gpm::nvmlGpmSampleGet(h(i), samples[k][1]) },
+            NVML_SUCCESS
+        );
+    });
+    let mut get: Box<nvmlGpmMetricsGet_t> = Box::new(unsafe { std::mem::zeroed() });
+    time("nvmlGpmMetricsGet (9 metrics)", n / 4, |i| {
+        let k = (i % count) as usize;
+        get.version = NVML_GPM_METRICS_GET_VERSION;
+        get.numMetrics = 9;
+        get.sample1 = samples[k][0];
+        get.sample2 = samples[k][1];
+        for (m, id) in get.metrics.iter_mut().zip([1, 2, 3, 5, 10, 20, 21, 60, 61]) {
+            *m = nvmlGpmMetric_t::request(id);
+        }
+        assert_eq!(
+            unsafe { nvml_sim::gpm::nvmlGpmMetricsGet(&mut *get) },
+            NVML_SUCCESS
+        );
+    });
     nvmlShutdown();
 }

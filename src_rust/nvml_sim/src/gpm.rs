@@ -10,10 +10,9 @@
 //! time between the samples.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_uint};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 
 use nvml_sys::*;
@@ -30,27 +29,30 @@ struct Taken {
     n: u64,
 }
 
-#[derive(Default)]
 struct Sample {
+    live: AtomicBool,
     taken: Mutex<Option<Taken>>,
 }
 
-/// Live sample buffers by id. Handles are ids in pointer clothing, never
-/// dereferenced, so a freed or made-up handle is an INVALID_ARGUMENT, not a crash.
-fn samples() -> &'static RwLock<HashMap<usize, Sample>> {
-    static SAMPLES: OnceLock<RwLock<HashMap<usize, Sample>>> = OnceLock::new();
+/// Every sample buffer allocated, by id (its index + 1; ids are never
+/// reused, a freed one stays dead). Handles are ids in pointer clothing,
+/// never dereferenced, so a freed or made-up handle is an INVALID_ARGUMENT,
+/// not a crash; a lookup is an index under a read lock.
+fn samples() -> &'static RwLock<Vec<Sample>> {
+    static SAMPLES: OnceLock<RwLock<Vec<Sample>>> = OnceLock::new();
     SAMPLES.get_or_init(Default::default)
 }
-
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 fn id_of(h: nvmlGpmSample_t) -> usize {
     (h as usize) >> 4
 }
 
 fn with_sample<T>(h: nvmlGpmSample_t, f: impl FnOnce(&Sample) -> T) -> Result<T, nvmlReturn_t> {
-    let map = samples().read().unwrap_or_else(|e| e.into_inner());
-    map.get(&id_of(h)).map(f).ok_or(NVML_ERROR_INVALID_ARGUMENT)
+    let all = samples().read().unwrap_or_else(|e| e.into_inner());
+    match id_of(h).checked_sub(1).and_then(|i| all.get(i)) {
+        Some(s) if s.live.load(Ordering::Acquire) => Ok(f(s)),
+        _ => Err(NVML_ERROR_INVALID_ARGUMENT),
+    }
 }
 
 /// Takes a sample of device `i` into `h`.
@@ -111,12 +113,12 @@ pub unsafe extern "C" fn nvmlGpmSampleAlloc(out: *mut nvmlGpmSample_t) -> nvmlRe
         if out.is_null() {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        samples()
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Sample::default());
-        put(out, (id << 4) as nvmlGpmSample_t)
+        let mut all = samples().write().unwrap_or_else(|e| e.into_inner());
+        all.push(Sample {
+            live: AtomicBool::new(true),
+            taken: Mutex::new(None),
+        });
+        put(out, (all.len() << 4) as nvmlGpmSample_t)
     })
 }
 
@@ -124,11 +126,12 @@ pub unsafe extern "C" fn nvmlGpmSampleAlloc(out: *mut nvmlGpmSample_t) -> nvmlRe
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmSampleFree(sample: nvmlGpmSample_t) -> nvmlReturn_t {
     guard(|| {
-        let gone = samples()
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id_of(sample));
-        gone.map(|_| ()).ok_or(NVML_ERROR_INVALID_ARGUMENT)
+        let was_live = with_sample(sample, |s| s.live.swap(false, Ordering::AcqRel))?;
+        if was_live {
+            Ok(())
+        } else {
+            Err(NVML_ERROR_INVALID_ARGUMENT)
+        }
     })
 }
 

@@ -270,11 +270,15 @@ const SO_ATTRS: u8 = tag(2, LEN);
 const ENTRY_KEY: u8 = tag(1, LEN);
 const ENTRY_VALUE: u8 = tag(2, LEN);
 
-/// An attribute's constant bytes, encoded once: the map entry's key field,
-/// and the StatValue's unit and desc fields. Only the value varies per tick.
+/// An attribute's constant bytes, encoded once: the StatValue's unit and
+/// desc fields, and the map entry before its value. Only the value varies
+/// per tick.
 struct PreAttr {
-    key: Vec<u8>,
     tail: Vec<u8>,
+    /// The attribute map entry up to its value, for each value length: the
+    /// entry's tag and length, the key, the StatValue's tag and length. An
+    /// entry is then three copies: prefix, value, tail.
+    prefix: Vec<Vec<u8>>,
 }
 
 impl PreAttr {
@@ -288,22 +292,35 @@ impl PreAttr {
         if !a.desc.is_empty() {
             put_str(&mut tail, SV_DESC, a.desc);
         }
-        PreAttr { key, tail }
+        let prefix = (0..=VAL_MAX)
+            .map(|len| {
+                let sv = len + tail.len();
+                let mut pre = Vec::new();
+                put_ld_header(&mut pre, SO_ATTRS, key.len() + ld_len(sv));
+                pre.extend_from_slice(&key);
+                put_ld_header(&mut pre, ENTRY_VALUE, sv);
+                pre
+            })
+            .collect();
+        PreAttr { tail, prefix }
     }
 }
+
+/// The longest encoded value (Val's buffer).
+const VAL_MAX: usize = 32;
 
 /// A StatValue's value fields, encoded (at most two 10-byte varints plus
 /// headers).
 #[derive(Clone, Copy)]
 struct Val {
-    bytes: [u8; 32],
+    bytes: [u8; VAL_MAX],
     len: usize,
 }
 
 impl Val {
     fn new(r: Reading) -> Val {
         let mut v = Val {
-            bytes: [0; 32],
+            bytes: [0; VAL_MAX],
             len: 0,
         };
         match r {
@@ -360,9 +377,10 @@ fn sv_body_len(v: &Val, p: &PreAttr) -> usize {
     v.len + p.tail.len()
 }
 
+/// The whole attribute map entry, header included.
 #[inline]
-fn attr_entry_body_len(v: &Val, p: &PreAttr) -> usize {
-    p.key.len() + ld_len(sv_body_len(v, p))
+fn attr_entry_len(v: &Val, p: &PreAttr) -> usize {
+    p.prefix[v.len].len() + v.len + p.tail.len()
 }
 
 #[inline]
@@ -371,11 +389,10 @@ fn put_sv_body(buf: &mut Vec<u8>, v: &Val, p: &PreAttr) {
     buf.extend_from_slice(&p.tail);
 }
 
+/// An entry of a StatObject's attributes map.
 #[inline]
-fn put_attr_entry(buf: &mut Vec<u8>, t: u8, v: &Val, p: &PreAttr) {
-    put_ld_header(buf, t, attr_entry_body_len(v, p));
-    buf.extend_from_slice(&p.key);
-    put_ld_header(buf, ENTRY_VALUE, sv_body_len(v, p));
+fn put_attr_entry(buf: &mut Vec<u8>, v: &Val, p: &PreAttr) {
+    buf.extend_from_slice(&p.prefix[v.len]);
     put_sv_body(buf, v, p);
 }
 
@@ -472,7 +489,7 @@ impl DeviceEnc {
         let mut stat_object: usize = standard
             .iter()
             .zip(&t.standard)
-            .map(|(v, p)| ld_len(attr_entry_body_len(v, p)))
+            .map(|(v, p)| attr_entry_len(v, p))
             .sum();
         if let Some(n) = &nested {
             for (vals, (key, pres)) in n.iter().zip(&t.nested) {
@@ -507,7 +524,7 @@ impl DeviceEnc {
                 buf.extend_from_slice(key);
                 put_ld_header(buf, ENTRY_VALUE, obj);
                 for (v, p) in vals.iter().zip(pres) {
-                    put_attr_entry(buf, SO_ATTRS, v, p);
+                    put_attr_entry(buf, v, p);
                 }
             }
         }
@@ -518,11 +535,11 @@ impl DeviceEnc {
             buf.extend_from_slice(key);
             put_ld_header(buf, ENTRY_VALUE, obj);
             for (v, p) in g.iter().zip(pres) {
-                put_attr_entry(buf, SO_ATTRS, v, p);
+                put_attr_entry(buf, v, p);
             }
         }
         for (v, p) in self.standard.iter().zip(&t.standard) {
-            put_attr_entry(buf, SO_ATTRS, v, p);
+            put_attr_entry(buf, v, p);
         }
         put_ld_header(buf, tag(3, LEN), ts_len);
         put_timestamp(buf, ts);
@@ -533,7 +550,7 @@ impl DeviceEnc {
 fn nested_object_len(vals: &[Val], pres: &[PreAttr]) -> usize {
     vals.iter()
         .zip(pres)
-        .map(|(v, p)| ld_len(attr_entry_body_len(v, p)))
+        .map(|(v, p)| attr_entry_len(v, p))
         .sum()
 }
 
