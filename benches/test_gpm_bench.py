@@ -1,0 +1,46 @@
+"""The cost of extended stats with GPM (issue 13): a tick with `extended_stats`
+on GPUs that have GPM (the bench machine's H100s and their MIG instances: one
+GPM sample and one metrics computation per device and tick, on top of the
+extended reads) against the plain tick, per engine and size.
+
+Target: the extended tick with GPM at most 2x the plain tick (CPU per tick).
+Run: make bench (all sizes), or BENCH_SIZES=8,56 for a quick run; the groups
+are "gpm <latency> <size> devices <engine>", extra_info has cpu_per_tick_s.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SIZES, pick
+
+from stats_sim import decode
+from test_stats_bench import measure, rounds_for
+
+from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("engine", ["native", "python"])
+@pytest.mark.parametrize("mode", ["plain", "extended"])
+def test_gpm_tick(benchmark: object, machine: tuple[str, list[TrackedDevice]], engine: str, size: int,
+                  mode: str) -> None:
+    latency, devices = machine
+    chosen = pick(devices, size)
+    extended = mode == "extended"
+    benchmark.group = f"gpm {latency} {size} devices {engine}"  # type: ignore[attr-defined]
+    benchmark.extra_info.update(engine=engine, latency=latency, mode=mode)  # type: ignore[attr-defined]
+    stats = make_stats_engine(engine, options=EngineOptions(extended=extended, timeout=10.0))
+    try:
+        stats.track(chosen)
+        stats.collect()  # the first tick takes the first GPM sample
+        if extended:
+            # What is measured really carries GPM values for every device.
+            resp = decode(stats.collect())
+            gpm = [ds.stats.nested["GPM"] for g in resp.groups for ds in g.instance_stats.values()]
+            assert len(gpm) == size
+            assert all(o.attributes["Graphics activity"].HasField("float_numerator_val") for o in gpm)
+        # More calls per device when extended: fewer rounds for the same time.
+        rounds = max(3, rounds_for(engine, latency, size) // (2 if extended else 1))
+        measure(benchmark, stats.collect, size, rounds)
+    finally:
+        stats.close()
