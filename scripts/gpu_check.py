@@ -417,6 +417,25 @@ MOVING: dict[str, Callable[[float, float], float]] = {  # stat -> tolerance(valu
     "Clocks/Memory clock": lambda v, d: max(100.0, 0.1 * v),
 }
 ANY_VALUE = ("PCIe/PCIe TX throughput", "PCIe/PCIe RX throughput", "Throttle/Clock throttle reasons")
+# GPM values are rates over each reader's own sample period: activity percentages
+# move by more than a sampled gauge, throughputs by anything.
+GPM_PREFIX = "GPM/"
+GPM_PERCENT_TOLERANCE = 15.0
+
+
+def _rule(stat: str, unit: str) -> str:
+    """How a stat may differ between engines: "any" (form only), "counter", "moving" or "static"."""
+    if stat in ANY_VALUE or (stat.startswith(GPM_PREFIX) and unit != "%"):
+        return "any"
+    if stat in COUNTERS:
+        return "counter"
+    if stat in MOVING or stat.startswith(GPM_PREFIX):
+        return "moving"
+    return "static"
+
+
+def _tolerance(stat: str, value: float, denominator: float) -> float:
+    return GPM_PERCENT_TOLERANCE if stat.startswith(GPM_PREFIX) else MOVING[stat](value, denominator)
 
 
 def compare_reads(before: Mapping[tuple[str, str, str], tuple[Value, str, str]],
@@ -437,8 +456,9 @@ def compare_reads(before: Mapping[tuple[str, str, str], tuple[Value, str, str]],
             continue
         stat = key[2]
         kind = nv[0]
+        rule = _rule(stat, nunit)
         if kind in ("str", "bool", "none"):
-            if not nv == pv == av and stat not in ANY_VALUE:
+            if not nv == pv == av and rule != "any":
                 problems.append(f"{where}: native {nv[1]!r}, python {pv[1]!r} then {av[1]!r}")
             continue
         if kind == "frac":
@@ -448,13 +468,13 @@ def compare_reads(before: Mapping[tuple[str, str, str], tuple[Value, str, str]],
             n, lo, hi, den = float(nnum), float(min(pnum, anum)), float(max(pnum, anum)), float(nden)
         else:
             n, lo, hi, den = float(nv[1]), float(min(pv[1], av[1])), float(max(pv[1], av[1])), 0.0
-        if stat in ANY_VALUE:
+        if rule == "any":
             continue
-        if stat in COUNTERS:
+        if rule == "counter":
             if not lo <= n <= hi:
                 problems.append(f"{where}: counter native {n:g} outside python's {lo:g}..{hi:g}")
-        elif stat in MOVING:
-            tol = MOVING[stat](n, den)
+        elif rule == "moving":
+            tol = _tolerance(stat, n, den)
             if not lo - tol <= n <= hi + tol:
                 problems.append(f"{where}: native {n:g} outside python's {lo:g}..{hi:g} +/- {tol:g}")
         elif not n == lo == hi:
@@ -485,7 +505,7 @@ def differential_section(state: dict[str, Any]) -> tuple[str, str]:
     lines = [f"{len(devices)} devices; each round: python read, native read, python read; the native values must "
              "equal python's where they cannot move, lie between python's two reads (counters) or within a "
              "tolerance of them (utilization 10 points, temperature 3 C, power 5% of the limit, memory 1%, "
-             "clocks 10%); PCIe throughput and throttle reasons only by form"]
+             "clocks 10%, GPM activity 15 points); PCIe and GPM throughput and throttle reasons only by form"]
     problems: list[str] = []
     for extended, batched in ((False, None), (True, None), (True, False), (False, True)):
         with _engines(devices, extended, batched) as (py, na):

@@ -121,6 +121,16 @@ def test_engine_comparison_allows_only_what_legitimately_moves() -> None:
     assert "'ECC memory errors': counter native 5 outside python's 3..4" in problems, problems
     assert "'BAR1 buffer state': value kind native" in problems, problems
     assert "PCIe" not in problems
+    # GPM rates: activity percentages within 15 points, throughputs by form only.
+    gpm = [_read({"GPM/SM activity": ("float", x), "GPM/PCIe TX": ("float", y)}) for x, y in
+           ((20.0, 10.0), (30.0, 90000.0), (34.0, 5.0))]
+    for g in gpm:
+        for k in list(g):
+            g[k] = (g[k][0], "%" if "activity" in k[2] else "MB/s", "d")
+    assert gpu_check.compare_reads(gpm[0], gpm[1], gpm[2]) == []
+    gpm[1][("g", "GPU-1", "GPM/SM activity")] = (("float", 60.0), "%", "d")
+    assert "'GPM/SM activity': native 60 outside python's 20..34 +/- 15" in "\n".join(
+        gpu_check.compare_reads(gpm[0], gpm[1], gpm[2]))
     missing = dict(fine)
     del missing[("g", "GPU-1", "Temperature")]
     assert "stats only in one engine" in "\n".join(gpu_check.compare_reads(before, missing, after))
