@@ -343,7 +343,9 @@ class DeviceWatch:
             events.track(inventory.devices)
         self._on_change()
         if inventory.fatal:
-            log.warning("%s; keeping the last known devices and retrying", inventory.fatal)
+            self._say(logging.WARNING, f"{inventory.fatal}; keeping the last known devices and retrying")
+        elif self._said.startswith("NVML enumeration failed"):
+            self._say(logging.INFO, "NVML enumeration answers again")
         if inventory.fatal or inventory.failures:
             return backoff.delay(cfg.fingerprint_period)
         backoff.reset()
@@ -356,11 +358,11 @@ class DeviceWatch:
         try:
             system = self._runner.run(SYSTEM, fp.read_system)
         except CallTimeout as exc:
-            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", False)
+            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", fp.ScanFailure(str(exc), False))
         except pynvml.NVMLError as exc:
             if exc.value in DRIVER_GONE_CODES:
                 raise DriverGone(f"NVIDIA driver unavailable ({exc})") from exc
-            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", exc.value in fp.LOST_CODES)
+            return fp.failed_enumeration(previous, f"NVML enumeration failed ({exc})", fp.failure_of(exc))
         prior = fp.prior_by_index(previous)
         jobs: list[tuple[int, Job[fp.GpuScan] | CallTimeout]] = []
         for i in range(system.count):

@@ -169,11 +169,6 @@ def failure_of(exc: pynvml.NVMLError) -> ScanFailure:
     return ScanFailure(f"NVML error: {exc}", False)
 
 
-def _failure(exc: pynvml.NVMLError, what: str) -> ScanFailure:
-    f = failure_of(exc)
-    return ScanFailure(f"{what}: {f.description}", f.lost)
-
-
 def cuda_version_text(raw: int) -> str:
     return f"{raw // 1000}.{(raw % 1000) // 10}"
 
@@ -438,7 +433,7 @@ def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice]) -> GpuScan:
             return out
         count = int(c(pynvml.nvmlDeviceGetMaxMigDeviceCount, gpu))
     except pynvml.NVMLError as exc:
-        out.keep_previous(_failure(exc, f"GPU {uuid or index}"), prior, f"GPU {uuid or index}")
+        out.keep_previous(failure_of(exc), prior, f"GPU {uuid or index}")
         return out
     for j in range(count):
         mig_uuid = ""
@@ -448,7 +443,7 @@ def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice]) -> GpuScan:
             if exc.value in _NO_MIG_AT_INDEX:
                 continue
             kept = [by_slot[(index, j)]] if (index, j) in by_slot else []
-            out.keep_previous(_failure(exc, f"MIG instance {j} of {uuid}"), kept, f"MIG instance {j} of {uuid}")
+            out.keep_previous(failure_of(exc), kept, f"MIG instance {j} of {uuid}")
             continue
         try:
             mig_uuid = _text(c(pynvml.nvmlDeviceGetUUID, mig))
@@ -456,7 +451,7 @@ def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice]) -> GpuScan:
         except pynvml.NVMLError as exc:
             where = f"MIG instance {mig_uuid or j} of {uuid}"
             kept = [by_slot[(index, j)]] if (index, j) in by_slot else []
-            out.keep_previous(_failure(exc, where), kept, where)
+            out.keep_previous(failure_of(exc), kept, where)
     return out
 
 
@@ -478,14 +473,15 @@ def read_system(c: Calls) -> SystemInfo:
     return SystemInfo(driver, cuda_version_text(int(cuda_raw)) if cuda_raw else "", count)
 
 
-def failed_enumeration(previous: Inventory | None, fatal: str, lost: bool) -> Inventory:
-    """The previous devices, every one marked with the enumeration's failure."""
+def failed_enumeration(previous: Inventory | None, fatal: str, failure: ScanFailure) -> Inventory:
+    """The previous devices, every one marked with `failure` (worded as a probe words it,
+    so the description does not change between scans and probes); `fatal` is for the log."""
     devices = previous.devices if previous else ()
     return Inventory(
         driver_version=previous.driver_version if previous else "",
         cuda_driver_version=previous.cuda_driver_version if previous else "",
         devices=devices,
-        failures={d.id: ScanFailure(fatal, lost) for d in devices},
+        failures={d.id: failure for d in devices},
         fatal=fatal,
     )
 
@@ -530,7 +526,7 @@ def scan(previous: Inventory | None, c: Calls = direct) -> Inventory:
     try:
         system = read_system(c)
     except pynvml.NVMLError as exc:
-        return failed_enumeration(previous, f"NVML enumeration failed ({exc})", exc.value in LOST_CODES)
+        return failed_enumeration(previous, f"NVML enumeration failed ({exc})", failure_of(exc))
     prior = prior_by_index(previous)
     return assemble(system, (scan_gpu(c, i, prior.get(i, [])) for i in range(system.count)))
 

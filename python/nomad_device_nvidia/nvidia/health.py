@@ -17,6 +17,7 @@ import ctypes
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ class HealthBook:
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._lock = threading.Lock()
         self._conditions: dict[str, dict[str, str]] = {}
+        self._xids: dict[str, list[int]] = {}  # distinct critical XIDs per device, in order seen
         self._on_change = on_change
 
     def _apply(self, change: Callable[[], bool]) -> None:
@@ -99,10 +101,23 @@ class HealthBook:
 
         self._apply(change)
 
+    def mark_xid(self, device_id: str, xid: int) -> None:
+        """A critical XID: the description lists the distinct XIDs seen since the last reset,
+        so it changes when a new kind comes, not with every event of a storm."""
+        with self._lock:
+            seen = self._xids.setdefault(device_id, [])
+            if xid not in seen:
+                seen.append(xid)
+            listed = ", ".join(xid_description(x) for x in seen[:_XIDS_LISTED])
+            more = len(seen) - _XIDS_LISTED
+        self.mark(device_id, XID, f"{listed}{f' and {more} more XIDs' if more > 0 else ''} reported")
+
     def clear(self, device_id: str, *causes: str) -> None:
         def change() -> bool:
             conds = self._conditions.get(device_id, {})
             gone = [c for c in causes if c in conds]
+            if XID in gone:
+                self._xids.pop(device_id, None)
             for c in gone:
                 del conds[c]
             if gone and not conds:
@@ -129,6 +144,7 @@ class HealthBook:
             gone = [d for d in self._conditions if d not in keep]
             for d in gone:
                 del self._conditions[d]
+                self._xids.pop(d, None)
             return False  # forgotten devices are no longer offered; nothing to re-send
 
         self._apply(change)
@@ -258,6 +274,10 @@ def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook
 _EVENT_WAIT_MS = 500
 # Events taken in one job at most.
 _EVENT_BATCH = 256
+# One log line per GPU this often at most for XIDs that are an application's fault.
+_APP_XID_LOG_S = 60.0
+# Distinct XIDs named in a device's health description; more are counted.
+_XIDS_LISTED = 3
 
 
 class EventWatcher:
@@ -290,6 +310,7 @@ class EventWatcher:
         self._by_address: dict[int, str] = {}
         self._registered: set[str] = set()  # physical GPU UUIDs registered on the set
         self._failing = ""  # why events cannot be read now ("" when they can)
+        self._app_xids: dict[str, tuple[float, int]] = {}  # GPU -> (last logged, XIDs not logged since)
 
     def configure(self, config: HealthConfig) -> None:
         with self._lock:
@@ -456,6 +477,18 @@ class EventWatcher:
         for data in batch:
             self._handle_event(data)
 
+    def _application_xid(self, uuid: str, xid: int) -> None:
+        # Logged once per GPU per _APP_XID_LOG_S, with the count of the others: a job
+        # that faults in a loop must not flood the agent's log.
+        now = time.monotonic()
+        last, count = self._app_xids.get(uuid, (-_APP_XID_LOG_S, 0))
+        if now - last < _APP_XID_LOG_S:
+            self._app_xids[uuid] = (last, count + 1)
+            return
+        more = f" (and {count} more application-fault XIDs since the last line)" if count else ""
+        log.info("GPU %s reported %s, an application fault; device stays healthy%s", uuid, xid_description(xid), more)
+        self._app_xids[uuid] = (now, 0)
+
     def _recovered(self) -> None:
         if self._failing:
             log.info("NVML events are read again")
@@ -481,10 +514,10 @@ class EventWatcher:
         if data.eventType & pynvml.nvmlEventTypeXidCriticalError:
             xid = int(data.eventData)
             if xid in ignored:
-                log.info("GPU %s reported %s, an application fault; device stays healthy", uuid, xid_description(xid))
+                self._application_xid(uuid, xid)
                 return
             for dev in devices:
-                self._book.mark(dev.id, XID, f"{xid_description(xid)} reported")
+                self._book.mark_xid(dev.id, xid)
         elif data.eventType & pynvml.nvmlEventTypeDoubleBitEccError:
             for dev in devices:
                 self._book.mark(dev.id, ECC, "uncorrectable (double-bit) ECC error")
