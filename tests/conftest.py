@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +95,46 @@ def run_harness(harness_bin: Path) -> Callable[..., HarnessRun]:
 
     return run
 
+
+
+# --- no plugin process outlives the test session ---
+# Every process this session starts inherits this mark; a plugin process
+# (NOMAD_PLUGIN_MAGIC_COOKIE set) still carrying it at the end is a leftover.
+# Other sessions on the machine carry their own marks and are left alone.
+
+SESSION_MARK = "NOMAD_DEVICE_NVIDIA_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
+def _leftover_plugins() -> dict[int, str]:
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone, a zombie, or another user's
+            continue
+        if mark in environ and any(e.startswith(b"NOMAD_PLUGIN_MAGIC_COOKIE=") for e in environ):
+            found[int(entry)] = cmdline.strip()
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    deadline = time.monotonic() + 10  # plugins of the last test may still be exiting
+    leftovers = _leftover_plugins()
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leftovers = _leftover_plugins()
+    if not leftovers:
+        return
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)  # started by this session: ours to end
+        except ProcessLookupError:
+            pass
+    lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leftovers.items())
+    sys.stderr.write(f"\nplugin processes outlived the test session (killed now):\n{lines}\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,10 +7,16 @@ Plugin-mode flags come from the agent's `plugin "nomad-device-nvidia" { args = [
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
+
+# Nothing else at import: main() takes the plugin's signals first thing, and
+# every module loaded before that widens the window where a SIGINT is still
+# Python's KeyboardInterrupt (which an import's cleanup callback can swallow).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 PROG = "nomad-device-nvidia"
 
@@ -22,6 +28,8 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="HashiCorp Nomad device plugin for NVIDIA GPUs. Nomad starts it from its plugin_dir; "
@@ -47,6 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     from nomad_device_nvidia.sdk import handshake
 
+    stops = None
+    if handshake.cookie_ok(os.environ) and args_in[:1] not in (["probe"], ["bench"]):
+        # Before the heavy imports: a SIGTERM or SIGINT from here on ends the
+        # process at once until the server runs, then stops it in order;
+        # never a KeyboardInterrupt raised inside an import.
+        from nomad_device_nvidia.sdk.stopping import StopRequests
+
+        stops = StopRequests(exit_early=True)
+        stops.install()
     if args_in[:1] == ["probe"]:
         from nomad_device_nvidia.probe import main as probe_main
 
@@ -62,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.configure(args.log_level)
     plugin = NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
-    return int(serve(plugin, network=args.listen, parent_pid=parent_pid))
+    return int(serve(plugin, network=args.listen, parent_pid=parent_pid, stops=stops))
 
 
 if __name__ == "__main__":

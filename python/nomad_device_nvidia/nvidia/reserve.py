@@ -22,6 +22,9 @@ CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 NVIDIA_IMEX_CHANNELS = "NVIDIA_IMEX_CHANNELS"
 IMEX_CHANNELS_DIR = "nvidia-caps-imex-channels"
 FEATURE_TOGGLES = (("gds", "NVIDIA_GDS"), ("mofed", "NVIDIA_MOFED"), ("gdrcopy", "NVIDIA_GDRCOPY"))
+# A refusal names at most this many IDs, each cut to this many characters, and the count.
+NAMED_IDS = 5
+ID_CHARS = 80
 
 
 def resolve(
@@ -38,12 +41,12 @@ def resolve(
         if i in offered:
             ok, why = health(offered[i].device.id)
             if not ok:
-                unhealthy.append(f"{i} ({why})")
+                unhealthy.append(f"{_short(i)} ({why})")
     problems = []
     if unknown:
-        problems.append(f"unknown device IDs: {', '.join(unknown)}")
+        problems.append(f"unknown device IDs: {_some(unknown, _short)}")
     if unhealthy:
-        problems.append(f"unhealthy device IDs: {', '.join(unhealthy)}")
+        problems.append(f"unhealthy device IDs: {_some(unhealthy, str)}")
     if problems:
         raise ReservationRefused("; ".join(problems))
     devices: dict[str, GpuDevice] = {}
@@ -51,6 +54,21 @@ def resolve(
         dev = offered[i].device
         devices.setdefault(dev.id, dev)  # several shares of one GPU give that GPU once
     return list(devices.values())
+
+
+def _some(items: Sequence[str], show: Callable[[str], str]) -> str:
+    """A few of `items` and how many there are: a bounded message for any request."""
+    shown = [show(i) for i in items[:NAMED_IDS]]
+    if len(items) > NAMED_IDS:
+        return f"{', '.join(shown)} and {len(items) - NAMED_IDS:,} more ({len(items):,} in all)"
+    return ", ".join(shown)
+
+
+def _short(text: str) -> str:
+    """An ID as a message names it: on one line, cut short."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]  # control characters escaped, so the message stays one line
+    return text if len(text) <= ID_CHARS else f"{text[:ID_CHARS]}... ({len(text):,} characters)"
 
 
 def _cap_minor(path: str) -> int | None:

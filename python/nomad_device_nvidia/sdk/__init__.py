@@ -4,32 +4,66 @@ Implement `DevicePlugin` and call `serve(plugin)` from the plugin's entry
 point; the go-plugin transport, Nomad's BasePlugin and DevicePlugin services,
 config decoding and logging are handled here. Nothing in this package knows
 about NVIDIA.
+
+The names below load on first use, so `sdk.handshake` and `sdk.stopping` can
+be imported before protobuf and grpcio (the CLI takes signals that early).
 """
 
-from nomad_device_nvidia.sdk import hclspec
-from nomad_device_nvidia.sdk.config import decode_config, parse_duration
-from nomad_device_nvidia.sdk.errors import ConfigError, PluginDisabled, ReservationRefused
-from nomad_device_nvidia.sdk.model import (
-    Attribute,
-    Device,
-    DeviceGroup,
-    DeviceSpec,
-    Mount,
-    PluginInfo,
-    Reservation,
-)
-from nomad_device_nvidia.sdk.plugin import DevicePlugin
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False  # not typing's: importing typing here would cost the CLI's early start
+if TYPE_CHECKING:
+    from typing import Any
+
+    from nomad_device_nvidia.sdk import hclspec
+    from nomad_device_nvidia.sdk.config import decode_config, parse_duration
+    from nomad_device_nvidia.sdk.errors import ConfigError, PluginDisabled, ReservationRefused
+    from nomad_device_nvidia.sdk.limits import Limits
+    from nomad_device_nvidia.sdk.model import (
+        Attribute,
+        Device,
+        DeviceGroup,
+        DeviceSpec,
+        Mount,
+        PluginInfo,
+        Reservation,
+    )
+    from nomad_device_nvidia.sdk.plugin import DevicePlugin
+    from nomad_device_nvidia.sdk.stopping import StopRequests
+
+_WHERE = {
+    "hclspec": "", "decode_config": "config", "parse_duration": "config",
+    "ConfigError": "errors", "PluginDisabled": "errors", "ReservationRefused": "errors",
+    "Limits": "limits", "StopRequests": "stopping", "DevicePlugin": "plugin",
+    "Attribute": "model", "Device": "model", "DeviceGroup": "model", "DeviceSpec": "model", "Mount": "model",
+    "PluginInfo": "model", "Reservation": "model",
+}
 
 
-def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None = None) -> int:
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if module == "":
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None = None,
+          limits: Limits | None = None, stops: StopRequests | None = None) -> int:
     """Serve `plugin` over go-plugin (see `sdk.server`); returns the exit code."""
+    from nomad_device_nvidia.sdk.limits import DEFAULT_LIMITS
     from nomad_device_nvidia.sdk.server import serve as _serve
 
-    return _serve(plugin, network=network, parent_pid=parent_pid)
+    return _serve(plugin, network=network, parent_pid=parent_pid, limits=limits or DEFAULT_LIMITS, stops=stops)
 
 
 __all__ = [
-    "Attribute", "ConfigError", "Device", "DeviceGroup", "DevicePlugin", "DeviceSpec", "Mount",
-    "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused", "decode_config", "hclspec",
-    "parse_duration", "serve",
+    "Attribute", "ConfigError", "Device", "DeviceGroup", "DevicePlugin", "DeviceSpec", "Limits", "Mount",
+    "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused", "StopRequests", "decode_config",
+    "hclspec", "parse_duration", "serve",
 ]

@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +20,7 @@ from nomad_device_nvidia._proto.goplugin import (
     grpc_controller_pb2,
     grpc_stdio_pb2,
 )
+from nomad_device_nvidia.sdk.limits import BROKER, STDIO
 from nomad_device_nvidia.sdk.services import StreamRegistry
 
 HEALTH_SERVICE_NAME = "plugin"
@@ -33,18 +33,18 @@ def _empty_from(data: bytes) -> object:
 
 
 class GoPluginServices:
-    def __init__(self, shutdown_requested: threading.Event, streams: StreamRegistry) -> None:
-        self._shutdown = shutdown_requested
+    def __init__(self, request_shutdown: Callable[[], None], streams: StreamRegistry) -> None:
+        self._request_shutdown = request_shutdown
         self._streams = streams
         self.health = health.HealthServicer()
         self.health.set(HEALTH_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     def Shutdown(self, request: grpc_controller_pb2.Empty, context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
-        self._shutdown.set()
+        self._request_shutdown()
         return grpc_controller_pb2.Empty()
 
     def StreamStdio(self, request: object, context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
-        stop = self._streams.open(context)
+        stop = self._streams.open(context, STDIO)
         try:
             stop.wait()
         finally:
@@ -53,8 +53,12 @@ class GoPluginServices:
         yield  # pragma: no cover - makes this a generator
 
     def StartStream(self, requests: Iterator[grpc_broker_pb2.ConnInfo], context: grpc.ServicerContext) -> Iterator[grpc_broker_pb2.ConnInfo]:
-        for _ in requests:
-            pass  # no sub-plugins to connect
+        stop = self._streams.open(context, BROKER)
+        try:
+            for _ in requests:
+                pass  # no sub-plugins to connect
+        finally:
+            self._streams.close(stop)
         return
         yield  # pragma: no cover
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+# Light on purpose: the CLI reads the cookie from here before it takes its
+# signals, so nothing here imports typing, dataclasses or tempfile at load.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 CORE_PROTOCOL_VERSION = 1
 # Nomad's base.Handshake.
@@ -45,12 +48,23 @@ def negotiate_version(env: Mapping[str, str]) -> int:
     return APP_PROTOCOL_VERSION
 
 
-@dataclass(frozen=True)
 class Listener:
     """Where the host connects: a unix socket path, or host:port on loopback."""
 
-    network: str  # "unix" or "tcp"
-    address: str
+    __slots__ = ("address", "network")
+
+    def __init__(self, network: str, address: str) -> None:
+        self.network = network  # "unix" or "tcp"
+        self.address = address
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Listener) and (self.network, self.address) == (other.network, other.address)
+
+    def __hash__(self) -> int:
+        return hash((self.network, self.address))
+
+    def __repr__(self) -> str:
+        return f"Listener({self.network!r}, {self.address!r})"
 
 
 def private_dir(env: Mapping[str, str]) -> str:
@@ -59,6 +73,8 @@ def private_dir(env: Mapping[str, str]) -> str:
     Created under PLUGIN_UNIX_SOCKET_DIR when the host sets it, and shared
     with PLUGIN_UNIX_SOCKET_GROUP when that is set, as go-plugin does.
     """
+    import tempfile
+
     path = tempfile.mkdtemp(prefix="plugin", dir=env.get("PLUGIN_UNIX_SOCKET_DIR") or None)
     group = env.get("PLUGIN_UNIX_SOCKET_GROUP")
     if group:

@@ -2,7 +2,9 @@
 
 The process stops on: the controller's Shutdown, SIGTERM or SIGINT, or the
 death of the process that launched it (Nomad's agent killed with SIGKILL must
-not leave us orphaned).
+not leave us orphaned); see `stopping` for how none of these can deadlock.
+Streams are bounded per kind and the worker pool sized so that unary calls
+always find a worker (`limits`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Mapping
 from concurrent import futures
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,25 +23,24 @@ import grpc
 from nomad_device_nvidia.sdk import handshake
 from nomad_device_nvidia.sdk.goplugin import GoPluginServices
 from nomad_device_nvidia.sdk.handshake import HandshakeError, Listener
+from nomad_device_nvidia.sdk.limits import DEFAULT_LIMITS, Limits
 from nomad_device_nvidia.sdk.plugin import DevicePlugin
 from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService, StreamRegistry
+from nomad_device_nvidia.sdk.stopping import SHUTDOWN_RPC, StopRequests, describe, remove_dir
 
 if TYPE_CHECKING:  # ssl and the relay load only when the host asks for AutoMTLS
     from nomad_device_nvidia.sdk.tls import ServerTLS, TLSRelay
 
 log = logging.getLogger(__name__)
 
-PARENT_POLL_SECONDS = 0.2
-SHUTDOWN_GRACE_SECONDS = 2.0
-# Each open stream holds a worker; Nomad keeps about four open per plugin.
-MAX_WORKERS = 32
-
 
 class _Endpoint:
     """Binds the gRPC server where the host will connect, directly or behind the TLS relay."""
 
-    def __init__(self, server: grpc.Server, network: str, env: Mapping[str, str], sock_dir: str) -> None:
+    def __init__(self, server: grpc.Server, network: str, env: Mapping[str, str], sock_dir: str,
+                 limits: Limits) -> None:
         self._server = server
+        self._limits = limits
         self._network = network
         self._env = env
         self._dir = sock_dir
@@ -69,7 +67,8 @@ class _Endpoint:
         from nomad_device_nvidia.sdk.tls import TLSRelay
 
         public, listener = self._public_socket()
-        self._relay = TLSRelay(tls.context, public, backend)
+        self._relay = TLSRelay(tls.context, public, backend, max_connections=self._limits.tls_connections,
+                               handshake_timeout=self._limits.tls_handshake_timeout)
         self._relay.start()
         return listener
 
@@ -101,42 +100,40 @@ class _Endpoint:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _watch_parent(parent: int, stop: threading.Event, done: threading.Event) -> None:
-    if parent == 1:
-        return  # launched by init (or an agent that is PID 1 of a container): nothing to watch
-    while True:
-        if os.getppid() != parent:
-            log.warning("the process that launched the plugin is gone; exiting", extra={"parent_pid": parent})
-            stop.set()
-            return
-        if done.wait(PARENT_POLL_SECONDS):
-            return
-
-
 def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str] | None = None,
-          parent_pid: int | None = None) -> int:
+          parent_pid: int | None = None, limits: Limits = DEFAULT_LIMITS, stops: StopRequests | None = None) -> int:
     """Serve `plugin` to a go-plugin host; returns the process exit code.
 
     `parent_pid` is the launching process as seen at the very start of the
     program (before imports), so a host that died while we started is noticed.
+    `stops`, when given, was installed as early as the program could (see
+    cli.py), so a signal during the imports is taken too; serve installs it
+    otherwise (it must run in the main thread). Once a stop is taken, further
+    SIGTERM and SIGINT are ignored for the rest of the process's life.
     """
     parent = os.getppid() if parent_pid is None else parent_pid
     env = os.environ if env is None else env
     if not handshake.cookie_ok(env):
         sys.stderr.write(handshake.NOT_A_COMMAND)
         return 1
-    stop = threading.Event()
-    streams = StreamRegistry()
-    goplugin = GoPluginServices(stop, streams)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"),
-                         options=[("grpc.so_reuseport", 0)])
+    if stops is None:
+        stops = StopRequests()
+    stops.install()
+    stops.serving()
+    stops.watch_parent(parent)
+    streams = StreamRegistry(limits)
+    goplugin = GoPluginServices(lambda: stops.request(SHUTDOWN_RPC), streams)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="grpc"),
+                         options=[("grpc.so_reuseport", 0),
+                                  ("grpc.max_receive_message_length", limits.max_request_bytes)],
+                         maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     goplugin.register(server)
-    server.add_generic_rpc_handlers((BasePluginService(plugin).handler(),
-                                     DevicePluginService(plugin, streams).handler()))
+    server.add_generic_rpc_handlers((BasePluginService(plugin, limits).handler(),
+                                     DevicePluginService(plugin, streams, limits).handler()))
     endpoint: _Endpoint | None = None
     try:
         version = handshake.negotiate_version(env)
-        endpoint = _Endpoint(server, network, env, handshake.private_dir(env))
+        endpoint = _Endpoint(server, network, env, handshake.private_dir(env), limits)
         tls = None
         if env.get("PLUGIN_CLIENT_CERT"):
             from nomad_device_nvidia.sdk.tls import auto_mtls
@@ -150,13 +147,6 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
         sys.stderr.write(f"Error preparing plugin: {exc}\n")
         return 1
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    done = threading.Event()
-    threading.Thread(target=_watch_parent, args=(parent, stop, done), name="parent-watch", daemon=True).start()
-
     sys.stdout.write(handshake.handshake_line(version, listener, tls.handshake_cert if tls else "", env) + "\n")
     sys.stdout.flush()
     # Nothing may follow the handshake on stdout: send any stray write to stderr.
@@ -164,20 +154,19 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     info = plugin.info()
     log.info("plugin serving", extra={"plugin": info.name, "version": info.version,
                                        "network": listener.network, "address": listener.address})
+    reason = stops.wait()
+    stops.ignore_further()
+    # From here the process is gone within limits.exit_deadline, whatever hangs.
+    stops.exit_by(limits.exit_deadline, 0, remove_dir(endpoint.directory))
+    log.info("plugin shutting down", extra={"reason": describe(reason)})
     try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        log.info("plugin shutting down")
-        done.set()
         goplugin.set_not_serving()
         streams.stop_all()
-        server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+        server.stop(limits.shutdown_grace).wait()
         try:
             plugin.shutdown()
         except Exception:
             log.exception("plugin shutdown failed")
+    finally:
         endpoint.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return 0

@@ -22,6 +22,7 @@ import selectors
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,20 @@ class TLSRelay:
     """Accept TLS on the public socket; relay the plaintext to the gRPC server's private socket.
 
     One thread per connection (go-plugin opens one), driving an `ssl.SSLObject`
-    over memory buffers so a single thread can serve both directions.
+    over memory buffers so a single thread can serve both directions. At most
+    `max_connections` at a time (more are closed at once), and a client that
+    has not finished its TLS handshake within `handshake_timeout` is dropped.
     """
 
-    def __init__(self, context: ssl.SSLContext, public: socket.socket, backend_path: str) -> None:
+    def __init__(self, context: ssl.SSLContext, public: socket.socket, backend_path: str, *,
+                 max_connections: int = 16, handshake_timeout: float = 10.0) -> None:
         self._context = context
         self._public = public
         self._backend_path = backend_path
+        self._handshake_timeout = handshake_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max_connections = max_connections
+        self._refused = 0
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="tls-accept", daemon=True)
 
@@ -122,28 +130,47 @@ class TLSRelay:
                 conn, _ = self._public.accept()
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                self._refused += 1
+                if self._refused in (1, 10, 100) or self._refused % 1000 == 0:  # a flood logs a few lines
+                    log.warning("TLS connection refused: too many open",
+                                extra={"bound": self._max_connections, "refused": self._refused})
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="tls-conn", daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
+        try:
+            self._relay(raw)
+        finally:
+            self._slots.release()
+
+    def _relay(self, raw: socket.socket) -> None:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = self._context.wrap_bio(incoming, outgoing, server_side=True)
         backend: socket.socket | None = None
+        deadline = time.monotonic() + self._handshake_timeout
         try:
-            while True:  # handshake
+            while True:  # handshake, against the deadline
                 try:
                     tls.do_handshake()
                     break
                 except ssl.SSLWantReadError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("TLS handshake not finished in time") from None
+                    raw.settimeout(remaining)
                     raw.sendall(outgoing.read())
                     data = raw.recv(65536)
                     if not data:
                         return
                     incoming.write(data)
+            raw.settimeout(None)
             raw.sendall(outgoing.read())
             backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             backend.connect(self._backend_path)
             self._pump(raw, backend, tls, incoming, outgoing)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError) as exc:  # TimeoutError (socket.timeout) is an OSError
             if not self._closed.is_set():
                 log.debug("TLS connection ended", extra={"error": str(exc)})
         finally:
