@@ -118,6 +118,15 @@ def test_numbers_as_decimal_strings_as_cty_sends_big_ones() -> None:
     assert cfg.health.ignored_xids == frozenset({79, 48, 2**32 - 1})
 
 
+@pytest.mark.parametrize("text", ["1e1000000", "1e10000000", "99999999999999999999", "-1e25"])
+def test_huge_decimal_strings_are_refused_at_once(text: str) -> None:
+    # int("1e1000000") builds a million-digit number: SetConfig would hang on it.
+    with pytest.raises(ConfigError, match=f"between 1 and 64, got '{text}'"):
+        NvidiaConfig.from_mapping({"sharing": {"shares": text}})
+    with pytest.raises(ConfigError, match=f"between 1 and 4294967295, got '{text}'"):
+        NvidiaConfig.from_mapping({"health": {"ignored_xids": [text]}})
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(60.0, "1m"), (5.0, "5s"), (0.1, "100ms"), (90.0, "90s"), (7200.0, "2h")])
 def test_format_duration_round_trips(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -68,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nomad_device_nvidia.probe import main as probe_main
 
         return int(probe_main(args_in[1:]))
+    if args_in[:1] == ["bench"]:
+        from nomad_device_nvidia.bench import main as bench_main
+
+        return int(bench_main(args_in[1:]))
     args = _parser().parse_args(args_in)
     if not handshake.cookie_ok(os.environ):
         sys.stderr.write(handshake.NOT_A_COMMAND)

@@ -175,6 +175,10 @@ def _str_list(key: str, value: Any) -> list[str]:
     return out
 
 
+# What a whole number beyond 19 digits counts as (with its sign).
+_OUT_OF_RANGE = 10**19
+
+
 def _int(key: str, value: Any) -> int:
     # cty numbers arrive as int, float, or (when too big for either) a decimal string.
     if isinstance(value, bool):
@@ -188,6 +192,10 @@ def _int(key: str, value: Any) -> int:
             number = decimal.Decimal(value.strip())
         except decimal.InvalidOperation:
             number = None
+        # Beyond 19 digits a number is out of every range here, and int() of
+        # "1e1000000" would build a million-digit number: SetConfig must answer at once.
+        if number is not None and number.is_finite() and number.adjusted() > 18:
+            return _OUT_OF_RANGE if number > 0 else -_OUT_OF_RANGE
         if number is not None and number.is_finite() and number == number.to_integral_value():
             return int(number)
     raise ConfigError(key, f"must be a whole number, got {_kind(value)} ({value!r})")
@@ -236,7 +244,7 @@ def _xid_list(key: str, value: Any) -> frozenset[int]:
         except ConfigError:
             raise ConfigError(key, f"item {i} must be an XID number, got {item!r}") from None
         if not 0 < xid < 2**32:
-            raise ConfigError(key, f"item {i} must be an XID between 1 and 4294967295, got {xid}")
+            raise ConfigError(key, f"item {i} must be an XID between 1 and 4294967295, got {item!r}")
         xids.add(xid)
     return frozenset(xids)
 
@@ -271,7 +279,7 @@ def _imex_channels(key: str, value: Any) -> tuple[int, ...]:
         except ConfigError:
             raise ConfigError(key, f"item {i} must be an IMEX channel number, got {item!r}") from None
         if not 0 <= n <= MAX_IMEX_CHANNEL:
-            raise ConfigError(key, f"item {i} must be a channel between 0 and {MAX_IMEX_CHANNEL}, got {n}")
+            raise ConfigError(key, f"item {i} must be a channel between 0 and {MAX_IMEX_CHANNEL}, got {item!r}")
         if n in channels:
             raise ConfigError(key, f"item {i}: channel {n} is listed twice")
         channels.append(n)
@@ -298,7 +306,7 @@ def _reserve(key: str, value: Any) -> ReserveConfig:
 def _shares(key: str, value: Any) -> int:
     n = _int(key, value)
     if not 1 <= n <= MAX_SHARES:
-        raise ConfigError(key, f"must be between 1 and {MAX_SHARES}, got {n}")
+        raise ConfigError(key, f"must be between 1 and {MAX_SHARES}, got {value!r}")
     return n
 
 
