@@ -94,13 +94,12 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row("NVML error mid-stream: every NVML call answers `UNKNOWN` from 1.5 s after init, for good",
-        "every device unhealthy, `NVML error: Unknown Error` (after a scan retry: `NVML enumeration failed "
-        "(Unknown Error)`); devices stay listed; Fingerprint and Stats stay open, Stats at their interval with "
-        "`N/A` values; a clean Shutdown",
+        "every device unhealthy, `NVML error: Unknown Error` (scans and probes word it alike); devices stay "
+        "listed; Fingerprint and Stats stay open, Stats at their interval with `N/A` values; a clean Shutdown",
         f"unhealthy within {LOST_LAG_S:g} s of the error (0.02 s: the failing event wait triggers a probe)",
         "one WARNING per device (`device ... unhealthy`), one `reading an NVML event failed`, and "
-        "`NVML enumeration failed ...; keeping the last known devices and retrying` once per scan retry "
-        "(backoff 1 s doubling, at most `fingerprint_period`)",
+        "`NVML enumeration failed ...; keeping the last known devices and retrying` once (scans retry with "
+        "backoff 1 s doubling, at most `fingerprint_period`)",
         (f"{HERE}::test_nvml_error_mid_stream",)),
     Row("A lost GPU and its return: one GPU answers `GPU_IS_LOST` for 2 s",
         "that GPU unhealthy, `GPU is lost or needs a reset`, the others healthy throughout; healthy again, "
@@ -301,8 +300,8 @@ def test_nvml_error_mid_stream(timeline: Callable[..., Timeline], tmp_path: Path
     assert len(after) >= 8 and all(stats_ids(e) == set(gpus) for e in after), after[-1:]
     # One WARNING per device, not per failed read; scan retries back off (1 s, then 2 s).
     assert per_device == [1, 1], per_device
-    span_s = (tl.streams()["ms"] - seen) / 1000
-    assert len(retries) <= span_s / 1.0 + 1, f"{len(retries)} retry lines in {span_s:.1f} s"
+    # The enumeration's failure is said once, however often the scan retries.
+    assert len(retries) <= 1, f"{len(retries)} retry lines"
     assert tl.ended_by_plugin() == []
     down = tl.shutdown()
     assert down["graceful"] and down["exit_code"] == 0, down
