@@ -32,7 +32,7 @@ import pynvml
 from nomad_device_nvidia.nvidia import fingerprint as fp
 from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, format_duration
-from nomad_device_nvidia.nvidia.health import DRIVER, EventWatcher, HealthBook, probe_all
+from nomad_device_nvidia.nvidia.health import DRIVER, FABRIC, EventWatcher, HealthBook, probe_all
 from nomad_device_nvidia.nvidia.nvml_session import (
     DRIVER_GONE_CODES,
     NvmlAbsent,
@@ -400,9 +400,14 @@ class DeviceWatch:
             return
         # Every device, the ones whose last read failed too: a probe is how a lost
         # GPU is found back (and how a GPU is found lost without any event).
+        fabric_waiting = self._book.having(FABRIC)
         codes = probe_all(self._runner, inventory.devices, self._book)
         if codes & DRIVER_GONE_CODES:
             self._kick.set()  # scan now: the scan decides whether the driver is gone
+        if fabric_waiting - self._book.having(FABRIC):
+            # A fabric is ready again: its cluster and clique attributes come with a scan, now.
+            self._scan_now.set()
+            self._kick.set()
 
     # -- the driver went away --
 

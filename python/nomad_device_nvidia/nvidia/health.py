@@ -149,6 +149,11 @@ class HealthBook:
 
         self._apply(change)
 
+    def having(self, cause: str) -> set[str]:
+        """The devices with an open condition of `cause`."""
+        with self._lock:
+            return {d for d, conds in self._conditions.items() if cause in conds}
+
     def status(self, device_id: str) -> tuple[bool, str]:
         with self._lock:
             conds = self._conditions.get(device_id)
