@@ -335,30 +335,10 @@ def harness_section(target: Target, state: dict[str, Any], tmp: Path) -> tuple[s
 
 
 def tracked_devices() -> list[Any]:
-    """Whole GPUs, or their MIG instances when MIG is on, as the plugin tracks them."""
-    import pynvml
+    """Every device the plugin would offer here, as the stats engines track them."""
+    from nomad_device_nvidia.nvidia.grouping import tracked_on_this_node
 
-    from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
-
-    out = []
-    for i in range(pynvml.nvmlDeviceGetCount()):
-        gpu = pynvml.nvmlDeviceGetHandleByIndex(i)
-        try:
-            mig_on = pynvml.nvmlDeviceGetMigMode(gpu)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
-        except pynvml.NVMLError:
-            mig_on = False
-        if not mig_on:
-            uuid = pynvml.nvmlDeviceGetUUID(gpu)
-            out.append(TrackedDevice(uuid, uuid, pynvml.nvmlDeviceGetName(gpu)))
-            continue
-        for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(gpu)):
-            try:
-                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, j)
-            except pynvml.NVMLError:
-                continue
-            uuid = pynvml.nvmlDeviceGetUUID(mig)
-            out.append(TrackedDevice(uuid, uuid, pynvml.nvmlDeviceGetName(mig)))
-    return out
+    return tracked_on_this_node()
 
 
 Value = tuple[str, Any]  # ("str", text) | ("int", n) | ("float", x) | ("frac", (num, den)) | ("bool", b)

@@ -203,9 +203,8 @@ def _call_costs(uuid: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> Report:
     import pynvml
 
-    from nomad_device_nvidia.nvidia import fingerprint, grouping
+    from nomad_device_nvidia.nvidia import grouping
     from nomad_device_nvidia.nvidia.driver import NvmlLoadError, load_nvml
-    from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]
@@ -219,12 +218,11 @@ def run(args: argparse.Namespace) -> Report:
     except pynvml.NVMLError as exc:
         raise BenchError(f"NVML failed to initialise: {exc} (is there an NVIDIA driver? try --simulate)") from None
     try:
-        inventory = fingerprint.scan(None)
-        _groups, offered = grouping.render(inventory, lambda _id: (True, ""), frozenset(), 1)
-        tracked = _pick([TrackedDevice(o.id, o.device.id, o.group) for o in offered], args.devices)
+        tracked = _pick(grouping.tracked_on_this_node(), args.devices)
         if not tracked:
             raise BenchError("no NVIDIA devices on this node")
-        report = Report(driver=inventory.driver_version, simulated=source.simulated, devices=len(tracked),
+        driver = str(pynvml.nvmlSystemGetDriverVersion())
+        report = Report(driver=driver, simulated=source.simulated, devices=len(tracked),
                         extended=args.extended)
         for kind in engines:
             report.engines.append(_run_engine(kind, tracked, args.extended, args.duration))

@@ -54,6 +54,20 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def http_api(addr: str, method: str, path: str, body: object | None = None, raw: bool = False) -> Any:
+    """One call of Nomad's HTTP API: the decoded JSON answer (the bytes with `raw`)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(addr + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            payload = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise AgentError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
+    if raw:
+        return payload
+    return json.loads(payload) if payload else None
+
+
 def hcl_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid HCL string literal
 
@@ -261,17 +275,7 @@ plugin "raw_exec" {{
 
     # ---- API -------------------------------------------------------------
     def api(self, method: str, path: str, body: object | None = None, raw: bool = False) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.addr + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise AgentError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
-        if raw:
-            return payload
-        return json.loads(payload) if payload else None
+        return http_api(self.addr, method, path, body, raw)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([str(self.nomad_bin), *args], capture_output=True, text=True, timeout=timeout,

@@ -19,15 +19,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from e2e.agent import DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string
+from e2e.agent import DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string, http_api
 
 T = TypeVar("T")
 
@@ -61,17 +59,7 @@ class Api:
         self.alive = alive  # returns why the cluster is gone, or None while it is up
 
     def __call__(self, method: str, path: str, body: object | None = None, raw: bool = False) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.addr + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise AgentError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
-        if raw:
-            return payload
-        return json.loads(payload) if payload else None
+        return http_api(self.addr, method, path, body, raw)
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
         deadline = time.monotonic() + timeout

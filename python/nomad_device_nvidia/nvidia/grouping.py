@@ -13,7 +13,7 @@ asks for groups split by them (`group_by`), or when the members agree anyway.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from nomad_device_nvidia.nvidia.fingerprint import (
     GpuDevice,
     Inventory,
 )
+from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
 from nomad_device_nvidia.sdk import Attribute, Device, DeviceGroup
 
 SHARE_SEPARATOR = "::"
@@ -197,3 +198,17 @@ def _group(
             devices.append(Device(id=sid, healthy=healthy, health_description=why, pci_bus_id=bus))
             offered.append(Offered(sid, dev, name))
     return DeviceGroup(VENDOR, DEVICE_TYPE, name, tuple(devices), attrs)
+
+
+def tracked(offered: Iterable[Offered]) -> list[TrackedDevice]:
+    """What the stats engines read for these offered IDs."""
+    return [TrackedDevice(device_id=o.id, uuid=o.device.id, group=o.group) for o in offered]
+
+
+def tracked_on_this_node() -> list[TrackedDevice]:
+    """Every device the plugin would offer here (all healthy, nothing ignored, no sharing),
+    for tools that drive the engines without the plugin (bench, gpu-check). NVML must be initialised."""
+    from nomad_device_nvidia.nvidia.fingerprint import scan
+
+    _groups, offered = render(scan(None), lambda _id: (True, ""), frozenset(), 1)
+    return tracked(offered)

@@ -221,13 +221,11 @@ class NvidiaDevicePlugin(DevicePlugin):
             self._stats.leave()
 
     def _tracked(self) -> tuple[int, list[TrackedDevice]]:
-        from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
-
         if self._offered_generation == 0:
             self._render(self._config)  # stats before any fingerprint answer
         with self._lock:
             offered, generation = list(self._offered.values()), self._offered_generation
-        return generation, [TrackedDevice(device_id=o.id, uuid=o.device.id, group=o.group) for o in offered]
+        return generation, grouping.tracked(offered)
 
     def reserve(self, device_ids: Sequence[str]) -> Reservation:
         if not device_ids:
