@@ -992,3 +992,33 @@ def test_a_blocked_gpu_holds_one_thread_however_much_work_comes(tmp_path: Path) 
     # The pool's workers on time (at most 8) and idle ones (2), plus one for the blocked GPU.
     assert out[4]["names"].count("nvml-call") <= 8 + 2 + 1, out[4]["names"]
     assert out[5]["names"].count("nvml-call") <= 8 + 2 + 1, out[5]["names"]
+
+
+def test_the_lost_gpu_of_a_one_gpu_node_is_that_gpu_not_the_driver(tmp_path: Path) -> None:
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "l4"
+
+        [[faults]]
+        kind = "lost"
+        gpu = 0
+        after_s = 1.0
+        recover_after_s = 1.5
+        """,
+    )
+    config = {"simulate": path, "fingerprint_period": "1s", "health": {"probe_interval": "100ms"}}
+    out, log = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "len(groups) > 0"},
+            {"op": "wait", "until": ANY_UNHEALTHY},
+            {"op": "wait", "until": ALL_HEALTHY},
+            {"op": "stop"},
+        ]
+    )
+    assert "timeout" not in out[3] and "timeout" not in out[4], out
+    assert devices(out[3]["groups"])[0]["why"].startswith("GPU is lost or needs a reset"), out[3]
+    assert "NVIDIA driver unavailable" not in log

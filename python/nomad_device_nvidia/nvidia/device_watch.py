@@ -389,7 +389,10 @@ class DeviceWatch:
             part.keep_previous(fp.ScanFailure(str(stuck), False), prior.get(i, []), f"GPU {i}")
             parts.append(part)
         inventory = fp.assemble(system, parts)
-        if inventory.devices and len(inventory.failures) == len(inventory.devices):
+        # Every GPU lost at once is the driver, not the GPUs; one lost GPU of a
+        # one-GPU node is just that GPU (reported as lost).
+        gpus = {d.physical_uuid for d in inventory.devices}
+        if len(gpus) > 1 and len(inventory.failures) == len(inventory.devices):
             if all(f.lost for f in inventory.failures.values()):
                 raise DriverGone("NVIDIA driver unavailable (every GPU answers GPU_IS_LOST)")
         return inventory
