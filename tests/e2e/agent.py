@@ -68,6 +68,30 @@ def http_api(addr: str, method: str, path: str, body: object | None = None, raw:
     return json.loads(payload) if payload else None
 
 
+def poll_until(what: str, probe: Callable[[], T | None], timeout: float, interval: float, *,
+               gone: Callable[[], str | None], context: Callable[[], str] = lambda: "", width: int = 1500) -> T:
+    """Poll `probe` until it returns something truthy. Fails naming `what` when `gone()`
+    says why the system under test is no longer there, or after `timeout` seconds with
+    the last value (or error) seen and `context()`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        why = gone()
+        if why:
+            raise AgentError(f"{why} while waiting for {what}")
+        try:
+            value = probe()
+        except (AgentError, OSError, KeyError, ValueError) as exc:
+            value, last = None, exc
+        else:
+            last = value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AgentError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r:.{width}}{context()}")
+        time.sleep(interval)
+
+
 def hcl_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid HCL string literal
 
@@ -288,24 +312,15 @@ plugin "raw_exec" {{
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
         """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while True:
+
+        def gone() -> str | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AgentError(f"the Nomad agent exited ({self.proc.returncode}) while waiting for {what}; "
-                                 f"see {self.log_dir / 'agent.log'}:\n{self.log_tail()}")
-            try:
-                value = probe()
-            except (AgentError, OSError, KeyError, ValueError) as exc:
-                value, last = None, exc
-            else:
-                last = value
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AgentError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r:.800}; "
-                                 f"agent log: {self.log_dir / 'agent.log'}\n{self.log_tail()}")
-            time.sleep(interval)
+                return (f"the Nomad agent exited ({self.proc.returncode}); "
+                        f"see {self.log_dir / 'agent.log'}:\n{self.log_tail()}")
+            return None
+
+        return poll_until(what, probe, timeout, interval, gone=gone,
+                          context=lambda: f"; agent log: {self.log_dir / 'agent.log'}\n{self.log_tail()}", width=800)
 
     def note(self, title: str, body: str = "") -> None:
         """One step of the run for the transcript (build/e2e/<name>/transcript.md)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from e2e.agent import DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string, http_api
+from e2e.agent import DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string, http_api, poll_until
 
 T = TypeVar("T")
 
@@ -62,23 +62,7 @@ class Api:
         return http_api(self.addr, method, path, body, raw)
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.25) -> T:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while True:
-            gone = self.alive()
-            if gone:
-                raise AgentError(f"{gone} while waiting for {what}")
-            try:
-                value = probe()
-            except (AgentError, OSError, KeyError, ValueError) as exc:
-                value, last = None, exc
-            else:
-                last = value
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AgentError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r:.1500}")
-            time.sleep(interval)
+        return poll_until(what, probe, timeout, interval, gone=self.alive)
 
     # ---- helpers ----------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
