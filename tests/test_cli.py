@@ -26,6 +26,19 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=120)
 
 
+def probe_config(tmp_path: Path, config: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`probe --config` of a client.hcl whose plugin config block holds `config`."""
+    hcl = tmp_path / "client.hcl"
+    hcl.write_text(f'plugin "nomad-device-nvidia" {{\n  config {{\n{config}  }}\n}}\n')
+    return run("probe", *args, "--config", str(hcl))
+
+
+def probe_error_lines(out: subprocess.CompletedProcess[str]) -> list[str]:
+    """The probe's error lines, asserting it printed no traceback."""
+    assert "Traceback" not in out.stderr, out.stderr
+    return [line for line in out.stderr.splitlines() if line.startswith("nomad-device-nvidia probe:")]
+
+
 def test_version_and_help() -> None:
     out = run("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"nomad-device-nvidia {__version__}"
@@ -62,19 +75,8 @@ def test_probe_reads_the_agent_plugin_block(tmp_path: Path) -> None:
     scenario = ROOT / "scenarios" / "8xh100-mig.toml"
     first = json.loads(run("probe", "--json", "--simulate", str(scenario)).stdout)
     ignored = first["groups"][0]["devices"][0]["id"]
-    hcl = tmp_path / "client.hcl"
-    hcl.write_text(f'''
-plugin "nomad-device-nvidia" {{
-  config {{
-    simulate        = "{scenario}"
-    ignored_gpu_ids = ["{ignored}"]
-    sharing {{
-      shares = 2
-    }}
-  }}
-}}
-''')
-    out = run("probe", "--json", "--config", str(hcl))
+    out = probe_config(tmp_path, f'    simulate        = "{scenario}"\n    ignored_gpu_ids = ["{ignored}"]\n'
+                                 "    sharing {\n      shares = 2\n    }\n", "--json")
     assert out.returncode == 0, out.stderr
     ids = [d["id"] for g in json.loads(out.stdout)["groups"] for d in g["devices"]]
     assert len(ids) == 13 * 2
@@ -88,33 +90,26 @@ plugin "nomad-device-nvidia" {{
 def test_probe_errors_are_one_line(args: list[str], message: str) -> None:
     out = run(*args)
     assert out.returncode != 0
-    errors = [line for line in out.stderr.splitlines() if line.startswith("nomad-device-nvidia probe:")]
+    errors = probe_error_lines(out)
     assert len(errors) == 1 and message in errors[0], out.stderr
-    assert "Traceback" not in out.stderr
 
 
 def test_probe_bad_config_value_names_the_key(tmp_path: Path) -> None:
-    hcl = tmp_path / "client.hcl"
-    hcl.write_text('plugin "nomad-device-nvidia" {\n  config {\n    fingerprint_period = "soon"\n  }\n}\n')
-    out = run("probe", "--config", str(hcl))
+    out = probe_config(tmp_path, '    fingerprint_period = "soon"\n')
     assert out.returncode == 2
     assert 'config key "fingerprint_period"' in out.stderr and "Traceback" not in out.stderr
 
 
 def test_probe_of_a_disabled_plugin_is_one_line(tmp_path: Path) -> None:
-    hcl = tmp_path / "client.hcl"
     scenario = ROOT / "scenarios" / "1gpu.toml"
-    hcl.write_text(f'plugin "nomad-device-nvidia" {{\n  config {{\n    enabled = false\n    simulate = "{scenario}"\n  }}\n}}\n')
-    out = run("probe", "--config", str(hcl))
+    out = probe_config(tmp_path, f'    enabled = false\n    simulate = "{scenario}"\n')
     assert out.returncode == 2
-    errors = [line for line in out.stderr.splitlines() if line.startswith("nomad-device-nvidia probe:")]
+    errors = probe_error_lines(out)
     assert len(errors) == 1 and "enabled = false" in errors[0], out.stderr
-    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stdout == ""
 
 
 def test_probe_refuses_a_relative_scenario_in_the_config_naming_the_key(tmp_path: Path) -> None:
-    hcl = tmp_path / "client.hcl"
-    hcl.write_text('plugin "nomad-device-nvidia" {\n  config {\n    simulate = "scenarios/1gpu.toml"\n  }\n}\n')
-    out = run("probe", "--config", str(hcl))
+    out = probe_config(tmp_path, '    simulate = "scenarios/1gpu.toml"\n')
     assert out.returncode == 2
     assert 'config key "simulate": must be an absolute path' in out.stderr and "Traceback" not in out.stderr
