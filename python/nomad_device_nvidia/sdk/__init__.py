@@ -19,16 +19,22 @@ if TYPE_CHECKING:
 
     from nomad_device_nvidia.sdk import hclspec
     from nomad_device_nvidia.sdk.config import decode_config, parse_duration
+    from nomad_device_nvidia.sdk.convert import stats_from_bytes
     from nomad_device_nvidia.sdk.errors import ConfigError, PluginDisabled, ReservationRefused
     from nomad_device_nvidia.sdk.limits import Limits
     from nomad_device_nvidia.sdk.model import (
         Attribute,
         Device,
         DeviceGroup,
+        DeviceGroupStats,
         DeviceSpec,
+        DeviceStats,
         Mount,
         PluginInfo,
         Reservation,
+        StatObject,
+        StatsResponse,
+        StatValue,
     )
     from nomad_device_nvidia.sdk.plugin import DevicePlugin
     from nomad_device_nvidia.sdk.stopping import StopRequests
@@ -38,7 +44,8 @@ _WHERE = {
     "ConfigError": "errors", "PluginDisabled": "errors", "ReservationRefused": "errors",
     "Limits": "limits", "StopRequests": "stopping", "DevicePlugin": "plugin",
     "Attribute": "model", "Device": "model", "DeviceGroup": "model", "DeviceSpec": "model", "Mount": "model",
-    "PluginInfo": "model", "Reservation": "model",
+    "PluginInfo": "model", "Reservation": "model", "DeviceGroupStats": "model", "DeviceStats": "model",
+    "StatObject": "model", "StatsResponse": "model", "StatValue": "model", "stats_from_bytes": "convert",
 }
 
 
@@ -63,7 +70,8 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None
 
 
 __all__ = [
-    "Attribute", "ConfigError", "Device", "DeviceGroup", "DevicePlugin", "DeviceSpec", "Limits", "Mount",
-    "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused", "StopRequests", "decode_config",
-    "hclspec", "parse_duration", "serve",
+    "Attribute", "ConfigError", "Device", "DeviceGroup", "DeviceGroupStats", "DevicePlugin", "DeviceSpec",
+    "DeviceStats", "Limits", "Mount", "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused",
+    "StatObject", "StatValue", "StatsResponse", "StopRequests", "decode_config", "hclspec", "parse_duration",
+    "serve", "stats_from_bytes",
 ]

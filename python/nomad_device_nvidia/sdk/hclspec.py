@@ -1,5 +1,7 @@
 """Builders for the HCL schema a plugin returns from ConfigSchema.
 
+`Spec` is the type `DevicePlugin.config_spec` returns (Nomad's hclspec Spec
+message); build it with `obj`, `attr` and `block` rather than by hand.
 Every attribute built with a default becomes `Default { Attr, Literal }`, so the
 agent fills in the default and the plugin always receives every key.
 """
@@ -12,6 +14,7 @@ from typing import Any
 
 from nomad_device_nvidia._proto.nomad import hclspec_pb2
 
+# The public name of the message, so a plugin never imports the generated modules.
 Spec = hclspec_pb2.Spec
 
 
@@ -33,10 +36,6 @@ def attr(name: str, type_: str, default: Any = None, *, required: bool = False) 
 def block(name: str, nested: Spec, *, required: bool = False) -> Spec:
     """Zero or one nested block; absent, it decodes to null."""
     return Spec(block_value=hclspec_pb2.Block(name=name, required=required, nested=nested))
-
-
-def block_list(name: str, nested: Spec, *, min_items: int = 0, max_items: int = 0) -> Spec:
-    return Spec(block_list=hclspec_pb2.BlockList(name=name, nested=nested, min_items=min_items, max_items=max_items))
 
 
 def obj(attributes: Mapping[str, Spec]) -> Spec:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
 
-if TYPE_CHECKING:
-    from nomad_device_nvidia._proto.nomad import device_pb2, hclspec_pb2
-
-    StatsItem = Union[bytes, device_pb2.StatsResponse]
+if TYPE_CHECKING:  # protobuf loads when the server does, not with the interface
+    from nomad_device_nvidia.sdk.convert import StatsItem
+    from nomad_device_nvidia.sdk.hclspec import Spec
 
 
 class DevicePlugin(abc.ABC):
@@ -27,7 +26,7 @@ class DevicePlugin(abc.ABC):
         """Name and version reported in PluginInfo."""
 
     @abc.abstractmethod
-    def config_spec(self) -> hclspec_pb2.Spec:
+    def config_spec(self) -> Spec:
         """The HCL schema of the plugin's config block (see `sdk.hclspec`)."""
 
     @abc.abstractmethod
@@ -47,7 +46,12 @@ class DevicePlugin(abc.ABC):
 
     @abc.abstractmethod
     def stats(self, interval: float, stop: threading.Event) -> Iterator[StatsItem]:
-        """Yield one StatsResponse (message, or already serialized bytes) per interval."""
+        """Yield one `StatsResponse` at once, then one per `interval` seconds until `stop` is set.
+
+        The fast path: a plugin that encodes its own messages may yield a
+        serialized StatsResponse as bytes; they are sent untouched. See
+        `sdk.convert.stats_bytes` for what each yielded item becomes.
+        """
 
     @abc.abstractmethod
     def reserve(self, device_ids: Sequence[str]) -> Reservation:
