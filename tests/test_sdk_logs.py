@@ -44,3 +44,38 @@ def test_level_filter() -> None:
     logging.getLogger("x").warning("quiet")
     logging.getLogger("x").error("loud")
     assert [json.loads(line)["@message"] for line in out.getvalue().splitlines()] == ["loud"]
+
+
+def _log_each_level(out: io.StringIO) -> list[str]:
+    log = logging.getLogger("x")
+    log.debug("debug")
+    log.info("info")
+    log.warning("warn")
+    log.error("error")
+    return [json.loads(line)["@message"] for line in out.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(("env", "first_logged"), [
+    ({}, "info"),
+    ({"NOMAD_PLUGIN_LOG_LEVEL": "debug"}, "debug"),
+    ({"NOMAD_DEVICE_NVIDIA_LOG_LEVEL": "warn"}, "warn"),  # the project's old name still works
+    ({"NOMAD_PLUGIN_LOG_LEVEL": "error", "NOMAD_DEVICE_NVIDIA_LOG_LEVEL": "debug"}, "error"),  # the SDK's wins
+    ({"NOMAD_PLUGIN_LOG_LEVEL": "", "NOMAD_DEVICE_NVIDIA_LOG_LEVEL": "warn"}, "warn"),  # empty is unset
+    ({"NOMAD_PLUGIN_LOG_LEVEL": "DEBUG"}, "debug"),
+])
+def test_level_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], first_logged: str) -> None:
+    for name in logs.LEVEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = io.StringIO()
+    logs.configure(stream=out)
+    order = ["debug", "info", "warn", "error"]
+    assert _log_each_level(out) == order[order.index(first_logged):]
+
+
+def test_level_argument_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOMAD_PLUGIN_LOG_LEVEL", "debug")
+    out = io.StringIO()
+    logs.configure("error", stream=out)
+    assert _log_each_level(out) == ["error"]

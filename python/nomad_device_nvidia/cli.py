@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate", default="", metavar="SCENARIO",
                    help="use the simulated NVML driver with this scenario file (the config key simulate wins)")
     p.add_argument("--log-level", default=None, choices=("trace", "debug", "info", "warn", "error"),
-                   help="log level (default: $NOMAD_DEVICE_NVIDIA_LOG_LEVEL or info)")
+                   help="log level (default: $NOMAD_PLUGIN_LOG_LEVEL, else $NOMAD_DEVICE_NVIDIA_LOG_LEVEL, else info)")
     return p
 
 

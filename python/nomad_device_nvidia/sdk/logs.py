@@ -25,6 +25,12 @@ TRACE = 5
 _NAMES = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
 
+# The environment variables that set the level, the first set wins. The SDK's
+# name is plugin-neutral, as any plugin built on it reads it; the Nomad agent
+# passes its environment to the plugins it launches. The second is this
+# project's name from before the SDK stood apart, kept as an alias.
+LEVEL_VARIABLES = ("NOMAD_PLUGIN_LOG_LEVEL", "NOMAD_DEVICE_NVIDIA_LOG_LEVEL")
+
 # Attributes every LogRecord has; anything else came from `extra=` and is a key/value pair.
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -59,9 +65,10 @@ class HclogJSONFormatter(logging.Formatter):
 def configure(level: str | None = None, stream: IO[str] | None = None) -> None:
     """Send every log record of the process to stderr as hclog JSON.
 
-    The level comes from `level`, else $NOMAD_DEVICE_NVIDIA_LOG_LEVEL, else info.
+    The level comes from `level`, else the first of `LEVEL_VARIABLES` set and
+    not empty, else info.
     """
-    name = (level or os.environ.get("NOMAD_DEVICE_NVIDIA_LOG_LEVEL") or "info").lower()
+    name = (level or next((os.environ[v] for v in LEVEL_VARIABLES if os.environ.get(v)), "info")).lower()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(HclogJSONFormatter())
     root = logging.getLogger()
