@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled
+from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled, StatObject, StatValue
 
 PLUGIN_BLOCK_NAMES = ("nomad-device-nvidia", "nvidia-gpu")
 
@@ -128,33 +128,32 @@ def render_table(groups: Sequence[DeviceGroup], stats: Mapping[str, Mapping[str,
     return "\n".join(lines) + "\n"
 
 
-def _stat_text(value: Any) -> str:
-    if value.HasField("string_val"):
-        text = value.string_val.value
-    elif value.HasField("int_numerator_val"):
-        text = str(value.int_numerator_val.value)
-        if value.HasField("int_denominator_val"):
-            text += f" / {value.int_denominator_val.value}"
-    elif value.HasField("float_numerator_val"):
-        text = f"{value.float_numerator_val.value:g}"
-        if value.HasField("float_denominator_val"):
-            text += f" / {value.float_denominator_val.value:g}"
-    elif value.HasField("bool_val"):
-        text = str(value.bool_val.value).lower()
+def _stat_text(value: StatValue) -> str:
+    if value.string_val is not None:
+        text = value.string_val
+    elif value.int_numerator_val is not None:
+        text = str(value.int_numerator_val)
+        if value.int_denominator_val is not None:
+            text += f" / {value.int_denominator_val}"
+    elif value.float_numerator_val is not None:
+        text = f"{value.float_numerator_val:g}"
+        if value.float_denominator_val is not None:
+            text += f" / {value.float_denominator_val:g}"
+    elif value.bool_val is not None:
+        text = str(value.bool_val).lower()
     else:
         text = ""
     return f"{text} {value.unit}".strip()
 
 
 def decode_stats(payload: bytes) -> dict[str, dict[str, str]]:
-    from nomad_device_nvidia._proto.nomad import device_pb2
+    from nomad_device_nvidia.sdk import stats_from_bytes  # loads protobuf: only once there is a sample
 
-    resp = device_pb2.StatsResponse.FromString(payload)
     out: dict[str, dict[str, str]] = {}
-    for group in resp.groups:
+    for group in stats_from_bytes(payload).groups:
         for dev_id, st in group.instance_stats.items():
-            values = {name: _stat_text(v) for name, v in st.stats.attributes.items()}
-            values["summary"] = _stat_text(st.summary)
+            values = {name: _stat_text(v) for name, v in (st.stats or StatObject()).attributes.items()}
+            values["summary"] = _stat_text(st.summary or StatValue())
             out[dev_id] = values
     return out
 
@@ -208,7 +207,9 @@ def _probe(args: argparse.Namespace) -> int:
             with contextlib.closing(plugin.stats(1.0, stop)) as samples:
                 sample = next(samples, None)
             if sample is not None:
-                stats = decode_stats(sample if isinstance(sample, bytes) else sample.SerializeToString())
+                from nomad_device_nvidia.sdk.convert import stats_bytes
+
+                stats = decode_stats(stats_bytes(sample))
     except PluginDisabled:
         raise ProbeError("the plugin is disabled by its config (enabled = false)") from None
     finally:
