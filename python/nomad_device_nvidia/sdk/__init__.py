@@ -17,7 +17,7 @@ TYPE_CHECKING = False  # not typing's: importing typing here would cost the CLI'
 if TYPE_CHECKING:
     from typing import Any
 
-    from nomad_device_nvidia.sdk import hclspec
+    from nomad_device_nvidia.sdk import hclspec, logs
     from nomad_device_nvidia.sdk.config import decode_config, parse_duration
     from nomad_device_nvidia.sdk.convert import stats_from_bytes
     from nomad_device_nvidia.sdk.errors import ConfigError, PluginDisabled, ReservationRefused
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from nomad_device_nvidia.sdk.stopping import StopRequests
 
 _WHERE = {
-    "hclspec": "", "decode_config": "config", "parse_duration": "config",
+    "hclspec": "", "logs": "", "decode_config": "config", "parse_duration": "config",
     "ConfigError": "errors", "PluginDisabled": "errors", "ReservationRefused": "errors",
     "Limits": "limits", "StopRequests": "stopping", "DevicePlugin": "plugin",
     "Attribute": "model", "Device": "model", "DeviceGroup": "model", "DeviceSpec": "model", "Mount": "model",
@@ -72,6 +72,6 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None
 __all__ = [
     "Attribute", "ConfigError", "Device", "DeviceGroup", "DeviceGroupStats", "DevicePlugin", "DeviceSpec",
     "DeviceStats", "Limits", "Mount", "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused",
-    "StatObject", "StatValue", "StatsResponse", "StopRequests", "decode_config", "hclspec", "parse_duration",
-    "serve", "stats_from_bytes",
+    "StatObject", "StatValue", "StatsResponse", "StopRequests", "decode_config", "hclspec", "logs",
+    "parse_duration", "serve", "stats_from_bytes",
 ]
