@@ -26,6 +26,20 @@ CHILD = Path(__file__).with_name("nvidia_backend_child.py")
 SIM_LIB = REPO / "build" / "sim" / "libnvidia-ml.so.1"
 READY_MADE = ["1gpu", "8xh100-mig", "8xa100-mixed-mig", "gh200", "4096gpus", "faulty"]
 
+L4_PAIR = '[[gpus]]\nmodel = "l4"\ncount = 2\n'
+HANG_L4 = """
+[[gpus]]
+model = "l4"
+count = 1
+
+[[faults]]
+kind = "hang"
+gpu = 0
+function = "nvmlDeviceGetMaxClockInfo"
+duration_ms = 60000
+calls = 1
+"""
+
 ALL_HEALTHY = "all(d['healthy'] for g in groups for d in g['devices'])"
 ANY_UNHEALTHY = "any(not d['healthy'] for g in groups for d in g['devices'])"
 
@@ -52,6 +66,13 @@ def run_child(steps: list[dict[str, Any]], timeout: float = 180) -> tuple[list[d
     return json.loads(proc.stdout), proc.stderr
 
 
+def stream(config: dict[str, Any], *steps: dict[str, Any], shutdown: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """run_child of: set `config`, start the Fingerprint stream, `steps`, stop it (and shut down).
+    The answers keep their places: config is out[0], start out[1], steps from out[2]."""
+    end = [{"op": "stop"}, *([{"op": "shutdown"}] if shutdown else [])]
+    return run_child([{"op": "config", "config": config}, {"op": "start"}, *steps, *end])
+
+
 def scenario(tmp_path: Path, body: str, name: str = "t") -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(f'name = "{name}"\n' + textwrap.dedent(body))
@@ -64,6 +85,17 @@ def devices(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def ids(groups: list[dict[str, Any]]) -> list[str]:
     return [d["id"] for d in devices(groups)]
+
+
+def unhealthy(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in devices(groups) if not d["healthy"]]
+
+
+def until_unhealthy(path: str, *steps: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Streams scenario `path` until some device is unhealthy (out[2], asserted reached), then `steps`."""
+    out, log = stream({"simulate": path, "fingerprint_period": "1h"}, {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60}, *steps)
+    assert "timeout" not in out[2], out[2]
+    return out, log
 
 
 def check_invariants(groups: list[dict[str, Any]]) -> None:
@@ -113,15 +145,8 @@ def expected_device_count(path: Path) -> int:
 
 
 def first_answer(path: str, extra: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], str]:
-    steps: list[dict[str, Any]] = [
-        {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-        {"op": "start"},
-        {"op": "wait", "until": "True", "max_s": 120},
-        *(extra or []),
-        {"op": "stop"},
-        {"op": "shutdown"},
-    ]
-    out, log = run_child(steps)
+    first = {"op": "wait", "until": "True", "max_s": 120}
+    out, log = stream({"simulate": path, "fingerprint_period": "1h"}, first, *(extra or []), shutdown=True)
     assert out[0] == {"ok": True}
     assert "groups" in out[2], out[2]
     assert out[-2]["ended"], "stream did not return after stop"
@@ -213,21 +238,17 @@ def test_lost_gpu_mid_stream_is_unhealthy_then_recovers(tmp_path: Path) -> None:
         """,
     )
     config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "200ms"}}
-    out, _ = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
-            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
-            {"op": "wait", "until": ALL_HEALTHY + " and len(answers) > 2", "max_s": 60},
-            {"op": "stop"},
-            {"op": "shutdown"},
-        ]
+    out, _ = stream(
+        config,
+        {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
+        {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
+        {"op": "wait", "until": ALL_HEALTHY + " and len(answers) > 2", "max_s": 60},
+        shutdown=True,
     )
     first, lost, back = out[2], out[3], out[4]
     assert len(ids(first["groups"])) == 2
     assert "timeout" not in lost, lost
-    sick = [d for d in devices(lost["groups"]) if not d["healthy"]]
+    sick = unhealthy(lost["groups"])
     assert len(sick) == 1, "only the lost GPU is unhealthy"
     assert "lost" in sick[0]["why"].lower()
     assert ids(lost["groups"]) == ids(first["groups"]), "a lost GPU stays listed, unhealthy"
@@ -255,17 +276,8 @@ def test_xid_marks_only_its_device_ignored_xids_do_not_and_reserve_refuses(tmp_p
         xid = 48
         """,
     )
-    out, log = run_child(
-        [
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-            {"op": "start"},
-            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
-            {"op": "nvml_view", "ids": []},
-            {"op": "stop"},
-        ]
-    )
+    out, log = until_unhealthy(path, {"op": "nvml_view", "ids": []})
     answer, view = out[2], out[3]
-    assert "timeout" not in answer, answer
     gpus = view["gpus"]
     status = {d["id"]: d for d in devices(answer["groups"])}
     assert status[gpus[0]]["healthy"], "XID 13 is an application fault"
@@ -274,16 +286,8 @@ def test_xid_marks_only_its_device_ignored_xids_do_not_and_reserve_refuses(tmp_p
     assert "XID 48" in status[gpus[2]]["why"]
     assert "XID 13" in log  # noted, not acted on
 
-    out, _ = run_child(
-        [
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-            {"op": "start"},
-            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
-            {"op": "reserve", "ids": [gpus[1], gpus[2], "GPU-nope"]},
-            {"op": "reserve", "ids": [gpus[1], gpus[0]]},
-            {"op": "stop"},
-        ]
-    )
+    out, _ = until_unhealthy(path, {"op": "reserve", "ids": [gpus[1], gpus[2], "GPU-nope"]},
+                             {"op": "reserve", "ids": [gpus[1], gpus[0]]})
     refused, ok = out[3], out[4]
     assert refused["kind"] == "ReservationRefused"
     assert "unknown device IDs: GPU-nope" in refused["refused"]
@@ -313,15 +317,11 @@ def test_xid_cleared_by_reset(tmp_path: Path) -> None:
         """,
     )
     config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "100ms"}}
-    out, _ = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": "any('XID 79' in d['why'] for g in groups for d in g['devices'])", "max_s": 60},
-            {"op": "wait", "until": "any('lost' in d['why'].lower() for g in groups for d in g['devices'])", "max_s": 60},
-            {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
-            {"op": "stop"},
-        ]
+    out, _ = stream(
+        config,
+        {"op": "wait", "until": "any('XID 79' in d['why'] for g in groups for d in g['devices'])", "max_s": 60},
+        {"op": "wait", "until": "any('lost' in d['why'].lower() for g in groups for d in g['devices'])", "max_s": 60},
+        {"op": "wait", "until": ALL_HEALTHY, "max_s": 60},
     )
     for step in out[2:5]:
         assert "timeout" not in step, step
@@ -343,17 +343,9 @@ def test_xid_on_a_mig_gpu_marks_its_instances_only(tmp_path: Path) -> None:
         xid = 94
         """,
     )
-    out, _ = run_child(
-        [
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-            {"op": "start"},
-            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
-            {"op": "stop"},
-        ]
-    )
+    out, _ = until_unhealthy(path)
     answer = out[2]
-    assert "timeout" not in answer, answer
-    sick = [d for d in devices(answer["groups"]) if not d["healthy"]]
+    sick = unhealthy(answer["groups"])
     assert len(sick) == 2 and len(devices(answer["groups"])) == 4
     assert all("XID 94 (contained ECC error)" in d["why"] for d in sick)
 
@@ -388,16 +380,12 @@ def test_not_supported_metrics_leave_attributes_out_and_stats_keep_flowing(tmp_p
 
 def test_init_failure_keeps_the_stream_open_with_no_devices_and_one_log_line(tmp_path: Path) -> None:
     path = scenario(tmp_path, '[init]\nerror = "DRIVER_NOT_LOADED"\n\n[[gpus]]\nmodel = "l4"\n')
-    out, log = run_child(
-        [
-            {"op": "config", "config": {"simulate": path}},
-            {"op": "start"},
-            {"op": "wait", "until": "True", "max_s": 60},
-            {"op": "reserve", "ids": ["GPU-x"]},
-            # Long enough for the retries after 1 s and 2 s more: still one line.
-            {"op": "sleep", "s": 3.5},
-            {"op": "stop"},
-        ]
+    out, log = stream(
+        {"simulate": path},
+        {"op": "wait", "until": "True", "max_s": 60},
+        {"op": "reserve", "ids": ["GPU-x"]},
+        # Long enough for the retries after 1 s and 2 s more: still one line.
+        {"op": "sleep", "s": 3.5},
     )
     assert out[2]["groups"] == [] and out[2]["count"] == 1, out[2]
     assert out[3]["kind"] == "ReservationRefused" and "GPU-x" in out[3]["refused"]
@@ -411,14 +399,10 @@ NO_NVML_LINE = "no libnvidia-ml.so.1 on this machine (no NVIDIA driver); no NVID
 
 def test_no_nvml_library_at_all() -> None:
     # This machine has no NVIDIA driver: the system libnvidia-ml.so.1 is absent.
-    out, log = run_child(
-        [
-            {"op": "config", "config": {"fingerprint_period": "1s"}},
-            {"op": "start"},
-            {"op": "wait", "until": "True", "max_s": 60},
-            {"op": "sleep", "s": 2.5},  # two more checks, no more lines
-            {"op": "stop"},
-        ]
+    out, log = stream(
+        {"fingerprint_period": "1s"},
+        {"op": "wait", "until": "True", "max_s": 60},
+        {"op": "sleep", "s": 2.5},  # two more checks, no more lines
     )
     assert out[2]["groups"] == [] and out[2]["count"] == 1
     assert out[4]["ended"] and out[4]["error"] == ""
@@ -429,13 +413,9 @@ def test_no_nvml_library_at_all() -> None:
 
 def test_transient_init_failure_is_retried(tmp_path: Path) -> None:
     path = scenario(tmp_path, '[init]\nerror = "UNKNOWN"\nfail_count = 2\n\n[[gpus]]\nmodel = "l4"\ncount = 2\n')
-    out, log = run_child(
-        [
-            {"op": "config", "config": {"simulate": path}},
-            {"op": "start"},
-            {"op": "wait", "until": "len(groups) > 0", "max_s": 60},
-            {"op": "stop"},
-        ]
+    out, log = stream(
+        {"simulate": path},
+        {"op": "wait", "until": "len(groups) > 0", "max_s": 60},
     )
     answer = out[2]
     assert "timeout" not in answer, answer
@@ -567,7 +547,7 @@ def test_random_scenarios_properties(tmp_path: Path, body: str, shares: int, dat
     path = tmp_path / "random.toml"
     path.write_text('name = "random"\n' + body)
     config = {"simulate": str(path), "fingerprint_period": "1h", "sharing": {"shares": shares}}
-    out, _ = run_child([{"op": "config", "config": config}, {"op": "start"}, {"op": "wait", "until": "True"}, {"op": "stop"}])
+    out, _ = stream(config, {"op": "wait", "until": "True"})
     groups = out[2]["groups"]
     check_invariants(groups)
     # Scenarios without power_limit_w overrides have one power limit per model: it stays.
@@ -589,18 +569,14 @@ def test_faulty_scenario_health_over_time() -> None:
     # GPU 0: XID 79 then XID 48; GPU 1: metrics NOT_SUPPORTED; GPU 2: lost after 50 calls, back 20 later.
     path = str(REPO / "scenarios" / "faulty.toml")
     config = {"simulate": path, "fingerprint_period": "1h", "health": {"probe_interval": "100ms"}}
-    out, _ = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": "True"},
-            {"op": "nvml_view", "ids": []},
-            # The XID and the loss overlap in time in either order: look for each from the start.
-            {"op": "wait", "until": why_contains("XID 48"), "max_s": 60, "from_start": True},
-            {"op": "wait", "until": why_contains("lost"), "max_s": 60, "from_start": True},
-            {"op": "wait", "until": "not " + why_contains("lost"), "max_s": 60},
-            {"op": "stop"},
-        ]
+    out, _ = stream(
+        config,
+        {"op": "wait", "until": "True"},
+        {"op": "nvml_view", "ids": []},
+        # The XID and the loss overlap in time in either order: look for each from the start.
+        {"op": "wait", "until": why_contains("XID 48"), "max_s": 60, "from_start": True},
+        {"op": "wait", "until": why_contains("lost"), "max_s": 60, "from_start": True},
+        {"op": "wait", "until": "not " + why_contains("lost"), "max_s": 60},
     )
     gpus = out[3]["gpus"]
     for step in out[4:7]:
@@ -631,35 +607,13 @@ def test_double_bit_ecc_event(tmp_path: Path) -> None:
         type = "double_bit_ecc"
         """,
     )
-    out, _ = run_child(
-        [
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-            {"op": "start"},
-            {"op": "wait", "until": ANY_UNHEALTHY, "max_s": 60},
-            {"op": "stop"},
-        ]
-    )
-    assert "timeout" not in out[2], out[2]
-    sick = [d for d in devices(out[2]["groups"]) if not d["healthy"]]
+    out, _ = until_unhealthy(path)
+    sick = unhealthy(out[2]["groups"])
     assert len(sick) == 1 and "double-bit" in sick[0]["why"]
 
 
 def test_stop_returns_while_an_nvml_call_hangs(tmp_path: Path) -> None:
-    path = scenario(
-        tmp_path,
-        """
-        [[gpus]]
-        model = "l4"
-        count = 1
-
-        [[faults]]
-        kind = "hang"
-        gpu = 0
-        function = "nvmlDeviceGetMaxClockInfo"
-        duration_ms = 60000
-        calls = 1
-        """,
-    )
+    path = scenario(tmp_path, HANG_L4)
     out, _ = run_child(
         [
             {"op": "config", "config": {"simulate": path}},
@@ -676,15 +630,11 @@ def test_stop_returns_while_an_nvml_call_hangs(tmp_path: Path) -> None:
 def test_stats_cover_every_offered_device_including_shares(engine: str) -> None:
     path = str(REPO / "scenarios" / "8xh100-mig.toml")
     config = {"simulate": path, "fingerprint_period": "1h", "stats_engine": engine, "sharing": {"shares": 2}}
-    out, _ = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": "True"},
-            {"op": "stats", "ticks": 2},
-            {"op": "stop"},
-            {"op": "shutdown"},
-        ]
+    out, _ = stream(
+        config,
+        {"op": "wait", "until": "True"},
+        {"op": "stats", "ticks": 2},
+        shutdown=True,
     )
     groups = out[2]["groups"]
     for tick in out[3]["ticks"]:
@@ -702,20 +652,6 @@ def test_cli_flags_are_the_fallback_and_config_keys_win(tmp_path: Path) -> None:
 
 
 # ---- failures around NVML: a raising scan, hangs, shutdown, live config changes ----
-
-L4_PAIR = '[[gpus]]\nmodel = "l4"\ncount = 2\n'
-HANG_L4 = """
-[[gpus]]
-model = "l4"
-count = 1
-
-[[faults]]
-kind = "hang"
-gpu = 0
-function = "nvmlDeviceGetMaxClockInfo"
-duration_ms = 60000
-calls = 1
-"""
 
 
 def test_a_scan_that_raises_keeps_the_stream_and_the_last_devices(tmp_path: Path) -> None:
@@ -827,17 +763,13 @@ def test_nothing_opens_nvml_after_shutdown(tmp_path: Path) -> None:
 
 def test_a_shorter_fingerprint_period_applies_at_once(tmp_path: Path) -> None:
     path = scenario(tmp_path, L4_PAIR)
-    out, _ = run_child(
-        [
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1h"}},
-            {"op": "start"},
-            {"op": "wait", "until": "len(groups) > 0"},
-            {"op": "wait_scans", "n": 1},
-            {"op": "config", "config": {"simulate": path, "fingerprint_period": "1s"}},
-            # Without the new period applying now, the next scan would be an hour away.
-            {"op": "wait_scans", "n": 3, "max_s": 60},
-            {"op": "stop"},
-        ]
+    out, _ = stream(
+        {"simulate": path, "fingerprint_period": "1h"},
+        {"op": "wait", "until": "len(groups) > 0"},
+        {"op": "wait_scans", "n": 1},
+        {"op": "config", "config": {"simulate": path, "fingerprint_period": "1s"}},
+        # Without the new period applying now, the next scan would be an hour away.
+        {"op": "wait_scans", "n": 3, "max_s": 60},
     )
     assert out[3]["scans"] == 1
     assert out[5]["scans"] >= 3, out[5]
@@ -973,19 +905,15 @@ def test_a_blocked_gpu_holds_one_thread_however_much_work_comes(tmp_path: Path) 
         "stats_engine": "python",
         "health": {"probe_interval": "100ms", "call_timeout": "200ms"},
     }
-    out, log = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": "sum(len(g['devices']) for g in groups) == 3"},
-            {"op": "wait", "until": why_contains("did not return within 200ms")},
-            {"op": "stats_streams", "n": 8, "ticks": 40, "interval": 0.02},
-            {"op": "threads"},
-            {"op": "stop"},
-        ]
+    out, log = stream(
+        config,
+        {"op": "wait", "until": "sum(len(g['devices']) for g in groups) == 3"},
+        {"op": "wait", "until": why_contains("did not return within 200ms")},
+        {"op": "stats_streams", "n": 8, "ticks": 40, "interval": 0.02},
+        {"op": "threads"},
     )
     assert "timeout" not in out[3], out[3]
-    blocked = [d for d in devices(out[3]["groups"]) if not d["healthy"]]
+    blocked = unhealthy(out[3]["groups"])
     assert len(blocked) == 1, out[3]
     for report in out[4]["reports"]:
         assert len(report["ticks"]) >= 40, report  # the others kept their pace
@@ -1009,15 +937,11 @@ def test_the_lost_gpu_of_a_one_gpu_node_is_that_gpu_not_the_driver(tmp_path: Pat
         """,
     )
     config = {"simulate": path, "fingerprint_period": "1s", "health": {"probe_interval": "100ms"}}
-    out, log = run_child(
-        [
-            {"op": "config", "config": config},
-            {"op": "start"},
-            {"op": "wait", "until": "len(groups) > 0"},
-            {"op": "wait", "until": ANY_UNHEALTHY},
-            {"op": "wait", "until": ALL_HEALTHY},
-            {"op": "stop"},
-        ]
+    out, log = stream(
+        config,
+        {"op": "wait", "until": "len(groups) > 0"},
+        {"op": "wait", "until": ANY_UNHEALTHY},
+        {"op": "wait", "until": ALL_HEALTHY},
     )
     assert "timeout" not in out[3] and "timeout" not in out[4], out
     assert devices(out[3]["groups"])[0]["why"].startswith("GPU is lost or needs a reset"), out[3]
