@@ -45,12 +45,24 @@ MIG_MEMORY = {
 GPU_UUID = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MIG_UUID = re.compile(r"^MIG-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-# The child: load the simulation the way the plugin does, then walk NVML with pynvml.
-SNAPSHOT = r'''
-import json, sys
+# What every child starts with: the simulation loaded the way the plugin loads it (the
+# scenario in argv[1]), pynvml as `n`, and `code(f, *a)`: the NVML return code of a call.
+CHILD_HEAD = r'''
+import json, sys, threading, time
 from nomad_device_nvidia.nvidia.driver import load_nvml
 import pynvml as n
 load_nvml(None, sys.argv[1])
+
+def code(f, *a):
+    try:
+        f(*a)
+        return 0
+    except n.NVMLError as e:
+        return e.value
+'''
+
+# The child: walk NVML with pynvml.
+SNAPSHOT = CHILD_HEAD + r'''
 limit = int(sys.argv[2])
 
 def err(f, *a):
@@ -201,20 +213,9 @@ def test_4096_gpus() -> None:
     assert {g["name"] for g in snap["gpus"]} == {MODELS["h100-sxm5-80gb"]["name"]}
 
 
-FAULTS = r'''
-import json, sys, threading
-from nomad_device_nvidia.nvidia.driver import load_nvml
-import pynvml as n
-load_nvml(None, sys.argv[1])
+FAULTS = CHILD_HEAD + r'''
 n.nvmlInit()
 h = [n.nvmlDeviceGetHandleByIndex(i) for i in range(n.nvmlDeviceGetCount())]
-
-def code(f, *a):
-    try:
-        f(*a)
-        return 0
-    except n.NVMLError as e:
-        return e.value
 
 out = {}
 out["gpu1_power"] = code(n.nvmlDeviceGetPowerUsage, h[1])
@@ -346,16 +347,8 @@ def test_scenario_can_fail_init(tmp_path: Path) -> None:
 
 
 def test_init_is_refcounted_and_calls_need_init() -> None:
-    code = r'''
-import json, sys, pynvml as n
-from nomad_device_nvidia.nvidia.driver import load_nvml
-load_nvml(None, sys.argv[1])
+    code = CHILD_HEAD + r'''
 out = []
-def code(f, *a):
-    try:
-        f(*a); return 0
-    except n.NVMLError as e:
-        return e.value
 n.nvmlInit(); n.nvmlInit()
 h = n.nvmlDeviceGetHandleByIndex(0)
 n.nvmlShutdown()
@@ -379,19 +372,7 @@ print(json.dumps(out))
 # code of a call, `out` = the dict printed as JSON). The machine's clock starts inside
 # nvmlInit, between t_init and t0: machine time >= X once time.monotonic() >= t0 + X,
 # and machine time >= X implies time.monotonic() >= t_init + X.
-STEPS = r"""
-import json, sys, threading, time
-from nomad_device_nvidia.nvidia.driver import load_nvml
-import pynvml as n
-load_nvml(None, sys.argv[1])
-
-def code(f, *a):
-    try:
-        f(*a)
-        return 0
-    except n.NVMLError as e:
-        return e.value
-
+STEPS = CHILD_HEAD + r"""
 def until(what, cond, limit_s=10.0):
     deadline = time.monotonic() + limit_s
     while not cond():
@@ -558,11 +539,7 @@ n.nvmlShutdown()
 def test_driver_not_loaded_at_first(tmp_path: Path) -> None:
     path = tmp_path / "late.toml"
     path.write_text('name = "late"\n[[gpus]]\nmodel = "l4"\n[[faults]]\nkind = "driver_gone"\nrecover_after_s = 0.3\n')
-    code = r"""
-import json, sys, time
-from nomad_device_nvidia.nvidia.driver import load_nvml
-import pynvml as n
-load_nvml(None, sys.argv[1])
+    code = CHILD_HEAD + r"""
 codes = []
 deadline = time.monotonic() + 10
 while time.monotonic() < deadline:
