@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pynvml
@@ -27,127 +26,35 @@ from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, V
 # Private there, shared on purpose: XID events name a GPU by the same handle
 # address the health monitor keys them by.
 from nomad_device_nvidia.nvidia.health import _address
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
+from nomad_device_nvidia.nvidia.stats_types import EngineOptions, TrackedDevice
+from nomad_device_nvidia.nvidia.stats_vocabulary import EXTENDED, GPM, GPM_STATS, STANDARD, STATS, SUMMARY, Stat
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Stat:
-    name: str
-    unit: str
-    desc: str
-
-
-# HashiCorp's Go plugin vocabulary, byte for byte.
-POWER = Stat(
-    "Power usage",
-    "W",
-    "Power usage for this GPU in watts and its associated circuitry (e.g. memory) / Maximum GPU Power",
-)
-GPU_UTIL = Stat(
-    "GPU utilization",
-    "%",
-    "Percent of time over the past sample period during which one or more kernels were executing on the GPU.",
-)
-MEM_UTIL = Stat("Memory utilization", "%", "Percentage of bandwidth used during the past sample period")
-ENC_UTIL = Stat(
-    "Encoder utilization", "%", "Percent of time over the past sample period during which GPU Encoder was used"
-)
-DEC_UTIL = Stat(
-    "Decoder utilization", "%", "Percent of time over the past sample period during which GPU Decoder was used"
-)
-TEMPERATURE = Stat("Temperature", "C", "Temperature of the Unit")
-MEMORY = Stat("Memory state", "MiB", "UsedMemory / TotalMemory")
-BAR1 = Stat("BAR1 buffer state", "MiB", "UsedBAR1 / TotalBAR1")
-ECC_L1 = Stat("ECC L1 errors", "#", "Requested L1Cache error counter for the device")
-ECC_L2 = Stat("ECC L2 errors", "#", "Requested L2Cache error counter for the device")
-ECC_DEVICE = Stat("ECC memory errors", "#", "Requested memory error counter for the device")
-
-# Extended stats: nested objects by topic.
-SM_CLOCK = Stat("SM clock", "MHz", "Current SM clock speed")
-MEM_CLOCK = Stat("Memory clock", "MHz", "Current memory clock speed")
-TOTAL_ENERGY = Stat("Total energy consumption", "mJ", "Energy consumed by the GPU since the driver was last loaded")
-PCIE_TX = Stat("PCIe TX throughput", "KB/s", "PCIe transmit throughput over a 20 ms interval")
-PCIE_RX = Stat("PCIe RX throughput", "KB/s", "PCIe receive throughput over a 20 ms interval")
-THROTTLE_REASONS = Stat(
-    "Clock throttle reasons",
-    "bitmask",
-    "Active clock event (throttle) reasons, a bitmask of nvmlClocksEventReason values",
-)
-
-XID_COUNT = Stat(
-    "XID count",
-    "#",
-    "Critical XID errors reported for this GPU (for a MIG instance, its parent GPU) since stats collection started",
-)
-EXTENDED = (
-    ("Clocks", (SM_CLOCK, MEM_CLOCK)),
-    ("Energy", (TOTAL_ENERGY,)),
-    ("PCIe", (PCIE_TX, PCIE_RX)),
-    ("Throttle", (THROTTLE_REASONS,)),
-    ("XID", (XID_COUNT,)),
-)
-
-# GPM (Hopper and later): what the engines did over the sample period (the time
-# since the previous tick), per GPU and per MIG instance. The same text as the
-# native engine's (src_rust/stats_core/src/encode.rs).
-GPM = "GPM"
-GPM_GRAPHICS = Stat(
-    "Graphics activity",
-    "%",
-    "Percent of the sample period during which the graphics or compute engine was busy (for a MIG instance, its own)",
-)
-GPM_SM = Stat(
-    "SM activity",
-    "%",
-    "Percent of the SMs busy over the sample period: the time at least one warp was resident, averaged over all SMs",
-)
-GPM_SM_OCCUPANCY = Stat(
-    "SM occupancy", "%", "Resident warps as a percent of the most the SMs can hold, averaged over the sample period"
-)
-GPM_TENSOR = Stat(
-    "Tensor activity",
-    "%",
-    "Percent of the sample period during which the tensor cores were busy (any precision), averaged over all SMs",
-)
-GPM_DRAM = Stat(
-    "DRAM bandwidth utilization", "%", "Device memory bandwidth used over the sample period, as a percent of the peak"
-)
-GPM_PCIE_TX = Stat("PCIe TX", "MB/s", "Data sent by the GPU over PCIe per second, averaged over the sample period")
-GPM_PCIE_RX = Stat("PCIe RX", "MB/s", "Data received by the GPU over PCIe per second, averaged over the sample period")
-GPM_NVLINK_TX = Stat(
-    "NVLink TX", "MB/s", "Data sent by the GPU over all its NVLink links per second, averaged over the sample period"
-)
-GPM_NVLINK_RX = Stat(
-    "NVLink RX",
-    "MB/s",
-    "Data received by the GPU over all its NVLink links per second, averaged over the sample period",
-)
-GPM_STATS = (
-    GPM_GRAPHICS,
-    GPM_SM,
-    GPM_SM_OCCUPANCY,
-    GPM_TENSOR,
-    GPM_DRAM,
-    GPM_PCIE_TX,
-    GPM_PCIE_RX,
-    GPM_NVLINK_TX,
-    GPM_NVLINK_RX,
-)
-# The NVML metric behind each, in that order: five percentages, then MiB/s rates.
-GPM_METRIC_IDS = (
-    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
-    pynvml.NVML_GPM_METRIC_SM_UTIL,
-    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
-    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
-    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
-    pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
-    pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
-    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
-    pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
-)
-_GPM_PERCENTS = 5
+# The vocabulary is one table for both engines (stats_vocabulary.json); these
+# names link its entries to the readings below.
+POWER = STATS["POWER"]
+GPU_UTIL = STATS["GPU_UTIL"]
+MEM_UTIL = STATS["MEM_UTIL"]
+ENC_UTIL = STATS["ENC_UTIL"]
+DEC_UTIL = STATS["DEC_UTIL"]
+TEMPERATURE = STATS["TEMPERATURE"]
+MEMORY = STATS["MEMORY"]
+BAR1 = STATS["BAR1"]
+ECC_L1 = STATS["ECC_L1"]
+ECC_L2 = STATS["ECC_L2"]
+ECC_DEVICE = STATS["ECC_DEVICE"]
+SM_CLOCK = STATS["SM_CLOCK"]
+MEM_CLOCK = STATS["MEM_CLOCK"]
+TOTAL_ENERGY = STATS["TOTAL_ENERGY"]
+PCIE_TX = STATS["PCIE_TX"]
+PCIE_RX = STATS["PCIE_RX"]
+THROTTLE_REASONS = STATS["THROTTLE_REASONS"]
+XID_COUNT = STATS["XID_COUNT"]
+# The NVML metric behind each GPM stat, in GPM_STATS order.
+GPM_METRIC_IDS: tuple[int, ...] = tuple(getattr(pynvml, s.nvml_metric) for s in GPM_STATS)
+_GPM_PERCENT = tuple(s.scale == "percent" for s in GPM_STATS)
 _NOT_MIG = (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 _NO_GPM = (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 
@@ -326,7 +233,7 @@ class GpmReader:
             if m.nvmlReturn != pynvml.NVML_SUCCESS:
                 out.append(None)
             else:
-                out.append(gpm_percent(m.value) if k < _GPM_PERCENTS else gpm_mb(m.value))
+                out.append(gpm_percent(m.value) if _GPM_PERCENT[k] else gpm_mb(m.value))
         return out
 
     def free(self, c: Calls) -> None:
@@ -599,9 +506,9 @@ class PythonStatsEngine:
     def _assemble(self, readings: dict[str, Reading], gpm: list[Reading] | None = None) -> device_pb2.DeviceStats:
         ds = device_pb2.DeviceStats()
         attrs = ds.stats.attributes
-        for stat in (POWER, GPU_UTIL, MEM_UTIL, ENC_UTIL, DEC_UTIL, TEMPERATURE, MEMORY, BAR1, ECC_L1, ECC_L2, ECC_DEVICE):
+        for stat in STANDARD:
             attrs[stat.name].CopyFrom(stat_value(stat, readings.get(stat.name)))
-        ds.summary.CopyFrom(attrs[MEMORY.name])
+        ds.summary.CopyFrom(attrs[SUMMARY.name])
         if self._options.extended:
             nested = ds.stats.nested
             for topic, stats in EXTENDED:

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use prost::Message;
 use stats_core::encode::*;
+use stats_core::vocabulary::*;
 use stats_core::{DeviceSample, Extended, Reading};
 
 #[derive(Clone, PartialEq, Message)]
@@ -98,41 +99,18 @@ fn value(spec: &AttrSpec, r: Reading) -> StatValue {
     }
 }
 
-fn standard(s: &DeviceSample) -> [(&'static AttrSpec, Reading); 11] {
-    [
-        (&POWER, s.power_w),
-        (&GPU_UTIL, s.gpu_utilization),
-        (&MEM_UTIL, s.memory_utilization),
-        (&ENC_UTIL, s.encoder_utilization),
-        (&DEC_UTIL, s.decoder_utilization),
-        (&TEMPERATURE, s.temperature_c),
-        (&MEMORY, s.memory_mib),
-        (&BAR1, s.bar1_mib),
-        (&ECC_L1, s.ecc_l1),
-        (&ECC_L2, s.ecc_l2),
-        (&ECC_DEVICE, s.ecc_device),
-    ]
+fn standard(s: &DeviceSample) -> Vec<(&'static AttrSpec, Reading)> {
+    STANDARD.iter().copied().zip(standard_readings(s)).collect()
 }
 
 type Topic = (&'static str, Vec<(&'static AttrSpec, Reading)>);
 
 fn nested(x: &Extended) -> Vec<Topic> {
-    let mut topics = vec![
-        (
-            CLOCKS,
-            vec![
-                (&SM_CLOCK, x.sm_clock_mhz),
-                (&MEM_CLOCK, x.memory_clock_mhz),
-            ],
-        ),
-        (ENERGY, vec![(&TOTAL_ENERGY, x.energy_mj)]),
-        (
-            PCIE,
-            vec![(&PCIE_TX, x.pcie_tx_kbps), (&PCIE_RX, x.pcie_rx_kbps)],
-        ),
-        (THROTTLE, vec![(&THROTTLE_REASONS, x.throttle_reasons)]),
-        (XID, vec![(&XID_COUNT, x.xid_count)]),
-    ];
+    let mut topics: Vec<Topic> = EXTENDED
+        .iter()
+        .zip(extended_readings(x))
+        .map(|((name, stats), readings)| (*name, stats.iter().copied().zip(readings).collect()))
+        .collect();
     if let Some(g) = x.gpm {
         topics.push((GPM, GPM_STATS.iter().copied().zip(g).collect()));
     }
@@ -158,7 +136,7 @@ fn device_stats(s: &DeviceSample, ts: Timestamp) -> DeviceStats {
             .collect()
     });
     DeviceStats {
-        summary: Some(value(&MEMORY, s.memory_mib)),
+        summary: Some(value(STANDARD[SUMMARY], s.memory_mib)),
         stats: Some(StatObject {
             nested,
             attributes: attrs(&standard(s)),

@@ -412,10 +412,8 @@ impl Engine {
         Ok(Engine::new(Arc::new(Nvml::open(library)?), config))
     }
 
-    pub fn config(&self) -> EngineConfig {
-        self.config
-    }
-
+    /// Threads of the worker pool (stand-ins included), for the tests that
+    /// bound them (tests/hang_event_wait.rs).
     pub fn worker_threads(&self) -> usize {
         self.pool.threads()
     }

@@ -24,23 +24,13 @@ use nvml_sys::*;
 
 use crate::nvml::{Handle, Nvml};
 use crate::sample::{GpmReadings, Reading};
+use crate::vocabulary::{GpmScale, GPM_SCALES};
 
-/// GPM stats per device: five percentages, then four rates.
-pub const GPM_STATS: usize = 9;
-const PERCENTS: usize = 5;
+/// GPM stats per device (crate::vocabulary::GPM_STATS).
+pub const GPM_STATS: usize = crate::vocabulary::GPM_STATS.len();
 
-/// The NVML metric behind each stat, in `encode::GPM_STATS` order.
-pub const METRIC_IDS: [c_uint; GPM_STATS] = [
-    NVML_GPM_METRIC_GRAPHICS_UTIL,
-    NVML_GPM_METRIC_SM_UTIL,
-    NVML_GPM_METRIC_SM_OCCUPANCY,
-    NVML_GPM_METRIC_ANY_TENSOR_UTIL,
-    NVML_GPM_METRIC_DRAM_BW_UTIL,
-    NVML_GPM_METRIC_PCIE_TX_PER_SEC,
-    NVML_GPM_METRIC_PCIE_RX_PER_SEC,
-    NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
-    NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC,
-];
+/// The NVML metric behind each stat, in `vocabulary::GPM_STATS` order.
+pub const METRIC_IDS: [c_uint; GPM_STATS] = crate::vocabulary::GPM_METRIC_IDS;
 
 pub const NOT_AVAILABLE: GpmReadings = [Reading::NotAvailable; GPM_STATS];
 
@@ -276,12 +266,11 @@ fn metrics_into(
         return NOT_AVAILABLE;
     }
     let mut out = NOT_AVAILABLE;
-    for (k, (m, o)) in get.metrics.iter().zip(out.iter_mut()).enumerate() {
+    for ((m, o), scale) in get.metrics.iter().zip(out.iter_mut()).zip(GPM_SCALES) {
         if m.nvmlReturn == NVML_SUCCESS {
-            *o = if k < PERCENTS {
-                percent(m.value)
-            } else {
-                mib_to_mb(m.value)
+            *o = match scale {
+                GpmScale::Percent => percent(m.value),
+                GpmScale::MibToMb => mib_to_mb(m.value),
             };
         }
     }

@@ -10,6 +10,7 @@ pub mod host_memory;
 pub mod nvml;
 pub mod pool;
 pub mod sample;
+pub mod vocabulary;
 pub mod xid;
 
 pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice};

@@ -21,8 +21,7 @@ pub enum Reading {
     Float(f64),
 }
 
-/// GPM stats per device, in the order of `encode::GPM_STATS`: five
-/// percentages, then PCIe TX/RX and NVLink TX/RX in MB/s.
+/// GPM stats per device, in the order of `vocabulary::GPM_STATS`.
 pub type GpmReadings = [Reading; crate::gpm::GPM_STATS];
 
 /// Extra readings sent only when extended stats are on.

@@ -1,0 +1,57 @@
+"""The stats engine contract shared by the native (Rust) and pure-Python engines.
+
+An engine owns the tracked device set (replaced after each fingerprint) and
+turns one tick into a serialized ``device_pb2.StatsResponse``; the Stats
+handler yields those bytes to grpcio unchanged. Both engines import this
+module, and stats_engine (which picks one) imports them: no import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from nomad_device_nvidia.nvidia.calls import CallRunner
+
+
+@dataclass(frozen=True)
+class TrackedDevice:
+    device_id: str  # the ID Nomad knows: GPU UUID, MIG instance UUID, or a share of one
+    # NVML UUID used to get the handle (nvmlDeviceGetHandleByUUID). Shares of
+    # one GPU have the same UUID; engines read it once per tick for all.
+    uuid: str
+    group: str  # DeviceGroup.name it belongs to
+
+
+class StatsEngine(Protocol):
+    def track(self, devices: Sequence[TrackedDevice]) -> None: ...
+
+    def collect(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Tuning shared by both engines (the python engine ignores the pool knobs)."""
+
+    extended: bool = False
+    # ECC counters (and energy) in one nvmlDeviceGetFieldValues call instead of
+    # nvmlDeviceGetDetailedEccErrors (+ the energy call). None: only when
+    # extended, the one case where it saves a call (measured: benches/).
+    batched: bool | None = None
+    # Seconds a tick waits for one device before its values read "N/A".
+    timeout: float = 1.0
+    max_workers: int = 32
+    # The library the native engine dlopens; None means libnvidia-ml.so.1, which
+    # resolves to the one the process already loaded (real or simulated).
+    library: str | None = None
+    # The python engine's NVML calls run on these lanes (the plugin's, so a
+    # blocked GPU holds one thread for the whole process); None: its own.
+    calls: CallRunner | None = None
+
+    @property
+    def use_fields(self) -> bool:
+        return self.extended if self.batched is None else self.batched
