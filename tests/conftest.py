@@ -97,6 +97,22 @@ def run_harness(harness_bin: Path) -> Callable[..., HarnessRun]:
 
 
 
+def merge_json(path: Path, key: str, value: Any) -> None:
+    """Sets `key` in the JSON object of `path` (a file of measured figures several tests add
+    to), by rename so a reader never sees half a file. An unreadable file starts afresh."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}
+    data[key] = value
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 # --- no plugin process outlives the test session ---
 # Every process this session starts inherits this mark; a plugin process
 # (NOMAD_PLUGIN_MAGIC_COOKIE set) still carrying it at the end is a leftover.

@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 import pytest
 
-from conftest import REPO_ROOT, HarnessRun
+from conftest import REPO_ROOT, HarnessRun, merge_json
 from e2e.agent import NomadAgent, PluginSpec
 from nomad_device_nvidia._proto.nomad import base_pb2, device_pb2
 from nomad_device_nvidia.sdk.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
@@ -246,17 +246,7 @@ def test_every_row_is_backed_by_a_test_that_exists() -> None:
 
 def record(key: str, **figures: Any) -> None:
     """Merge one row's measured figures into build/fault-matrix.json."""
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {}
-    if FIGURES.exists():
-        try:
-            data = json.loads(FIGURES.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data[key] = figures
-    tmp = FIGURES.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(FIGURES)
+    merge_json(FIGURES, key, figures)
 
 
 def _due_lag(tl: Timeline, index: int, offset_s: float) -> float | None:
