@@ -68,6 +68,8 @@ nomad:
 
 test-rust: sim
 	cargo test --release -q --workspace --exclude nomad-device-nvidia-native
+	# The encoder's debug_assert length checks run only in a debug build: its unit and golden tests (seconds).
+	cargo test -q -p stats-core --lib --test encode_golden
 
 test-python: venv
 	$(VPY) -m pytest tests
