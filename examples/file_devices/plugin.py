@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nomad_device_nvidia._proto.nomad import device_pb2
-from nomad_device_nvidia.sdk import (Attribute, ConfigError, Device, DeviceGroup, DevicePlugin, Mount,
-                                     PluginDisabled, PluginInfo, Reservation, ReservationRefused, hclspec,
-                                     parse_duration, serve)
+from nomad_device_nvidia.sdk import (Attribute, ConfigError, Device, DeviceGroup, DeviceGroupStats, DevicePlugin,
+                                     DeviceStats, Mount, PluginDisabled, PluginInfo, Reservation,
+                                     ReservationRefused, StatsResponse, StatValue, hclspec, parse_duration, serve)
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,9 @@ class FileDevices(DevicePlugin):
                         for n in names)
         return [DeviceGroup("nomad", "file", "mock", devices, {"dir": Attribute(root)})] if devices else []
 
+    def _size(self, name: str) -> int:
+        return os.path.getsize(os.path.join(self.config.dir, name))
+
     def fingerprint(self, stop: threading.Event) -> Iterator[Sequence[DeviceGroup]]:
         if not self.config.enabled:
             raise PluginDisabled()
@@ -75,21 +76,15 @@ class FileDevices(DevicePlugin):
             if stop.wait(self.config.list_period):
                 return
 
-    def stats(self, interval: float, stop: threading.Event) -> Iterator[device_pb2.StatsResponse]:
+    def stats(self, interval: float, stop: threading.Event) -> Iterator[StatsResponse]:
         if not self.config.enabled:
             raise PluginDisabled()
         while True:
-            out = device_pb2.StatsResponse()
-            for group in self._groups():
-                g = out.groups.add(vendor=group.vendor, type=group.device_type, name=group.name)
-                for dev in group.devices:
-                    s = g.instance_stats[dev.id]
-                    size = os.path.getsize(os.path.join(self.config.dir, dev.id))
-                    s.summary.int_numerator_val.value = size
-                    s.summary.unit = "bytes"
-                    s.summary.desc = "file size"
-                    s.timestamp.FromNanoseconds(time.time_ns())
-            yield out
+            yield StatsResponse(tuple(
+                DeviceGroupStats(g.vendor, g.device_type, g.name, {
+                    d.id: DeviceStats(summary=StatValue.of(self._size(d.id), "bytes", "file size"))
+                    for d in g.devices})
+                for g in self._groups()))
             if stop.wait(interval):
                 return
 
