@@ -275,6 +275,24 @@ class Run:
         with self.lock:
             self.marks.append((self.now(), what))
 
+    def follow(self, what: str, call: Any, answer: Callable[[bytes], bool]) -> None:
+        """Reads the stream `call` until `answer` (given each message) says it is done, then
+        cancels it. An end the soak did not ask for is an error: the plugin ending the stream,
+        or any error but the soak's own cancel."""
+        answers = 0
+        try:
+            for raw in call:
+                answers += 1
+                if answer(raw):
+                    break
+            else:
+                self.error(f"{what} ended by the plugin after {answers} answers")
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.error(f"{what}: {exc.code()} {exc.details()}")
+        finally:
+            call.cancel()
+
     # Stats: one slot keeps one stream open, reopening it when it is done.
     def stats_slot(self, k: int) -> None:
         rng = random.Random(self.seed * 1000 + k)
@@ -285,30 +303,24 @@ class Run:
         while not self.stop.is_set():
             lifetime = rng.randint(20, 400)
             epoch = self.close_all
-            call = self.plugin.stream("Stats", payload)
             got, last = 0, time.monotonic()
-            try:
-                for raw in call:
-                    now = time.monotonic()
-                    resp = device_pb2.StatsResponse.FromString(raw)
-                    n = sum(len(g.instance_stats) for g in resp.groups)
-                    with self.lock:
-                        self.max_gap_s = max(self.max_gap_s, now - last) if got else self.max_gap_s
-                        self.device_counts[n] = self.device_counts.get(n, 0) + 1
-                    last = now
-                    got += 1
-                    with self.ticked:
-                        self.ticks += 1
-                        self.ticked.notify_all()
-                    if got >= lifetime or epoch != self.close_all or self.stop.is_set():
-                        break
-                else:
-                    self.error(f"stats stream {k} ended by the plugin after {got} answers")
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    self.error(f"stats stream {k}: {exc.code()} {exc.details()}")
-            finally:
-                call.cancel()
+
+            def answer(raw: bytes) -> bool:
+                nonlocal got, last
+                now = time.monotonic()
+                resp = device_pb2.StatsResponse.FromString(raw)
+                n = sum(len(g.instance_stats) for g in resp.groups)
+                with self.lock:
+                    self.max_gap_s = max(self.max_gap_s, now - last) if got else self.max_gap_s
+                    self.device_counts[n] = self.device_counts.get(n, 0) + 1
+                last = now
+                got += 1
+                with self.ticked:
+                    self.ticks += 1
+                    self.ticked.notify_all()
+                return got >= lifetime or epoch != self.close_all or self.stop.is_set()
+
+            self.follow(f"stats stream {k}", self.plugin.stream("Stats", payload), answer)
             with self.lock:
                 self.stats_cycles += 1
             while epoch != self.close_all and self.close_all_pending and not self.stop.is_set():
@@ -321,20 +333,15 @@ class Run:
             call = self.plugin.stream("Fingerprint", payload)
             timer = threading.Timer(rng.uniform(3, 10), call.cancel)
             timer.start()
+
+            def answer(raw: bytes) -> bool:
+                self._fingerprint(device_pb2.FingerprintResponse.FromString(raw))
+                return self.stop.is_set()
+
             try:
-                for raw in call:
-                    resp = device_pb2.FingerprintResponse.FromString(raw)
-                    self._fingerprint(resp)
-                    if self.stop.is_set():
-                        break
-                else:
-                    self.error(f"fingerprint stream {k} ended by the plugin")
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    self.error(f"fingerprint stream {k}: {exc.code()} {exc.details()}")
+                self.follow(f"fingerprint stream {k}", call, answer)
             finally:
                 timer.cancel()
-                call.cancel()
             with self.lock:
                 self.fingerprint_cycles += 1
 
