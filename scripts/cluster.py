@@ -23,8 +23,8 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from e2e.agent import AgentError  # noqa: E402
-from e2e.cluster import LOG_ROOT, Cluster, leftover_pids  # noqa: E402
+from e2e.agent import AgentError, leftover_pids  # noqa: E402
+from e2e.cluster import LOG_ROOT, Cluster  # noqa: E402
 
 JOBS = ROOT / "tests" / "e2e" / "jobs"
 

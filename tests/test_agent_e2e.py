@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from e2e.agent import REPO, AgentError, NomadAgent, PluginSpec
+from e2e.agent import REPO, AgentError, NomadAgent, PluginSpec, attr_value
 from e2e.wheel import SCENARIOS, SIM_LIB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -68,14 +68,6 @@ def _ids(groups: list[dict[str, Any]], healthy: bool | None = None) -> set[str]:
     return {i["ID"] for g in groups for i in g["Instances"] if healthy is None or i["Healthy"] == healthy}
 
 
-def _attr(group: dict[str, Any], name: str) -> Any:
-    a = group["Attributes"].get(name) or {}
-    for key in ("Int", "Float", "String", "Bool"):
-        if a.get(key) is not None:
-            return a[key]
-    return None
-
-
 def _wait_devices(agent: NomadAgent, what: str = "our GPUs on the node", timeout: float = 90) -> list[dict[str, Any]]:
     return agent.wait_for(what, lambda: _devices(agent) or None, timeout)
 
@@ -84,7 +76,7 @@ def _summary(groups: list[dict[str, Any]]) -> str:
     lines = []
     for g in groups:
         keys = ("memory", "compute_capability", "architecture", "mig_profile", "driver_version")
-        attrs = ", ".join(f"{k}={_attr(g, k)}{g['Attributes'][k].get('Unit') or ''}" for k in keys
+        attrs = ", ".join(f"{k}={attr_value(g, k)}{g['Attributes'][k].get('Unit') or ''}" for k in keys
                           if k in g["Attributes"])
         lines.append(f"{g['Vendor']}/{g['Type']}/{g['Name']}  [{attrs}]")
         for i in g["Instances"]:
@@ -139,9 +131,9 @@ def test_node_lists_our_device_groups(agent: NomadAgent) -> None:
     names = {g["Name"] for g in groups}
     assert any("H100" in n for n in names), names
     for g in groups:
-        assert isinstance(_attr(g, "memory"), int) and g["Attributes"]["memory"]["Unit"] == "MiB", g["Attributes"]
-        assert _attr(g, "compute_capability") == "9.0", g["Attributes"]
-        assert _attr(g, "driver_version"), g["Attributes"]
+        assert isinstance(attr_value(g, "memory"), int) and g["Attributes"]["memory"]["Unit"] == "MiB", g["Attributes"]
+        assert attr_value(g, "compute_capability") == "9.0", g["Attributes"]
+        assert attr_value(g, "driver_version"), g["Attributes"]
         for i in g["Instances"]:
             assert i["ID"].startswith(("GPU-", "MIG-")), i
     # The same through the CLI an operator uses.
@@ -165,7 +157,7 @@ def test_gpu_job_gets_exactly_its_two_gpus(agent: NomadAgent) -> None:
     assert len(reserved) == 1 and len(reserved[0]["DeviceIDs"]) == 2, reserved
     ids = reserved[0]["DeviceIDs"]
     group = next(g for g in groups if g["Name"] == reserved[0]["Name"])
-    assert _attr(group, "memory") >= 70 * GIB and "mig_profile" not in group["Attributes"], group["Attributes"]
+    assert attr_value(group, "memory") >= 70 * GIB and "mig_profile" not in group["Attributes"], group["Attributes"]
     assert set(ids) <= _ids([group], healthy=True)
     env = _env_of(agent, alloc["ID"], "show-env")
     agent.note(f"alloc {alloc['ID'][:8]}: AllocatedResources devices {reserved[0]['Name']} {ids}; task env",

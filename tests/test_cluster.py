@@ -23,14 +23,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.agent import REPO
-from e2e.cluster import LOG_ROOT, Api, leftover_pids
+from e2e.agent import REPO, attr_value, leftover_pids
+from e2e.cluster import LOG_ROOT, Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,7 +67,8 @@ def cluster() -> Iterator[RunningCluster]:
     seen: list[str] = []
     pump = threading.Thread(target=_pump, args=(proc, lines, seen), daemon=True)
     pump.start()
-    addr, root, nodes = "", None, {}
+    addr, root = "", None
+    nodes: dict[str, str] = {}
     deadline = time.monotonic() + START_TIMEOUT
     try:
         while len(nodes) < 3:
@@ -104,14 +106,6 @@ def cluster() -> Iterator[RunningCluster]:
         assert "killed processes still running" not in out, f"the agents left processes behind:\n{out[-3000:]}"
 
 
-def _attr(group: dict[str, Any], name: str) -> Any:
-    a = group["Attributes"].get(name) or {}
-    for key in ("Int", "Float", "String", "Bool"):
-        if a.get(key) is not None:
-            return a[key]
-    return None
-
-
 def _device_groups(c: RunningCluster, node: str) -> list[dict[str, Any]]:
     return c.api.gpu_groups(c.nodes[node])
 
@@ -140,11 +134,23 @@ def _visible_devices(c: RunningCluster, alloc_id: str, task: str) -> list[str]:
     return c.api.wait_for(f"NVIDIA_VISIBLE_DEVICES in the stdout of alloc {alloc_id[:8]}", read, 60)
 
 
-def _run(c: RunningCluster, job_file: str) -> tuple[str, dict[str, Any]]:
+@contextmanager
+def _job(c: RunningCluster, job_file: str, running: int = 0) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """Runs a job file and purges the job on the way out. With `running`, the scheduler must
+    have placed it: yields its first evaluation and that many running allocations."""
     hcl = (JOBS / job_file).read_text()
     job_id = re.search(r'^job "([^"]+)"', hcl, re.M)
     assert job_id, job_file
-    return job_id.group(1), c.api.wait_eval(c.api.run_job(hcl))
+    job, eval_id = job_id.group(1), c.api.run_job(hcl)
+    try:
+        ev = c.api.wait_eval(eval_id)
+        allocs: list[dict[str, Any]] = []
+        if running:
+            assert not ev.get("FailedTGAllocs"), json.dumps(ev["FailedTGAllocs"], indent=1)
+            allocs = c.api.running_allocs(job, running)
+        yield job, ev, allocs
+    finally:
+        c.api.purge(job)
 
 
 def test_three_nodes_with_their_simulated_gpus(cluster: RunningCluster) -> None:
@@ -152,94 +158,73 @@ def test_three_nodes_with_their_simulated_gpus(cluster: RunningCluster) -> None:
     assert set(names) == {"h100", "a100", "gh200"}, sorted(names)
     assert all(n["Status"] == "ready" and n["SchedulingEligibility"] == "eligible" for n in names.values()), names
     [h100] = _device_groups(cluster, "h100")
-    assert len(h100["Instances"]) == 8 and _attr(h100, "compute_capability") == "9.0" and "H100" in h100["Name"]
+    assert len(h100["Instances"]) == 8 and attr_value(h100, "compute_capability") == "9.0" and "H100" in h100["Name"]
     a100 = {g["Name"]: g for g in _device_groups(cluster, "a100")}
-    mig = [g for g in a100.values() if _attr(g, "mig_profile") == "1g.5gb"]
+    mig = [g for g in a100.values() if attr_value(g, "mig_profile") == "1g.5gb"]
     assert len(mig) == 1 and all(i["ID"].startswith("MIG-") for i in mig[0]["Instances"]), sorted(a100)
-    assert {_attr(g, "compute_capability") for g in a100.values()} == {"8.0"}
+    assert {attr_value(g, "compute_capability") for g in a100.values()} == {"8.0"}
     [gh200] = _device_groups(cluster, "gh200")
-    assert len(gh200["Instances"]) == 1 and _attr(gh200, "compute_capability") == "9.0" and "GH200" in gh200["Name"]
+    assert len(gh200["Instances"]) == 1 and attr_value(gh200, "compute_capability") == "9.0" and "GH200" in gh200["Name"]
 
 
 def test_eight_gpu_hopper_job_lands_on_the_h100_node(cluster: RunningCluster) -> None:
-    job, ev = _run(cluster, "cluster-8gpu-hopper.nomad.hcl")
-    try:
-        assert not ev.get("FailedTGAllocs"), json.dumps(ev["FailedTGAllocs"], indent=1)
-        [alloc] = cluster.api.running_allocs(job, 1)
+    with _job(cluster, "cluster-8gpu-hopper.nomad.hcl", running=1) as (_, _, [alloc]):
         assert cluster.name_of(alloc["NodeID"]) == "h100"
         ids = _devices_of(alloc, "train")
         assert len(ids) == 8 and len(set(ids)) == 8
-        assert _attr(_owner(cluster, "h100", ids), "compute_capability") == "9.0"
+        assert attr_value(_owner(cluster, "h100", ids), "compute_capability") == "9.0"
         assert sorted(_visible_devices(cluster, alloc["ID"], "train")) == sorted(ids)
-    finally:
-        cluster.api.purge(job)
 
 
 def test_mig_slice_lands_on_the_a100_node(cluster: RunningCluster) -> None:
-    job, ev = _run(cluster, "cluster-mig-1g5gb.nomad.hcl")
-    try:
-        assert not ev.get("FailedTGAllocs"), json.dumps(ev["FailedTGAllocs"], indent=1)
-        [alloc] = cluster.api.running_allocs(job, 1)
+    with _job(cluster, "cluster-mig-1g5gb.nomad.hcl", running=1) as (_, _, [alloc]):
         assert cluster.name_of(alloc["NodeID"]) == "a100"
         [dev] = _devices_of(alloc, "infer")
-        assert dev.startswith("MIG-") and _attr(_owner(cluster, "a100", [dev]), "mig_profile") == "1g.5gb"
+        assert dev.startswith("MIG-") and attr_value(_owner(cluster, "a100", [dev]), "mig_profile") == "1g.5gb"
         assert _visible_devices(cluster, alloc["ID"], "infer") == [dev]
-    finally:
-        cluster.api.purge(job)
 
 
 def test_more_gpus_than_any_node_has_is_not_placed(cluster: RunningCluster) -> None:
-    job, ev = _run(cluster, "cluster-too-many.nomad.hcl")
-    try:
+    with _job(cluster, "cluster-too-many.nomad.hcl") as (job, ev, _):
         failed = (ev.get("FailedTGAllocs") or {}).get("g")
         assert failed, f"a job asking for 9 Hopper GPUs was placed: {json.dumps(ev, indent=1)[:3000]}"
         assert failed["NodesEvaluated"] == 3, failed
         assert failed["ConstraintFiltered"] == {"missing devices": 3}, failed
         assert ev.get("BlockedEval"), "no blocked evaluation: the job would not be placed once GPUs appear"
         assert cluster.api.job_allocs(job) == []
-    finally:
-        cluster.api.purge(job)
 
 
 def test_spread_uses_all_three_nodes(cluster: RunningCluster) -> None:
-    job, ev = _run(cluster, "cluster-spread.nomad.hcl")
-    try:
-        assert not ev.get("FailedTGAllocs"), json.dumps(ev["FailedTGAllocs"], indent=1)
-        allocs = cluster.api.running_allocs(job, 3)
+    with _job(cluster, "cluster-spread.nomad.hcl", running=3) as (_, _, allocs):
         assert sorted(cluster.name_of(a["NodeID"]) for a in allocs) == ["a100", "gh200", "h100"]
         for a in allocs:
             _owner(cluster, cluster.name_of(a["NodeID"]), _devices_of(a, "infer"))
-    finally:
-        cluster.api.purge(job)
 
 
 def test_drain_moves_the_gpu_job_to_the_other_matching_node(cluster: RunningCluster) -> None:
-    job, ev = _run(cluster, "cluster-drain.nomad.hcl")
     drained = ""
     try:
-        assert not ev.get("FailedTGAllocs"), json.dumps(ev["FailedTGAllocs"], indent=1)
-        [first] = cluster.api.running_allocs(job, 1)
-        drained = cluster.name_of(first["NodeID"])
-        assert drained in ("h100", "gh200"), f"a job asking for compute capability >= 9.0 runs on {drained}"
-        other = {"h100": "gh200", "gh200": "h100"}[drained]
-        cluster.api("PUT", f"/v1/node/{first['NodeID']}/drain",
-                    {"DrainSpec": {"Deadline": 60 * 10**9, "IgnoreSystemJobs": False}})
+        with _job(cluster, "cluster-drain.nomad.hcl", running=1) as (job, _, [first]):
+            drained = cluster.name_of(first["NodeID"])
+            assert drained in ("h100", "gh200"), f"a job asking for compute capability >= 9.0 runs on {drained}"
+            other = {"h100": "gh200", "gh200": "h100"}[drained]
+            cluster.api("PUT", f"/v1/node/{first['NodeID']}/drain",
+                        {"DrainSpec": {"Deadline": 60 * 10**9, "IgnoreSystemJobs": False}})
 
-        def moved() -> dict[str, Any] | None:
-            allocs = [a for a in cluster.api.job_allocs(job) if a["ID"] != first["ID"]
-                      and a["DesiredStatus"] == "run" and a["ClientStatus"] == "running"]
-            return cluster.api.alloc(allocs[0]["ID"]) if allocs else None
-        second = cluster.api.wait_for(f"the job to run again after draining {drained}", moved, 90)
-        assert cluster.name_of(second["NodeID"]) == other
-        [dev] = _devices_of(second, "infer")
-        assert _attr(_owner(cluster, other, [dev]), "compute_capability") == "9.0"
-        assert _visible_devices(cluster, second["ID"], "infer") == [dev]
-        cluster.api.wait_for(f"the allocation on {drained} to stop", lambda: cluster.api.alloc(first["ID"])[
-            "ClientStatus"] in ("complete", "failed"), 60)
-        cluster.api.wait_for(f"the drain of {drained} to finish", lambda: cluster.api.node(first["NodeID"])[
-            "DrainStrategy"] is None, 60)
+            def moved() -> dict[str, Any] | None:
+                allocs = [a for a in cluster.api.job_allocs(job) if a["ID"] != first["ID"]
+                          and a["DesiredStatus"] == "run" and a["ClientStatus"] == "running"]
+                return cluster.api.alloc(allocs[0]["ID"]) if allocs else None
+            second = cluster.api.wait_for(f"the job to run again after draining {drained}", moved, 90)
+            assert cluster.name_of(second["NodeID"]) == other
+            [dev] = _devices_of(second, "infer")
+            assert attr_value(_owner(cluster, other, [dev]), "compute_capability") == "9.0"
+            assert _visible_devices(cluster, second["ID"], "infer") == [dev]
+            cluster.api.wait_for(f"the allocation on {drained} to stop", lambda: cluster.api.alloc(first["ID"])[
+                "ClientStatus"] in ("complete", "failed"), 60)
+            cluster.api.wait_for(f"the drain of {drained} to finish", lambda: cluster.api.node(first["NodeID"])[
+                "DrainStrategy"] is None, 60)
     finally:
-        cluster.api.purge(job)
         if drained:
             node_id = cluster.nodes[drained]
             cluster.api("PUT", f"/v1/node/{node_id}/drain", {"DrainSpec": None})

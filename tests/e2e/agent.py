@@ -92,6 +92,31 @@ def poll_until(what: str, probe: Callable[[], T | None], timeout: float, interva
         time.sleep(interval)
 
 
+def leftover_pids(root: Path) -> list[int]:
+    """Processes whose command line or cwd is under `root` (this process aside)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if str(root) in cmd or cwd.startswith(str(root)):
+            out.append(int(entry.name))
+    return out
+
+
+def attr_value(group: dict[str, Any], name: str) -> Any:
+    """The value of a device group's attribute in Nomad's API (whichever typed field is set)."""
+    a = group["Attributes"].get(name) or {}
+    for key in ("Int", "Float", "String", "Bool"):
+        if a.get(key) is not None:
+            return a[key]
+    return None
+
+
 def hcl_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid HCL string literal
 
@@ -263,19 +288,7 @@ plugin "raw_exec" {{
 
     def leftover_pids(self) -> list[int]:
         """Processes (executors, tasks, plugins) whose command line or cwd is under our root."""
-        root = str(self.root)
-        out = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                cwd = os.readlink(entry / "cwd")
-            except OSError:
-                continue
-            if root in cmd or cwd.startswith(root):
-                out.append(int(entry.name))
-        return out
+        return leftover_pids(self.root)
 
     def plugin_pids(self, name: str) -> list[int]:
         """PIDs of the running plugin `name`: children of the agent running its command

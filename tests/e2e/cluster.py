@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from e2e.agent import DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string, http_api, poll_until
+from e2e.agent import (DENIED_FINGERPRINTERS, NOMAD_BIN, REPO, AgentError, free_ports, hcl_string, http_api,
+                       leftover_pids, poll_until)
 
 T = TypeVar("T")
 
@@ -307,17 +308,3 @@ plugin "{PLUGIN}" {{
         """Processes (agents, plugins, executors, tasks) whose command line or cwd is under our root."""
         return leftover_pids(self.root)
 
-
-def leftover_pids(root: Path) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if str(root) in cmd or cwd.startswith(str(root)):
-            out.append(int(entry.name))
-    return out
