@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -15,8 +13,7 @@ import (
 func runLimits(args []string) error {
 	var o launchOpts
 	fs := newFlags("limits", &o)
-	cfgPath := fs.String("config", "", "HCL config file (agent or launcher form)")
-	name := fs.String("name", "", "plugin block name to use from an agent file")
+	cf := newConfigFlags(fs, &o)
 	nfp := fs.Int("fingerprints", 0, "Fingerprint streams to open")
 	nst := fs.Int("stats", 0, "Stats streams to open")
 	interval := fs.Duration("interval", time.Second, "stats collection interval")
@@ -25,26 +22,12 @@ func runLimits(args []string) error {
 	if err := parseFlags(fs, &o, args); err != nil {
 		return err
 	}
-	blockName := *name
-	if blockName == "" {
-		blockName = filepath.Base(o.plugin)
-	}
-	s, err := start(&o)
+	s, data, err := startConfigured(cf)
 	if err != nil {
 		return err
 	}
 	defer s.stop()
 	agent := agentConfig()
-	data, ok, err := configSource{hclPath: *cfgPath}.prepare(s.spec, blockName, 1)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return atStage("agent_config", errors.New("the agent refuses this config (see the config event)"))
-	}
-	if err := setConfig(s.base, data, s.api, agent, 1); err != nil {
-		return atStage("set_config", err)
-	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -29,6 +29,7 @@ var commands = map[string]command{
 	"launch-twice":      {"alias of agent: the loader launches the plugin, kills it and launches it again", runAgent},
 	"handshake-latency": {"exec to handshake line, and exec to first RPC, over N launches", runLatency},
 	"limits":            {"many Fingerprint and Stats streams at once, then every unary call timed while they are open", runLimits},
+	"cost":              {"CPU, threads and RSS of the plugin from /proc: Fingerprint open (idle), then Stats at each interval", runCost},
 	"timeline":          {"Fingerprint (and Stats) kept open, every response timed, until steps are met in order; Reserve; Shutdown or SIGKILL", runTimeline},
 }
 

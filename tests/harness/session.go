@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -58,17 +59,67 @@ func start(o *launchOpts) (*started, error) {
 
 func (s *started) stop() { emit("shutdown", s.proc.shutdown()) }
 
-// configure sends one config the agent's way; a refusal on either side is an
-// error here (session and streams need a configured plugin).
-func (s *started) configure(src configSource, name string, agent *base.AgentConfig) error {
+// configure sends one config the agent's way and returns the payload sent; a
+// refusal on either side is an error here (the commands that call it need a
+// configured plugin).
+func (s *started) configure(src configSource, name string, agent *base.AgentConfig) ([]byte, error) {
 	data, ok, err := src.prepare(s.spec, name, 1)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ok {
-		return atStage("agent_config", fmt.Errorf("the agent refuses this config (see the config event)"))
+		return nil, atStage("agent_config", fmt.Errorf("the agent refuses this config (see the config event)"))
 	}
-	return atStage("set_config", setConfig(s.base, data, s.api, agent, 1))
+	return data, atStage("set_config", setConfig(s.base, data, s.api, agent, 1))
+}
+
+// configFlags are the flags of the commands that configure the plugin from
+// an HCL file; block gives the plugin block name to read from it.
+type configFlags struct {
+	path, name *string
+	o          *launchOpts
+}
+
+func newConfigFlags(fs *flag.FlagSet, o *launchOpts) configFlags {
+	return configFlags{
+		path: fs.String("config", "", "HCL file: agent form (plugin blocks) or launcher form (a config block)"),
+		name: fs.String("name", "", "plugin block name to use from an agent file (default: the plugin's file name)"),
+		o:    o,
+	}
+}
+
+func (c configFlags) block() string {
+	if *c.name != "" {
+		return *c.name
+	}
+	return filepath.Base(c.o.plugin)
+}
+
+// startConfigured launches the plugin and sends it the HCL config with the
+// client's AgentConfig, as the device manager does; stop it with s.stop().
+func startConfigured(c configFlags) (*started, []byte, error) {
+	s, err := start(c.o)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := s.configure(configSource{hclPath: *c.path}, c.block(), agentConfig())
+	if err != nil {
+		s.stop()
+		return nil, nil, err
+	}
+	return s, data, nil
+}
+
+// reserveAll calls Reserve once per entry (comma-separated IDs; "" = none).
+func reserveAll(dev device.DevicePlugin, reserves []string) {
+	for _, r := range reserves {
+		ids := []string{}
+		if r != "" {
+			ids = strings.Split(r, ",")
+		}
+		res, err := dev.Reserve(ids)
+		emit("reserve", fields{"ids": ids, "reservation": reservationJSON(res), "error": errString(err)})
+	}
 }
 
 func runInfo(args []string) error {
@@ -100,8 +151,7 @@ func runInfo(args []string) error {
 func runSession(args []string) error {
 	var o launchOpts
 	fs := newFlags("session", &o)
-	cfgPath := fs.String("config", "", "HCL file: agent form (plugin blocks) or launcher form (a config block)")
-	name := fs.String("name", "", "plugin block name to use from an agent file (default: the plugin's file name)")
+	cf := newConfigFlags(fs, &o)
 	rawB64 := fs.String("raw-config-msgpack-b64", "", "send these msgpack bytes to SetConfig instead of an encoded HCL config")
 	noAgent := fs.Bool("no-agent-config", false, "send SetConfig without the client's AgentConfig (as the loader's validation does)")
 	fingerprints := fs.Int("fingerprints", 1, "fingerprint responses to wait for")
@@ -114,17 +164,13 @@ func runSession(args []string) error {
 	if err := parseFlags(fs, &o, args); err != nil {
 		return err
 	}
-	src := configSource{hclPath: *cfgPath}
+	src := configSource{hclPath: *cf.path}
 	if *rawB64 != "" {
 		raws, err := rawConfigs([]string{*rawB64})
 		if err != nil {
 			return err
 		}
 		src = raws[0]
-	}
-	blockName := *name
-	if blockName == "" {
-		blockName = filepath.Base(o.plugin)
 	}
 
 	s, err := start(&o)
@@ -136,7 +182,7 @@ func runSession(args []string) error {
 	if *noAgent {
 		agent = nil
 	}
-	if err := s.configure(src, blockName, agent); err != nil {
+	if _, err := s.configure(src, cf.block(), agent); err != nil {
 		return err
 	}
 
@@ -184,14 +230,7 @@ func runSession(args []string) error {
 		}
 		reserves = append(reserves, strings.Join(ids, ","))
 	}
-	for _, r := range reserves {
-		ids := []string{}
-		if r != "" {
-			ids = strings.Split(r, ",")
-		}
-		res, err := s.dev.Reserve(ids)
-		emit("reserve", fields{"ids": ids, "reservation": reservationJSON(res), "error": errString(err)})
-	}
+	reserveAll(s.dev, reserves)
 	emit("streams_closed", st.close(o.timeout))
 	return nil
 }
@@ -199,7 +238,7 @@ func runSession(args []string) error {
 func runConfigs(args []string) error {
 	var o launchOpts
 	fs := newFlags("configs", &o)
-	name := fs.String("name", "", "plugin block name to use from agent files (default: the plugin's file name)")
+	cf := newConfigFlags(fs, &o)
 	var steps listFlag
 	fs.Var(&steps, "step", "hcl:PATH (encode as the agent does, then SetConfig), msgpack:BASE64 (SetConfig with these bytes), or probe (PluginInfo and the first fingerprint); repeatable, run in order")
 	if err := parseFlags(fs, &o, args); err != nil {
@@ -208,9 +247,8 @@ func runConfigs(args []string) error {
 	if len(steps) == 0 {
 		return usageError{"no --step given"}
 	}
-	blockName := *name
-	if blockName == "" {
-		blockName = filepath.Base(o.plugin)
+	if *cf.path != "" {
+		return usageError{"configs takes its configs as --step hcl:PATH, not --config"}
 	}
 	s, err := start(&o)
 	if err != nil {
@@ -227,7 +265,7 @@ func runConfigs(args []string) error {
 			s.probe(i+1, o.timeout)
 			continue
 		}
-		data, ok, err := src.prepare(s.spec, blockName, i+1)
+		data, ok, err := src.prepare(s.spec, cf.block(), i+1)
 		if err != nil {
 			return err
 		}
@@ -266,26 +304,18 @@ func (s *started) probe(step int, timeout time.Duration) {
 func runStreams(args []string) error {
 	var o launchOpts
 	fs := newFlags("streams", &o)
-	cfgPath := fs.String("config", "", "HCL config file (agent or launcher form)")
-	name := fs.String("name", "", "plugin block name to use from an agent file")
+	cf := newConfigFlags(fs, &o)
 	cycles := fs.Int("cycles", 5, "open/cancel cycles")
 	perCycle := fs.Int("stats-per-cycle", 2, "stats responses to wait for in each cycle")
 	interval := fs.Duration("interval", 100*time.Millisecond, "stats collection interval")
 	if err := parseFlags(fs, &o, args); err != nil {
 		return err
 	}
-	blockName := *name
-	if blockName == "" {
-		blockName = filepath.Base(o.plugin)
-	}
-	s, err := start(&o)
+	s, _, err := startConfigured(cf)
 	if err != nil {
 		return err
 	}
 	defer s.stop()
-	if err := s.configure(configSource{hclPath: *cfgPath}, blockName, agentConfig()); err != nil {
-		return err
-	}
 	wait := o.timeout + time.Duration(*perCycle)*(*interval)
 	for n := 1; n <= *cycles; n++ {
 		st, err := openStreams(s.dev, *interval, int64(*perCycle), fields{"cycle": n}, true)

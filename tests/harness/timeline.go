@@ -55,8 +55,7 @@ import (
 func runTimeline(args []string) error {
 	var o launchOpts
 	fs := newFlags("timeline", &o)
-	cfgPath := fs.String("config", "", "HCL file: agent form (plugin blocks) or launcher form (a config block)")
-	name := fs.String("name", "", "plugin block name to use from an agent file (default: the plugin's file name)")
+	cf := newConfigFlags(fs, &o)
 	withStats := fs.Bool("stats", false, "open Stats after the first fingerprint response, as the device manager does")
 	interval := fs.Duration("interval", time.Second, "stats collection interval sent to the plugin")
 	within := fs.Duration("within", 0, "default bounded wait of each step, counted from the previous step (default: --timeout)")
@@ -77,10 +76,6 @@ func runTimeline(args []string) error {
 			return err
 		}
 		steps = append(steps, st)
-	}
-	blockName := *name
-	if blockName == "" {
-		blockName = filepath.Base(o.plugin)
 	}
 
 	// The harness prints the log lines itself, with their arrival time.
@@ -103,7 +98,7 @@ func runTimeline(args []string) error {
 	// NVML may be initialised from SetConfig on: the earliest the simulated
 	// driver's clock can have started.
 	emit("set_config_call", fields{"ms": tl.ms()})
-	if err := s.configure(configSource{hclPath: *cfgPath}, blockName, agentConfig()); err != nil {
+	if _, err := s.configure(configSource{hclPath: *cf.path}, cf.block(), agentConfig()); err != nil {
 		return err
 	}
 

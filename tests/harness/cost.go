@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// runCost measures what a configured plugin costs the node, phase by phase,
+// as the device manager would use it: first with only the Fingerprint
+// stream open (idle), then with a Stats stream at each --interval in turn.
+// Each phase starts --settle after its stream's first answer (startup work
+// done) and lasts --window; the plugin process is sampled from /proc at both
+// ends, so its CPU is counted over exactly the window.
+//
+// Events: launch, info, schema, config, set_config (as session), then
+// "first_fingerprint" (ms since launch, devices), one "cost" event per phase
+// (phase "idle" or "stats", interval_ms, window_s, cpu_ms_per_s from the
+// threads' schedstat run time, cpu_ms_per_s_ticks from utime+stime,
+// responses and responses_per_s, threads, rss_kib, hwm_kib at the window's
+// end), then shutdown.
+func runCost(args []string) error {
+	var o launchOpts
+	fs := newFlags("cost", &o)
+	cf := newConfigFlags(fs, &o)
+	window := fs.Duration("window", 15*time.Second, "length of each measured phase")
+	settle := fs.Duration("settle", 2*time.Second, "wait after a phase's first answer before measuring")
+	idle := fs.Bool("idle", true, "measure the idle phase (Fingerprint open, no Stats)")
+	var intervals listFlag
+	fs.Var(&intervals, "interval", "a Stats interval to measure (repeatable, in order)")
+	if err := parseFlags(fs, &o, args); err != nil {
+		return err
+	}
+	var ivs []time.Duration
+	for _, v := range intervals {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return usageError{fmt.Sprintf("--interval %q: want a positive duration", v)}
+		}
+		ivs = append(ivs, d)
+	}
+	if *window <= 0 {
+		return usageError{"--window must be positive"}
+	}
+
+	t0 := time.Now()
+	s, _, err := startConfigured(cf)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	pid := s.proc.cmd.Process.Pid
+
+	st, err := openStreams(s.dev, time.Second, -1, nil, true)
+	if err != nil {
+		return err
+	}
+	defer st.close(o.timeout)
+	if err := st.fp.waitCount(1, o.timeout); err != nil {
+		return atStage("fingerprint", err)
+	}
+	if errs := st.fp.errs(); len(errs) > 0 {
+		return atStage("fingerprint", fmt.Errorf("fingerprint stream failed: %s", errs[0]))
+	}
+	devices := 0
+	for _, g := range st.fp.lastGroups() {
+		devices += len(g.Devices)
+	}
+	emit("first_fingerprint", fields{"ms": millis(time.Since(t0)), "devices": devices, "pid": pid})
+
+	measure := func(phase string, interval time.Duration, w *watcher) error {
+		time.Sleep(*settle)
+		before, err := sampleProc(pid)
+		if err != nil {
+			return atStage("sample", err)
+		}
+		n0 := w.count.Load()
+		time.Sleep(*window)
+		after, err := sampleProc(pid)
+		if err != nil {
+			return atStage("sample", err)
+		}
+		if errs := w.errs(); len(errs) > 0 {
+			return atStage(phase, fmt.Errorf("stream failed: %s", errs[0]))
+		}
+		ev := after.since(before)
+		ev["phase"], ev["devices"], ev["window_s"] = phase, devices, window.Seconds()
+		ev["interval_ms"] = nil
+		if interval > 0 {
+			ev["interval_ms"] = millis(interval)
+		}
+		n := w.count.Load() - n0
+		ev["responses"], ev["responses_per_s"] = n, float64(n)/after.at.Sub(before.at).Seconds()
+		emit("cost", ev)
+		return nil
+	}
+	if *idle {
+		if err := measure("idle", 0, st.fp); err != nil {
+			return err
+		}
+	}
+	for _, iv := range ivs {
+		ctx, cancel := context.WithCancel(st.ctx)
+		ch, err := s.dev.Stats(ctx, iv)
+		if err != nil {
+			cancel()
+			return atStage("stats", err)
+		}
+		w := watchStats(ch, nil, -1, true)
+		if err := w.waitCount(1, o.timeout+iv); err != nil {
+			cancel()
+			return atStage("stats", err)
+		}
+		err = measure("stats", iv, w)
+		w.cancelled.Store(true)
+		cancel()
+		if !w.waitClosed(o.timeout) {
+			return atStage("stats", fmt.Errorf("stats stream at %s not closed within %s of the cancel", iv, o.timeout))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// procSample is one reading of a process from /proc.
+type procSample struct {
+	at      time.Time
+	runNS   map[string]int64 // per live thread: time on CPU (schedstat), ns
+	ticks   int64            // utime+stime of the whole process, exited threads included
+	threads int
+	rssKiB  int64
+	hwmKiB  int64
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go's linux ports
+// run on (sysconf(_SC_CLK_TCK) is not reachable without cgo).
+const clockTicks = 100
+
+func sampleProc(pid int) (procSample, error) {
+	p := procSample{at: time.Now(), runNS: map[string]int64{}}
+	dir := fmt.Sprintf("/proc/%d", pid)
+	tasks, err := filepath.Glob(dir + "/task/*/schedstat")
+	if err != nil {
+		return p, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			p.runNS[filepath.Base(filepath.Dir(t))] = ns
+		}
+	}
+	stat, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return p, err
+	}
+	// Fields after the parenthesised command name, which may hold spaces.
+	rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(rest) < 13 {
+		return p, fmt.Errorf("%s/stat: %d fields", dir, len(rest))
+	}
+	utime, _ := strconv.ParseInt(rest[11], 10, 64)
+	stime, _ := strconv.ParseInt(rest[12], 10, 64)
+	p.ticks = utime + stime
+	status, err := os.ReadFile(dir + "/status")
+	if err != nil {
+		return p, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.Fields(v + " 0")[0], 10, 64)
+		switch k {
+		case "Threads":
+			p.threads = int(n)
+		case "VmRSS":
+			p.rssKiB = n
+		case "VmHWM":
+			p.hwmKiB = n
+		}
+	}
+	return p, nil
+}
+
+// since is the cost between two samples: CPU per second of wall time (a
+// thread started in between counts from zero; one that exited in between is
+// missing from the schedstat figure but not from the ticks one), and the
+// process's size at the later one.
+func (p procSample) since(before procSample) fields {
+	secs := p.at.Sub(before.at).Seconds()
+	var run int64
+	for tid, ns := range p.runNS {
+		run += ns - before.runNS[tid]
+	}
+	return fields{
+		"cpu_ms_per_s":       float64(run) / 1e6 / secs,
+		"cpu_ms_per_s_ticks": float64(p.ticks-before.ticks) * 1000 / clockTicks / secs,
+		"threads":            p.threads, "rss_kib": p.rssKiB, "hwm_kib": p.hwmKiB,
+	}
+}
