@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let repo = manifest.join("../..");
+    // Named without the `../..` in messages.
+    let repo = repo.canonicalize().unwrap_or(repo);
     let vocabulary = repo.join("python/nomad_device_nvidia/nvidia/stats_vocabulary.json");
     let protos = [
         repo.join("proto/nomad/device.proto"),
@@ -455,56 +457,57 @@ impl Parser<'_> {
         }
     }
 
+    /// The items of an object or array (`item` reads one), from its opening
+    /// character to `close`.
+    fn items(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.i += 1;
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err(&format!("expected ',' or '{}'", close as char))),
+            }
+        }
+    }
+
     fn value(&mut self) -> Result<Json, String> {
         self.ws();
         match self.s.get(self.i) {
             Some(b'{') => {
-                self.i += 1;
-                let mut m = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Object(m));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
+                let mut m: Vec<(String, Json)> = Vec::new();
+                self.items(b'}', |p| {
+                    p.ws();
+                    let k = p.string()?;
                     if m.iter().any(|(seen, _)| *seen == k) {
-                        return Err(self.err(&format!("key {k:?} twice")));
+                        return Err(p.err(&format!("key {k:?} twice")));
                     }
-                    self.eat(b':')?;
-                    m.push((k, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Object(m));
-                        }
-                        _ => return Err(self.err("expected ',' or '}'")),
-                    }
-                }
+                    p.eat(b':')?;
+                    m.push((k, p.value()?));
+                    Ok(())
+                })?;
+                Ok(Json::Object(m))
             }
             Some(b'[') => {
-                self.i += 1;
                 let mut a = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Array(a));
-                }
-                loop {
-                    a.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Array(a));
-                        }
-                        _ => return Err(self.err("expected ',' or ']'")),
-                    }
-                }
+                self.items(b']', |p| {
+                    a.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Json::Array(a))
             }
             Some(b'"') => Ok(Json::Str(self.string()?)),
             _ => {

@@ -305,14 +305,8 @@ impl DeviceEnc {
             .zip(&t.standard)
             .map(|(v, p)| attr_entry_len(v, p))
             .sum();
-        if let Some(n) = &nested {
-            for (vals, (key, pres)) in n.iter().zip(&t.nested) {
-                stat_object += ld_len(key.len() + ld_len(nested_object_len(vals, pres)));
-            }
-        }
-        if let Some(g) = &gpm {
-            let (key, pres) = &t.gpm;
-            stat_object += ld_len(key.len() + ld_len(nested_object_len(g, pres)));
+        for (key, vals, pres) in nested_objects(&nested, &gpm, t) {
+            stat_object += ld_len(key.len() + ld_len(nested_object_len(vals, pres)));
         }
         let summary = sv_body_len(&standard[SUMMARY], &t.standard[SUMMARY]);
         let body = ld_len(summary) + ld_len(stat_object) + ld_len(ts_len);
@@ -335,24 +329,12 @@ impl DeviceEnc {
         put_sv_body(buf, mv, mp);
         put_ld_header(buf, tag(field::DEVICE_STATS_STATS, LEN), self.stat_object);
         // Field order: nested before attributes, as protobuf writes them.
-        if let Some(n) = &self.nested {
-            for (vals, (key, pres)) in n.iter().zip(&t.nested) {
-                let obj = nested_object_len(vals, pres);
-                put_ld_header(buf, SO_NESTED, key.len() + ld_len(obj));
-                buf.extend_from_slice(key);
-                put_ld_header(buf, ENTRY_VALUE, obj);
-                for (v, p) in vals.iter().zip(pres) {
-                    put_attr_entry(buf, v, p);
-                }
-            }
-        }
-        if let Some(g) = &self.gpm {
-            let (key, pres) = &t.gpm;
-            let obj = nested_object_len(g, pres);
+        for (key, vals, pres) in nested_objects(&self.nested, &self.gpm, t) {
+            let obj = nested_object_len(vals, pres);
             put_ld_header(buf, SO_NESTED, key.len() + ld_len(obj));
             buf.extend_from_slice(key);
             put_ld_header(buf, ENTRY_VALUE, obj);
-            for (v, p) in g.iter().zip(pres) {
+            for (v, p) in vals.iter().zip(pres) {
                 put_attr_entry(buf, v, p);
             }
         }
@@ -362,6 +344,24 @@ impl DeviceEnc {
         put_ld_header(buf, tag(field::DEVICE_STATS_TIMESTAMP, LEN), ts_len);
         put_timestamp(buf, ts);
     }
+}
+
+/// A device's nested objects in the order they are written, the extended
+/// topics then GPM: (map entry key, values, attributes).
+fn nested_objects<'a>(
+    nested: &'a Option<[[Val; EXTENDED_WIDTH]; EXTENDED.len()]>,
+    gpm: &'a Option<[Val; crate::gpm::GPM_STATS]>,
+    t: &'a Tables,
+) -> impl Iterator<Item = (&'a [u8], &'a [Val], &'a [PreAttr])> {
+    let topics = nested.iter().flat_map(move |n| {
+        n.iter()
+            .zip(&t.nested)
+            .map(|(vals, (key, pres))| (key.as_slice(), vals.as_slice(), pres.as_slice()))
+    });
+    let gpm = gpm
+        .iter()
+        .map(move |g| (t.gpm.0.as_slice(), g.as_slice(), t.gpm.1.as_slice()));
+    topics.chain(gpm)
 }
 
 /// A nested StatObject of attributes only (`pres` may be shorter than `vals`).

@@ -177,6 +177,18 @@ mod tests {
         }
     }
 
+    /// A batch of `n` items whose item 0 blocks until the sender sends.
+    fn blocking(n: usize) -> (Arc<Blocking>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::channel();
+        let b = Arc::new(Blocking {
+            n,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            release: Mutex::new(rx),
+        });
+        (b, tx)
+    }
+
     fn wait_for(what: impl Fn() -> bool) -> bool {
         for _ in 0..2000 {
             if what() {
@@ -191,13 +203,7 @@ mod tests {
     fn a_blocked_item_does_not_stop_the_others() {
         let mut pool = Pool::new(4);
         pool.ensure_threads(4);
-        let (tx, rx) = mpsc::channel();
-        let b = Arc::new(Blocking {
-            n: 100,
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            release: Mutex::new(rx),
-        });
+        let (b, tx) = blocking(100);
         pool.start(b.clone(), 4);
         assert!(wait_for(|| b.done.load(Ordering::SeqCst) == 99));
         assert_eq!(b.done.load(Ordering::SeqCst), 99, "item 0 is still blocked");
@@ -210,14 +216,8 @@ mod tests {
     fn only_wanted_workers_join_until_widened() {
         let mut pool = Pool::new(3);
         pool.ensure_threads(3);
-        let (tx, rx) = mpsc::channel();
         // One worker joins and blocks on item 0; nobody else takes item 1.
-        let b = Arc::new(Blocking {
-            n: 2,
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            release: Mutex::new(rx),
-        });
+        let (b, tx) = blocking(2);
         pool.start(b.clone(), 1);
         thread::sleep(Duration::from_millis(30));
         assert_eq!(b.done.load(Ordering::SeqCst), 0);

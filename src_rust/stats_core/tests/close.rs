@@ -10,19 +10,10 @@ use stats_core::{Engine, EngineConfig, Level, Reading};
 
 #[test]
 fn closing_during_a_hang_keeps_the_log() {
-    let (dir, nvml, ids) = common::open(
+    let (dir, nvml, ids) = common::open_h100s(
         "close",
-        r#"name = "stats-core-close"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 2
-[[faults]]
-kind = "hang"
-gpu = 0
-function = "nvmlDeviceGetTemperature"
-duration_ms = 5000
-calls = 1
-"#,
+        2,
+        &common::hang_once(0, "nvmlDeviceGetTemperature", 5000),
     );
     let mut engine = Engine::new(
         Arc::clone(&nvml),
@@ -40,20 +31,14 @@ calls = 1
     assert!(events[1].message.contains("closing while"));
     assert!(events[1].message.contains(&ids[0]));
 
-    // The hung read returns after 5 s and logs so into the engine's log
-    // (a bounded wait, not a timing assertion).
-    let mut answered = false;
-    for _ in 0..1200 {
-        std::thread::sleep(Duration::from_millis(50));
-        if sink
-            .take()
+    // The hung read returns after 5 s and logs so into the engine's log.
+    common::eventually(|| {
+        let events = sink.take();
+        events
             .iter()
             .any(|e| e.message.contains("answers again"))
-        {
-            answered = true;
-            break;
-        }
-    }
-    assert!(answered, "the hung read never returned");
+            .then_some(())
+    })
+    .expect("the hung read never returned");
     let _ = std::fs::remove_dir_all(&dir);
 }

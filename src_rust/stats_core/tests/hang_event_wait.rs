@@ -5,57 +5,28 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use stats_core::{Level, Reading};
 
-use stats_core::{Engine, EngineConfig, Level, Reading};
-
-const TIMEOUT: Duration = Duration::from_millis(800);
-// Far beyond a healthy tick on a loaded machine, far below the hang.
-const SLACK: Duration = Duration::from_millis(1500);
 const WORKERS: usize = 2;
 
 #[test]
 fn a_stuck_event_set_wait_delays_no_tick() {
-    let (dir, nvml, ids) = common::open(
-        "hang-event-wait",
-        r#"name = "stats-core-hang-event-wait"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 3
-# Every event-set wait blocks until 8 s after init.
+    let faults = r#"# Every event-set wait blocks until 8 s after init.
 [[faults]]
 kind = "hang"
 function = "nvmlEventSetWait_v2"
 until_s = 8.0
-[[events]]
-gpu = 0
-at_s = 0.0
-xid = 79
-"#,
+"#;
+    let (dir, nvml, ids) = common::open_h100s(
+        "hang-event-wait",
+        3,
+        &(faults.to_string() + common::XID_ON_GPU0),
     );
-    let mut engine = Engine::new(
-        Arc::clone(&nvml),
-        EngineConfig {
-            extended: true,
-            timeout: TIMEOUT,
-            max_workers: WORKERS,
-            ..EngineConfig::default()
-        },
-    );
-    engine.track(common::tracked(&ids, "H100"));
-    let mut sorted = ids.clone();
-    sorted.sort();
-    let gpu0 = sorted.iter().position(|u| *u == ids[0]).unwrap();
+    let mut engine = common::hang_engine(&nvml, &ids, WORKERS);
+    let gpu0 = common::places(&ids)(0);
 
     for _ in 0..5 {
-        let t = Instant::now();
-        let samples = engine.read_all();
-        assert!(
-            t.elapsed() < TIMEOUT + SLACK,
-            "a tick took {:?}",
-            t.elapsed()
-        );
+        let samples = common::bounded_tick(&mut engine);
         // Every GPU answers (a drain stuck on each tick's worker would
         // leave none for the reads by now), and the counts keep their last
         // values: registered, nothing drained yet.
@@ -80,20 +51,14 @@ xid = 79
     );
 
     // The wait returns at 8 s: the drain finishes, says so once, and the
-    // XID waiting since 0 s is counted (a bounded wait, not a timing
-    // assertion).
-    let mut counted = false;
+    // XID waiting since 0 s is counted.
     let mut log = Vec::new();
-    for _ in 0..1200 {
-        std::thread::sleep(Duration::from_millis(50));
+    common::eventually(|| {
         let s = engine.read_all();
         log.extend(engine.take_log());
-        if s[gpu0].extended.unwrap().xid_count == Reading::Int(1) {
-            counted = true;
-            break;
-        }
-    }
-    assert!(counted, "the XID was never counted");
+        (s[gpu0].extended.unwrap().xid_count == Reading::Int(1)).then_some(())
+    })
+    .expect("the XID was never counted");
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].level, Level::Info);
     assert!(

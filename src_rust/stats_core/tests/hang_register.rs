@@ -5,62 +5,17 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use stats_core::{Engine, EngineConfig, Level, Reading};
-
-const TIMEOUT: Duration = Duration::from_millis(800);
-// Far beyond a healthy tick on a loaded machine, far below the hang.
-const SLACK: Duration = Duration::from_millis(1500);
+use stats_core::{DeviceSample, Level, Reading};
 
 #[test]
 fn a_gpu_stuck_in_xid_registration_delays_nothing() {
-    let (dir, nvml, ids) = common::open(
-        "hang-register",
-        r#"name = "stats-core-hang-register"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 3
-[[faults]]
-kind = "hang"
-gpu = 1
-function = "nvmlDeviceRegisterEvents"
-duration_ms = 8000
-calls = 1
-[[events]]
-gpu = 0
-at_s = 0.0
-xid = 79
-"#,
-    );
-    let mut engine = Engine::new(
-        Arc::clone(&nvml),
-        EngineConfig {
-            extended: true,
-            timeout: TIMEOUT,
-            max_workers: 2,
-            ..EngineConfig::default()
-        },
-    );
-    let t = Instant::now();
-    engine.track(common::tracked(&ids, "H100"));
-    assert!(t.elapsed() < TIMEOUT, "track() took {:?}", t.elapsed());
-    let mut sorted = ids.clone();
-    sorted.sort();
-    let place = |gpu: usize| sorted.iter().position(|u| *u == ids[gpu]).unwrap();
+    let faults = common::hang_once(1, "nvmlDeviceRegisterEvents", 8000);
+    let (dir, nvml, ids) = common::open_h100s("hang-register", 3, &(faults + common::XID_ON_GPU0));
+    let mut engine = common::hang_engine(&nvml, &ids, 2);
+    let place = common::places(&ids);
     let hung = place(1);
 
-    let mut ticks = Vec::new();
-    for _ in 0..2 {
-        let t = Instant::now();
-        ticks.push(engine.read_all());
-        assert!(
-            t.elapsed() < TIMEOUT + SLACK,
-            "a tick took {:?}",
-            t.elapsed()
-        );
-    }
+    let ticks: Vec<_> = (0..2).map(|_| common::bounded_tick(&mut engine)).collect();
     for samples in &ticks {
         for (i, s) in samples.iter().enumerate() {
             if i == hung {
@@ -73,8 +28,7 @@ xid = 79
     }
     // The first tick's drain waits for that tick's registrations, one of
     // which is stuck: the counts are current from the next tick on.
-    let xids =
-        |s: &[stats_core::DeviceSample], gpu: usize| s[place(gpu)].extended.unwrap().xid_count;
+    let xids = |s: &[DeviceSample], gpu: usize| s[place(gpu)].extended.unwrap().xid_count;
     assert_eq!(xids(&ticks[1], 0), Reading::Int(1));
     assert_eq!(xids(&ticks[1], 2), Reading::Int(0));
     let log = engine.take_log();
@@ -84,17 +38,12 @@ xid = 79
     assert!(log[0].message.contains("did not answer"), "{log:?}");
 
     // The registration returns after 8 s: the GPU then reads values and
-    // its XID count (a bounded wait, not a timing assertion).
-    let mut answered = None;
-    for _ in 0..1200 {
-        std::thread::sleep(Duration::from_millis(50));
+    // its XID count.
+    let s = common::eventually(|| {
         let s = engine.read_all();
-        if s[hung].memory_mib != Reading::NotAvailable {
-            answered = Some(s);
-            break;
-        }
-    }
-    let s = answered.expect("the stuck GPU never answered again");
+        (s[hung].memory_mib != Reading::NotAvailable).then_some(s)
+    })
+    .expect("the stuck GPU never answered again");
     assert_eq!(xids(&s, 1), Reading::Int(0));
     assert_eq!(xids(&s, 0), Reading::Int(1));
     assert!(engine

@@ -10,14 +10,10 @@ use stats_core::{Engine, EngineConfig, Reading, TrackedDevice};
 
 #[test]
 fn shares_of_a_gpu_are_read_once_per_tick() {
-    let (dir, nvml, ids) = common::open(
+    let (dir, nvml, ids) = common::open_h100s(
         "shares",
-        r#"name = "stats-core-shares"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 2
-stats.temperature_c = { kind = "counter", value = 30, step = 1 }
-"#,
+        2,
+        "stats.temperature_c = { kind = \"counter\", value = 30, step = 1 }\n",
     );
     let mut tracked: Vec<TrackedDevice> = (0..64)
         .map(|k| TrackedDevice {

@@ -10,19 +10,10 @@ use stats_core::{Engine, EngineConfig, Level, Reading};
 
 #[test]
 fn reads_devices_and_bounds_a_hung_one() {
-    let (dir, nvml, ids) = common::open(
+    let (dir, nvml, ids) = common::open_h100s(
         "hang",
-        r#"name = "stats-core-hang"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 3
-[[faults]]
-kind = "hang"
-gpu = 1
-function = "nvmlDeviceGetTemperature"
-duration_ms = 10000
-calls = 1
-"#,
+        3,
+        &common::hang_once(1, "nvmlDeviceGetTemperature", 10_000),
     );
     assert_eq!(ids.len(), 3);
     // The hang far outlasts the timeout, and the timeout is far beyond a
@@ -38,9 +29,7 @@ calls = 1
     );
     engine.track(common::tracked(&ids, "H100"));
     // Tracked order is by device ID; find the hung GPU's place.
-    let mut sorted = ids.clone();
-    sorted.sort();
-    let hung = sorted.iter().position(|u| *u == ids[1]).unwrap();
+    let hung = common::places(&ids)(1);
 
     for _ in 0..2 {
         let samples = engine.read_all();
@@ -58,17 +47,11 @@ calls = 1
     assert_eq!(log[0].level, Level::Warning);
     assert!(log[0].message.contains(&ids[1]));
 
-    // The call returns after 10 s; the device then answers again (a
-    // bounded wait, not a timing assertion).
-    let mut answered = false;
-    for _ in 0..1200 {
-        std::thread::sleep(Duration::from_millis(50));
-        if engine.read_all()[hung].memory_mib != Reading::NotAvailable {
-            answered = true;
-            break;
-        }
-    }
-    assert!(answered, "the hung GPU never answered again");
+    // The call returns after 10 s; the device then answers again.
+    common::eventually(|| {
+        (engine.read_all()[hung].memory_mib != Reading::NotAvailable).then_some(())
+    })
+    .expect("the hung GPU never answered again");
     assert!(engine.take_log().iter().any(|e| e.level == Level::Info));
     let bytes = engine.collect().to_vec();
     for u in &ids {

@@ -1,9 +1,36 @@
 //! What the tests against the simulated driver share.
 
+// Each test binary compiles its own copy and uses only some of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use stats_core::{Nvml, TrackedDevice};
+use stats_core::{DeviceSample, Engine, EngineConfig, Nvml, TrackedDevice};
+
+/// The tick deadline of the hang tests.
+pub const TIMEOUT: Duration = Duration::from_millis(800);
+/// Far beyond a healthy tick on a loaded machine, far below the hangs.
+pub const SLACK: Duration = Duration::from_millis(1500);
+
+/// An XID 79 on GPU 0, waiting by the first tick.
+pub const XID_ON_GPU0: &str = "[[events]]\ngpu = 0\nat_s = 0.0\nxid = 79\n";
+
+/// A fault: GPU `gpu`'s next call of `function` blocks for `ms` milliseconds.
+pub fn hang_once(gpu: usize, function: &str, ms: u64) -> String {
+    format!(
+        "[[faults]]\nkind = \"hang\"\ngpu = {gpu}\nfunction = \"{function}\"\nduration_ms = {ms}\ncalls = 1\n"
+    )
+}
+
+/// A scenario named after the test with `count` H100 GPUs; `extra` follows
+/// (more keys of those GPUs, faults, events).
+pub fn h100s(test: &str, count: usize, extra: &str) -> String {
+    format!(
+        "name = \"stats-core-{test}\"\n[[gpus]]\nmodel = \"h100-sxm5-80gb\"\ncount = {count}\n{extra}"
+    )
+}
 
 /// build/sim/libnvidia-ml.so.1, built by `make sim`.
 fn sim_library() -> PathBuf {
@@ -37,11 +64,15 @@ pub fn open(test: &str, text: &str) -> (PathBuf, Arc<Nvml>, Vec<String>) {
     (dir, nvml, ids)
 }
 
+/// [`open`] on [`h100s`]`(test, count, extra)`.
+pub fn open_h100s(test: &str, count: usize, extra: &str) -> (PathBuf, Arc<Nvml>, Vec<String>) {
+    open(test, &h100s(test, count, extra))
+}
+
 /// As [`open`], for a scenario whose faults would block the enumeration:
 /// the GPUs' UUIDs come from `plain` (the same `name`, no faults: the same
 /// UUIDs), enumerated and shut down first; then NVML is opened on `text`,
 /// whose clock starts then.
-#[allow(dead_code)] // not every test binary uses it
 pub fn open_without_enumerating(
     test: &str,
     plain: &str,
@@ -65,4 +96,55 @@ pub fn tracked(ids: &[String], group: &str) -> Vec<TrackedDevice> {
             group: group.into(),
         })
         .collect()
+}
+
+/// The hang tests' engine: extended stats, [`TIMEOUT`], `max_workers`, the
+/// GPUs of `ids` tracked in group "H100" (checked to make no NVML call: it
+/// returns within the deadline whatever the GPUs do).
+pub fn hang_engine(nvml: &Arc<Nvml>, ids: &[String], max_workers: usize) -> Engine {
+    let mut engine = Engine::new(
+        Arc::clone(nvml),
+        EngineConfig {
+            extended: true,
+            timeout: TIMEOUT,
+            max_workers,
+            ..EngineConfig::default()
+        },
+    );
+    let t = Instant::now();
+    engine.track(tracked(ids, "H100"));
+    assert!(t.elapsed() < TIMEOUT, "track() took {:?}", t.elapsed());
+    engine
+}
+
+/// Where the GPU at `gpu` in `ids` (scenario order) is in `read_all()`'s
+/// samples, which go by UUID.
+pub fn places(ids: &[String]) -> impl Fn(usize) -> usize + '_ {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    move |gpu| sorted.iter().position(|u| *u == ids[gpu]).unwrap()
+}
+
+/// One tick, checked to end within the deadline (plus [`SLACK`]).
+pub fn bounded_tick(engine: &mut Engine) -> Vec<DeviceSample> {
+    let t = Instant::now();
+    let samples = engine.read_all();
+    assert!(
+        t.elapsed() < TIMEOUT + SLACK,
+        "a tick took {:?}",
+        t.elapsed()
+    );
+    samples
+}
+
+/// A bounded wait, not a timing assertion: `f` every 50 ms until it gives
+/// a value, for at most a minute.
+pub fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..1200 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(v) = f() {
+            return Some(v);
+        }
+    }
+    None
 }
