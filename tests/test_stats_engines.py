@@ -4,6 +4,7 @@ values as NVML reports them, N/A on faults, a hung GPU, engine selection."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,29 +14,14 @@ import pynvml
 import pytest
 from stats_sim import decode, nvml_session, tracked_devices, value_form
 
-from nomad_device_nvidia.nvidia import stats_python
+from nomad_device_nvidia.nvidia import stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
 from nomad_device_nvidia.nvidia.grouping import share_ids
 from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
 from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
 
-STANDARD = {
-    s.name: s
-    for s in (
-        stats_python.POWER,
-        stats_python.GPU_UTIL,
-        stats_python.MEM_UTIL,
-        stats_python.ENC_UTIL,
-        stats_python.DEC_UTIL,
-        stats_python.TEMPERATURE,
-        stats_python.MEMORY,
-        stats_python.BAR1,
-        stats_python.ECC_L1,
-        stats_python.ECC_L2,
-        stats_python.ECC_DEVICE,
-    )
-}
+STANDARD = {s.name: s for s in stats_vocabulary.STANDARD}
 
 MIXED = """
 name = "stats-mixed"
@@ -195,7 +181,7 @@ def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
             ticks = [decode(engine.collect()) for _ in range(4)]
         finally:
             engine.close()
-    names = {s.name: s for s in stats_python.GPM_STATS}
+    names = {s.name: s for s in stats_vocabulary.GPM_STATS}
     assert list(names) == GPM_NAMES
     for n, resp in enumerate(ticks):
         stats = {dev: ds for g in resp.groups for dev, ds in g.instance_stats.items()}
@@ -500,3 +486,46 @@ def test_engine_choice(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
 def test_native_engine_reports_a_missing_library() -> None:
     with pytest.raises(RuntimeError, match="cannot load NVML.*no-such-lib"):
         NativeStatsEngine(EngineOptions(library="/nonexistent/no-such-lib.so"))
+
+
+def _key(name: str) -> bytes:
+    """A map entry's key as encoded (field 1, length, text): where a stat or topic starts."""
+    return b"\x0a" + bytes([len(name)]) + name.encode()
+
+
+def test_native_bytes_follow_the_vocabulary_table(tmp_path: Path) -> None:
+    # One H100: the nested topics (in the table's order, GPM last), then the
+    # standard stats in the table's order, as the Rust code generated from
+    # stats_vocabulary.json writes them. (The python engine's map order is
+    # protobuf's own; the other tests compare its contents.)
+    with nvml_session(write(tmp_path, 'name = "stats-order"\n[[gpus]]\nmodel = "h100-sxm5-80gb"\n')):
+        engine = make_stats_engine("native", extended=True)
+        try:
+            engine.track(tracked_devices())
+            engine.collect()  # the first GPM tick has no interval; the second has every stat
+            data = engine.collect()
+        finally:
+            engine.close()
+    names: list[str] = []
+    for topic, stats in stats_vocabulary.EXTENDED:
+        names += [topic, *(s.name for s in stats)]
+    names += [stats_vocabulary.GPM, *(s.name for s in stats_vocabulary.GPM_STATS)]
+    names += [s.name for s in stats_vocabulary.STANDARD]
+    at = [data.find(_key(n)) for n in names]
+    assert -1 not in at, [n for n, i in zip(names, at) if i < 0]
+    assert at == sorted(at), [n for n, _ in sorted(zip(names, at), key=lambda p: p[1])]
+    (ds,) = decode(data).groups[0].instance_stats.values()
+    assert ds.summary == ds.stats.attributes[stats_vocabulary.SUMMARY.name]
+
+
+def test_the_engines_do_not_import_their_chooser() -> None:
+    # stats_engine picks an engine and imports both; they import only the shared
+    # contract (stats_types) and the vocabulary, so there is no import cycle.
+    code = (
+        "import sys\n"
+        "import nomad_device_nvidia.nvidia.stats_python, nomad_device_nvidia.nvidia.stats_native\n"
+        "print('nomad_device_nvidia.nvidia.stats_engine' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
