@@ -529,3 +529,13 @@ def test_the_engines_do_not_import_their_chooser() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_docs_show_every_stat_of_the_table() -> None:
+    # docs/stats.md renders the table for operators: a row per stat, as sent.
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "stats.md").read_text()
+    rows = [f"| {s.name} | {s.unit} | {s.desc} |" for s in stats_vocabulary.STANDARD]
+    rows += [f"| {t} | {s.name} | {s.unit} | {s.desc} |" for t, stats in stats_vocabulary.EXTENDED for s in stats]
+    rows += [f"| {s.name} | {s.unit} | {s.desc} | `{s.nvml_metric}` |" for s in stats_vocabulary.GPM_STATS]
+    missing = [r for r in rows if r not in doc]
+    assert not missing, f"docs/stats.md lacks rows for {missing}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 
@@ -26,8 +26,10 @@ class GpmStat(Stat):
 
 
 def _load() -> dict[str, Any]:
-    text = resources.files(__package__ or "nomad_device_nvidia.nvidia").joinpath("stats_vocabulary.json").read_text()
-    doc: dict[str, Any] = json.loads(text)
+    # Beside this file, in the source tree and in the installed wheel alike (a package
+    # with a native extension is never imported from a zip); importlib.resources would
+    # only add import time.
+    doc: dict[str, Any] = json.loads(Path(__file__).with_name("stats_vocabulary.json").read_text(encoding="utf-8"))
     return doc
 
 
