@@ -146,11 +146,8 @@ func nodeDevicesJSON(devs []*structs.NodeDeviceResource) []fields {
 	for _, d := range devs {
 		instances := make([]fields, 0, len(d.Instances))
 		for _, inst := range d.Instances {
-			f := fields{"id": inst.ID, "healthy": inst.Healthy, "health_desc": inst.HealthDescription, "pci_bus_id": nil}
-			if inst.Locality != nil {
-				f["pci_bus_id"] = inst.Locality.PciBusID
-			}
-			instances = append(instances, f)
+			instances = append(instances, instanceJSON(inst.ID, inst.Healthy, inst.HealthDescription,
+				busID(inst.Locality, func(l *structs.NodeDeviceLocality) string { return l.PciBusID })))
 		}
 		attrs := fields{}
 		for k, a := range d.Attributes {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -22,7 +23,7 @@ import (
 // (phase "idle" or "stats", interval_ms, window_s, cpu_ms_per_s from the
 // threads' schedstat run time, cpu_ms_per_s_ticks from utime+stime,
 // responses and responses_per_s, threads, rss_kib, hwm_kib at the window's
-// end), then shutdown.
+// end, top_threads: the busiest threads by name), then shutdown.
 func runCost(args []string) error {
 	var o launchOpts
 	fs := newFlags("cost", &o)
@@ -30,23 +31,14 @@ func runCost(args []string) error {
 	window := fs.Duration("window", 15*time.Second, "length of each measured phase")
 	settle := fs.Duration("settle", 2*time.Second, "wait after a phase's first answer before measuring")
 	idle := fs.Bool("idle", true, "measure the idle phase (Fingerprint open, no Stats)")
-	var intervals listFlag
-	fs.Var(&intervals, "interval", "a Stats interval to measure (repeatable, in order)")
+	var ivs durationsFlag
+	fs.Var(&ivs, "interval", "a Stats interval to measure (repeatable, in order)")
 	if err := parseFlags(fs, &o, args); err != nil {
 		return err
 	}
-	var ivs []time.Duration
-	for _, v := range intervals {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return usageError{fmt.Sprintf("--interval %q: want a positive duration", v)}
-		}
-		ivs = append(ivs, d)
+	if *window <= 0 || *settle < 0 {
+		return usageError{"--window must be positive and --settle not negative"}
 	}
-	if *window <= 0 {
-		return usageError{"--window must be positive"}
-	}
-
 	t0 := time.Now()
 	s, _, err := startConfigured(cf)
 	if err != nil {
@@ -128,11 +120,25 @@ func runCost(args []string) error {
 	return nil
 }
 
+// durationsFlag is a repeatable positive duration flag.
+type durationsFlag []time.Duration
+
+func (d *durationsFlag) String() string { return fmt.Sprint([]time.Duration(*d)) }
+func (d *durationsFlag) Set(v string) error {
+	iv, err := time.ParseDuration(v)
+	if err != nil || iv <= 0 {
+		return fmt.Errorf("%q: want a positive duration", v)
+	}
+	*d = append(*d, iv)
+	return nil
+}
+
 // procSample is one reading of a process from /proc.
 type procSample struct {
 	at      time.Time
-	runNS   map[string]int64 // per live thread: time on CPU (schedstat), ns
-	ticks   int64            // utime+stime of the whole process, exited threads included
+	runNS   map[string]int64  // per live thread: time on CPU (schedstat), ns
+	comm    map[string]string // per live thread: its name
+	ticks   int64             // utime+stime of the whole process, exited threads included
 	threads int
 	rssKiB  int64
 	hwmKiB  int64
@@ -143,7 +149,7 @@ type procSample struct {
 const clockTicks = 100
 
 func sampleProc(pid int) (procSample, error) {
-	p := procSample{at: time.Now(), runNS: map[string]int64{}}
+	p := procSample{at: time.Now(), runNS: map[string]int64{}, comm: map[string]string{}}
 	dir := fmt.Sprintf("/proc/%d", pid)
 	tasks, err := filepath.Glob(dir + "/task/*/schedstat")
 	if err != nil {
@@ -156,7 +162,11 @@ func sampleProc(pid int) (procSample, error) {
 		}
 		if f := strings.Fields(string(b)); len(f) > 0 {
 			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			p.runNS[filepath.Base(filepath.Dir(t))] = ns
+			tid := filepath.Base(filepath.Dir(t))
+			p.runNS[tid] = ns
+			if c, err := os.ReadFile(filepath.Join(filepath.Dir(t), "comm")); err == nil {
+				p.comm[tid] = strings.TrimSpace(string(c))
+			}
 		}
 	}
 	stat, err := os.ReadFile(dir + "/stat")
@@ -200,10 +210,25 @@ func sampleProc(pid int) (procSample, error) {
 func (p procSample) since(before procSample) fields {
 	secs := p.at.Sub(before.at).Seconds()
 	var run int64
+	type threadCPU struct {
+		tid, comm string
+		ns        int64
+	}
+	var per []threadCPU
 	for tid, ns := range p.runNS {
 		run += ns - before.runNS[tid]
+		per = append(per, threadCPU{tid, p.comm[tid], ns - before.runNS[tid]})
+	}
+	// The busiest threads, to see where an idle plugin spends its CPU.
+	sort.Slice(per, func(i, j int) bool { return per[i].ns > per[j].ns })
+	top := []fields{}
+	for _, t := range per[:min(len(per), 8)] {
+		if t.ns > 0 {
+			top = append(top, fields{"tid": t.tid, "comm": t.comm, "cpu_ms_per_s": float64(t.ns) / 1e6 / secs})
+		}
 	}
 	return fields{
+		"top_threads":        top,
 		"cpu_ms_per_s":       float64(run) / 1e6 / secs,
 		"cpu_ms_per_s_ticks": float64(p.ticks-before.ticks) * 1000 / clockTicks / secs,
 		"threads":            p.threads, "rss_kib": p.rssKiB, "hwm_kib": p.hwmKiB,

@@ -19,10 +19,7 @@ func runLimits(args []string) error {
 	interval := fs.Duration("interval", time.Second, "stats collection interval")
 	within := fs.Duration("within", 5*time.Second, "how long each unary call may take to be answered")
 	reserve := fs.String("reserve", "", "comma-separated device IDs for the timed Reserve")
-	if err := parseFlags(fs, &o, args); err != nil {
-		return err
-	}
-	s, data, err := startConfigured(cf)
+	s, data, err := parseAndStart(fs, cf, args)
 	if err != nil {
 		return err
 	}

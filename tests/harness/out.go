@@ -52,11 +52,8 @@ func groupJSON(g *device.DeviceGroup) fields {
 			devices = append(devices, fields{"nil": true})
 			continue
 		}
-		dev := fields{"id": d.ID, "healthy": d.Healthy, "health_desc": d.HealthDesc, "pci_bus_id": nil}
-		if d.HwLocality != nil {
-			dev["pci_bus_id"] = d.HwLocality.PciBusID
-		}
-		devices = append(devices, dev)
+		devices = append(devices, instanceJSON(d.ID, d.Healthy, d.HealthDesc,
+			busID(d.HwLocality, func(l *device.DeviceLocality) string { return l.PciBusID })))
 	}
 	attrs := fields{}
 	for name, a := range g.Attributes {
@@ -67,6 +64,20 @@ func groupJSON(g *device.DeviceGroup) fields {
 		"devices": devices, "attributes": attrs,
 		"validate_error": errString(g.Validate()),
 	}
+}
+
+// instanceJSON is one device as the plugin (a group's device) or the node
+// (a device resource's instance) reports it.
+func instanceJSON(id string, healthy bool, desc string, pciBusID any) fields {
+	return fields{"id": id, "healthy": healthy, "health_desc": desc, "pci_bus_id": pciBusID}
+}
+
+// busID is the PCI bus ID of a locality, or nil without one.
+func busID[L any](loc *L, get func(*L) string) any {
+	if loc == nil {
+		return nil
+	}
+	return get(loc)
 }
 
 func attributeJSON(a *psstructs.Attribute) fields {

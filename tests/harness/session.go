@@ -95,6 +95,14 @@ func (c configFlags) block() string {
 	return filepath.Base(c.o.plugin)
 }
 
+// parseAndStart parses the command's flags, then startConfigured.
+func parseAndStart(fs *flag.FlagSet, c configFlags, args []string) (*started, []byte, error) {
+	if err := parseFlags(fs, c.o, args); err != nil {
+		return nil, nil, err
+	}
+	return startConfigured(c)
+}
+
 // startConfigured launches the plugin and sends it the HCL config with the
 // client's AgentConfig, as the device manager does; stop it with s.stop().
 func startConfigured(c configFlags) (*started, []byte, error) {
@@ -308,10 +316,7 @@ func runStreams(args []string) error {
 	cycles := fs.Int("cycles", 5, "open/cancel cycles")
 	perCycle := fs.Int("stats-per-cycle", 2, "stats responses to wait for in each cycle")
 	interval := fs.Duration("interval", 100*time.Millisecond, "stats collection interval")
-	if err := parseFlags(fs, &o, args); err != nil {
-		return err
-	}
-	s, _, err := startConfigured(cf)
+	s, _, err := parseAndStart(fs, cf, args)
 	if err != nil {
 		return err
 	}

@@ -71,33 +71,28 @@ func (w *watcher) responseEvent(seq int64, start time.Time, err error, tag field
 }
 
 func watchFingerprint(ch <-chan *device.FingerprintResponse, tag fields, quiet bool) *watcher {
-	w, start := newWatcher(), time.Now()
-	go func() {
-		defer close(w.closed)
-		for resp := range ch {
-			if resp == nil {
-				continue
-			}
-			if resp.Error == nil {
-				w.mu.Lock()
-				w.last = resp.Devices
-				w.mu.Unlock()
-			}
-			n, _ := w.response(resp.Error, 0)
-			if quiet {
-				continue
-			}
-			ev := w.responseEvent(n, start, resp.Error, tag)
-			if resp.Error == nil {
-				ev["groups"] = groupsJSON(resp.Devices)
-			}
-			emit("fingerprint", ev)
+	return watch(ch, "fingerprint", tag, 0, quiet, func(w *watcher, resp *device.FingerprintResponse) error {
+		if resp.Error == nil {
+			w.mu.Lock()
+			w.last = resp.Devices
+			w.mu.Unlock()
 		}
-	}()
-	return w
+		return resp.Error
+	}, func(resp *device.FingerprintResponse) any { return groupsJSON(resp.Devices) })
 }
 
 func watchStats(ch <-chan *device.StatsResponse, tag fields, limit int64, quiet bool) *watcher {
+	return watch(ch, "stats", tag, limit, quiet, func(_ *watcher, resp *device.StatsResponse) error { return resp.Error },
+		func(resp *device.StatsResponse) any { return statsJSON(resp.Groups) })
+}
+
+// watch reads one response channel in a goroutine: read keeps what the
+// watcher needs of a response and returns its error. The first limit
+// responses (all when limit <= 0) are printed as events named event, with
+// their groups when they carry no error, unless quiet (then groups is never
+// called: converting thousands of devices per answer costs CPU).
+func watch[R any](ch <-chan *R, event string, tag fields, limit int64, quiet bool,
+	read func(*watcher, *R) error, groups func(*R) any) *watcher {
 	w, start := newWatcher(), time.Now()
 	go func() {
 		defer close(w.closed)
@@ -105,15 +100,16 @@ func watchStats(ch <-chan *device.StatsResponse, tag fields, limit int64, quiet 
 			if resp == nil {
 				continue
 			}
-			n, show := w.response(resp.Error, limit)
+			err := read(w, resp)
+			n, show := w.response(err, limit)
 			if quiet || !show {
 				continue
 			}
-			ev := w.responseEvent(n, start, resp.Error, tag)
-			if resp.Error == nil {
-				ev["groups"] = statsJSON(resp.Groups)
+			ev := w.responseEvent(n, start, err, tag)
+			if err == nil {
+				ev["groups"] = groups(resp)
 			}
-			emit("stats", ev)
+			emit(event, ev)
 		}
 	}()
 	return w
