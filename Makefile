@@ -88,6 +88,15 @@ bench: build venv
 bench-ci: build venv
 	BENCH_SIZES=8,56 $(VPY) -m pytest benches --benchmark-enable -q
 
+# Our plugin beside HashiCorp's Go plugin on 1 to 4,096 simulated GPUs (benches/side_by_side.py;
+# HASHICORP=<its binary>, built as `benches/side_by_side.py --help` says; without it, ours alone).
+# About 9 minutes on 2 cores (5 alone); writes docs/side-by-side.{json,png,md}. Not in `make test`.
+.PHONY: bench-side-by-side
+bench-side-by-side: native sim
+	$(MAKE) -C tests/harness BIN=$(BUILD)/bin harness
+	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) \
+		--json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
+
 # The full soak: 100,000 Stats ticks on 56 simulated GPUs with stream churn, config
 # changes and driver faults, about 15 minutes; writes docs/soak.json, docs/soak.png and
 # the soak section of docs/reliability.md. A 6,000-tick version runs in `make test` (tests/test_soak.py).
