@@ -22,10 +22,6 @@ pub struct EventSet {
 static SETS: Mutex<Option<HashMap<usize, Arc<EventSet>>>> = Mutex::new(None);
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// Longest sleep between checks, so registrations made while a wait is in progress
-/// are seen promptly.
-const POLL: Duration = Duration::from_millis(20);
-
 fn with_sets<R>(f: impl FnOnce(&mut HashMap<usize, Arc<EventSet>>) -> R) -> R {
     let mut g = SETS.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(HashMap::new))
@@ -97,7 +93,10 @@ impl EventSet {
             if now >= deadline {
                 return Ok(None);
             }
-            let mut nap = (deadline - now).min(POLL);
+            // Asleep until the next thing that can end the wait, as a driver's wait
+            // blocks: a registration made meanwhile needs no wake-up, since it only
+            // matters for events that come due later, and each of those wakes us.
+            let mut nap = deadline - now;
             for ns in next_due.into_iter().chain(self.sim.next_wait_error_in()) {
                 nap = nap.min(Duration::from_nanos(ns));
             }
