@@ -33,9 +33,11 @@ EVENTS = "events"
 
 # An idle worker exits after this long without work.
 _IDLE_EXIT_S = 30.0
-# How often a waiter re-checks a job that has not started a call yet (x4), or a busy lane.
+# How often a submitter re-checks a busy lane.
 _POLL_S = 0.05
-_WAIT_SLICE_S = 0.5
+# The longest a waiter sleeps on a call in flight before it looks again (a
+# deadline lowered by SetConfig meanwhile applies within this).
+_WAIT_SLICE_S = 5.0
 
 
 class CallTimeout(Exception):
@@ -285,12 +287,15 @@ class CallRunner:
     # -- internals (under self._cond) --
 
     def _slice(self, job: Job[object] | Job[T]) -> float:
-        # Until the call in flight would be overdue (so a waiter wakes about once a
-        # call), at most _WAIT_SLICE_S so that close() is noticed.
+        # Until the call in flight would be overdue, so a waiter wakes once a call;
+        # a call that returns wakes it at once (job.done), and every call ends or is
+        # overdue, so close() needs no wake-up of its own.
         started = job.call_started
         if started:
             return max(0.005, min(_WAIT_SLICE_S, started + self._timeout + job.grace - time.monotonic()))
-        return _POLL_S * 4
+        # Not started yet: its first call starts soon (a worker is on its way), and
+        # a call that starts is not overdue before a full timeout anyway.
+        return min(_WAIT_SLICE_S, self._timeout + job.grace)
 
     def _check_overdue(self, job: Job[object] | Job[T]) -> None:
         call = job.overdue(self._timeout, time.monotonic())
