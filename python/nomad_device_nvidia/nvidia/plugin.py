@@ -28,15 +28,16 @@ from nomad_device_nvidia.sdk import (
     Reservation,
     ReservationRefused,
 )
+from nomad_device_nvidia.sdk.streams import StopEvent
 
 if TYPE_CHECKING:
-    from nomad_device_nvidia._proto.nomad import device_pb2, hclspec_pb2
     from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
+    from nomad_device_nvidia.sdk.hclspec import Spec
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "nvidia-gpu"
-# How often a waiting stream looks at its stop event; bounds how late it returns.
+# How often a wait looks at a stop event that cannot wake it; bounds how late it returns.
 _STOP_CHECK_S = 0.2
 # The least time between two fingerprint answers of one stream.
 _COALESCE_S = 0.05
@@ -89,7 +90,7 @@ class NvidiaDevicePlugin(DevicePlugin):
     def info(self) -> PluginInfo:
         return PluginInfo(name=PLUGIN_NAME, version=_plugin_version())
 
-    def config_spec(self) -> hclspec_pb2.Spec:
+    def config_spec(self) -> Spec:
         return config_spec()
 
     def set_config(self, config: Mapping[str, Any]) -> None:
@@ -126,11 +127,14 @@ class NvidiaDevicePlugin(DevicePlugin):
             kick.set()
 
     def _wait(self, stop: threading.Event, kick: threading.Event, until: float) -> None:
+        # The SDK's StopEvent wakes `kick` itself (linked in `fingerprint`), so
+        # the wait sleeps through; a plain Event is looked at every _STOP_CHECK_S.
+        step = None if isinstance(stop, StopEvent) else _STOP_CHECK_S
         while not stop.is_set() and not kick.is_set() and not self._closed:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
-            kick.wait(min(remaining, _STOP_CHECK_S))
+            kick.wait(remaining if step is None else min(remaining, step))
 
     def _start_watch(self, stop: threading.Event | None) -> bool:
         """Start NVML's watch and wait (bounded) for its first scan; False when stopped meanwhile."""
@@ -172,6 +176,8 @@ class NvidiaDevicePlugin(DevicePlugin):
         kick = threading.Event()
         with self._lock:
             self._subscribers.add(kick)
+        if isinstance(stop, StopEvent):
+            stop.on_set(kick.set)
         try:
             yield from self._fingerprint_loop(stop, kick)
         finally:
@@ -199,9 +205,10 @@ class NvidiaDevicePlugin(DevicePlugin):
             self._wait(stop, kick, answered + cfg.fingerprint_period)
             # Changes that come in a burst (an XID storm) make one answer per
             # _COALESCE_S, not one each: the first is not delayed.
-            self._wait(stop, threading.Event(), answered + _COALESCE_S)
+            if time.monotonic() < answered + _COALESCE_S:
+                stop.wait(answered + _COALESCE_S - time.monotonic())
 
-    def stats(self, interval: float, stop: threading.Event) -> Generator[bytes | device_pb2.StatsResponse, None, None]:
+    def stats(self, interval: float, stop: threading.Event) -> Generator[bytes, None, None]:
         if not self._config.enabled:
             raise PluginDisabled()
         if self._closed or not self._start_watch(stop):

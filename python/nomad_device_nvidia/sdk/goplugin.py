@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from nomad_device_nvidia._proto.goplugin import (
     grpc_broker_pb2,
@@ -21,7 +24,8 @@ from nomad_device_nvidia._proto.goplugin import (
     grpc_stdio_pb2,
 )
 from nomad_device_nvidia.sdk.limits import BROKER, STDIO
-from nomad_device_nvidia.sdk.services import StreamRegistry
+from nomad_device_nvidia.sdk.services import Abort, answering_stream, finish, open_stream
+from nomad_device_nvidia.sdk.streams import StreamRegistry, stopped
 
 HEALTH_SERVICE_NAME = "plugin"
 
@@ -33,36 +37,47 @@ def _empty_from(data: bytes) -> object:
 
 
 class GoPluginServices:
+    """Build inside the running event loop (the health servicer binds to it)."""
+
     def __init__(self, request_shutdown: Callable[[], None], streams: StreamRegistry) -> None:
         self._request_shutdown = request_shutdown
         self._streams = streams
-        self.health = health.HealthServicer()
-        self.health.set(HEALTH_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.health = health_aio.HealthServicer()
 
-    def Shutdown(self, request: grpc_controller_pb2.Empty, context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
+    async def start(self) -> None:
+        await self.health.set(HEALTH_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    async def Shutdown(self, request: grpc_controller_pb2.Empty,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> grpc_controller_pb2.Empty:
         self._request_shutdown()
         return grpc_controller_pb2.Empty()
 
-    def StreamStdio(self, request: object, context: grpc.ServicerContext) -> Iterator[grpc_stdio_pb2.StdioData]:
-        stop = self._streams.open(context, STDIO)
+    async def StreamStdio(self, request: object,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[grpc_stdio_pb2.StdioData]:
+        stop = open_stream(self._streams, context, STDIO)
         try:
-            stop.wait()
+            await stopped(stop)
         finally:
             self._streams.close(stop)
         return
         yield  # pragma: no cover - makes this a generator
 
-    def StartStream(self, requests: Iterator[grpc_broker_pb2.ConnInfo], context: grpc.ServicerContext) -> Iterator[grpc_broker_pb2.ConnInfo]:
-        stop = self._streams.open(context, BROKER)
+    async def StartStream(self, requests: AsyncIterator[grpc_broker_pb2.ConnInfo],
+                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[grpc_broker_pb2.ConnInfo]:
         try:
-            for _ in requests:
+            stop = open_stream(self._streams, context, BROKER)
+        except Abort as abort:
+            finish(context, abort.code, abort.message)
+            return
+        try:
+            async for _ in requests:
                 pass  # no sub-plugins to connect
         finally:
             self._streams.close(stop)
         return
         yield  # pragma: no cover
 
-    def register(self, server: grpc.Server) -> None:
+    def register(self, server: grpc.aio.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler("plugin.GRPCController", {
@@ -71,7 +86,7 @@ class GoPluginServices:
             }),
             grpc.method_handlers_generic_handler("plugin.GRPCStdio", {
                 "StreamStdio": grpc.unary_stream_rpc_method_handler(
-                    self.StreamStdio, _empty_from, grpc_stdio_pb2.StdioData.SerializeToString),
+                    answering_stream(self.StreamStdio), _empty_from, grpc_stdio_pb2.StdioData.SerializeToString),
             }),
             grpc.method_handlers_generic_handler("plugin.GRPCBroker", {
                 "StartStream": grpc.stream_stream_rpc_method_handler(
@@ -79,5 +94,5 @@ class GoPluginServices:
             }),
         ))
 
-    def set_not_serving(self) -> None:
-        self.health.enter_graceful_shutdown()
+    async def set_not_serving(self) -> None:
+        await self.health.enter_graceful_shutdown()

@@ -1,10 +1,10 @@
 """Bounds that keep one plugin process answering whatever a client opens or sends.
 
-grpcio's sync server runs every RPC on a worker thread, and a stream holds its
-worker for as long as it is open. So each kind of stream has a bound, and the
-worker pool is sized to the sum of the bounds plus workers that only unary
-calls (PluginInfo, ConfigSchema, SetConfig, Reserve, Shutdown, health) can
-get: however many streams are open, a unary call finds a free worker.
+The server is grpc.aio: go-plugin's own streams cost no thread, but a
+plugin's stream runs its iterator on a thread of its own while open, so each
+kind of stream has a bound. SetConfig and Reserve run on a pool of
+`unary_workers` threads that no stream can take: however many streams are
+open, a unary call is answered.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Limits:
     # go-plugin's host opens one stdio and one broker stream per connection.
     stdio_streams: int = 4
     broker_streams: int = 4
-    # Workers no stream can take.
+    # Threads for SetConfig and Reserve (idle ones exit); no stream can take them.
     unary_workers: int = 8
     # Largest request grpcio accepts (its default is 4 MiB): room for a
     # Reserve of 100,000 GPU UUIDs; larger ones get RESOURCE_EXHAUSTED from grpcio.
@@ -59,8 +59,8 @@ class Limits:
 
     @property
     def workers(self) -> int:
-        return (self.fingerprint_streams + self.stats_streams + self.stdio_streams + self.broker_streams
-                + self.unary_workers)
+        """The most threads the server's streams and unary calls take at once."""
+        return self.fingerprint_streams + self.stats_streams + self.unary_workers
 
 
 DEFAULT_LIMITS = Limits()

@@ -3,41 +3,54 @@
 The process stops on: the controller's Shutdown, SIGTERM or SIGINT, or the
 death of the process that launched it (Nomad's agent killed with SIGKILL must
 not leave us orphaned); see `stopping` for how none of these can deadlock.
-Streams are bounded per kind and the worker pool sized so that unary calls
-always find a worker (`limits`).
+Streams are bounded per kind (`limits`). The server is grpc.aio on the main
+thread's event loop: an idle plugin has no thread of ours that wakes up, and
+each open stream costs one thread of the plugin's (see `streams`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import socket
 import sys
-from collections.abc import Mapping
-from concurrent import futures
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
-import grpc
+import grpc.aio
 
 from nomad_device_nvidia.sdk import handshake
 from nomad_device_nvidia.sdk.goplugin import GoPluginServices
 from nomad_device_nvidia.sdk.handshake import HandshakeError, Listener
 from nomad_device_nvidia.sdk.limits import DEFAULT_LIMITS, Limits
 from nomad_device_nvidia.sdk.plugin import DevicePlugin
-from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService, StreamRegistry
+from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService
 from nomad_device_nvidia.sdk.stopping import SHUTDOWN_RPC, StopRequests, describe, remove_dir
+from nomad_device_nvidia.sdk.streams import Offload, StreamRegistry
 
 if TYPE_CHECKING:  # ssl and the relay load only when the host asks for AutoMTLS
     from nomad_device_nvidia.sdk.tls import ServerTLS, TLSRelay
 
 log = logging.getLogger(__name__)
 
+B = TypeVar("B")
+
+
+def _first_port(env: Mapping[str, str], bind: Callable[[int], B | None]) -> B:
+    """What `bind` gives for the first port of the plugin port range it can bind."""
+    for port in handshake.tcp_port_range(env):
+        bound = bind(port)
+        if bound is not None:
+            return bound
+    raise HandshakeError("no free tcp port in the plugin port range")
+
 
 class _Endpoint:
     """Binds the gRPC server where the host will connect, directly or behind the TLS relay."""
 
-    def __init__(self, server: grpc.Server, network: str, env: Mapping[str, str], sock_dir: str,
+    def __init__(self, server: grpc.aio.Server, network: str, env: Mapping[str, str], sock_dir: str,
                  limits: Limits) -> None:
         self._server = server
         self._limits = limits
@@ -57,10 +70,8 @@ class _Endpoint:
                 if not self._add(f"unix:{path}"):
                     raise HandshakeError(f"cannot listen on unix socket {path}")
                 return Listener("unix", path)
-            for port in handshake.tcp_port_range(self._env):
-                if self._add(f"127.0.0.1:{port}"):
-                    return Listener("tcp", f"127.0.0.1:{port}")
-            raise HandshakeError("no free tcp port in the plugin port range")
+            return _first_port(self._env, lambda port: Listener("tcp", f"127.0.0.1:{port}")
+                               if self._add(f"127.0.0.1:{port}") else None)
         backend = os.path.join(self._dir, "grpc.sock")
         if not self._add(f"unix:{backend}"):
             raise HandshakeError(f"cannot listen on unix socket {backend}")
@@ -84,15 +95,17 @@ class _Endpoint:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
             return sock, Listener("unix", path)
-        for port in handshake.tcp_port_range(self._env):
+
+        def bind(port: int) -> tuple[socket.socket, Listener] | None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 sock.close()
-                continue
+                return None
             return sock, Listener("tcp", f"127.0.0.1:{port}")
-        raise HandshakeError("no free tcp port in the plugin port range")
+
+        return _first_port(self._env, bind)
 
     def close(self) -> None:
         if self._relay is not None:
@@ -121,15 +134,21 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     stops.install()
     stops.serving()
     stops.watch_parent(parent)
+    return asyncio.run(_serve(plugin, network, env, limits, stops))
+
+
+async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], limits: Limits,
+                 stops: StopRequests) -> int:
     streams = StreamRegistry(limits)
     goplugin = GoPluginServices(lambda: stops.request(SHUTDOWN_RPC), streams)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="grpc"),
-                         options=[("grpc.so_reuseport", 0),
-                                  ("grpc.max_receive_message_length", limits.max_request_bytes)],
-                         maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+    await goplugin.start()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_receive_message_length", limits.max_request_bytes)],
+                             maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     goplugin.register(server)
-    server.add_generic_rpc_handlers((BasePluginService(plugin, limits).handler(),
-                                     DevicePluginService(plugin, streams, limits).handler()))
+    offload = Offload(limits.unary_workers, name="plugin-call")
+    server.add_generic_rpc_handlers((BasePluginService(plugin, limits, offload).handler(),
+                                     DevicePluginService(plugin, streams, limits, offload).handler()))
     endpoint: _Endpoint | None = None
     try:
         version = handshake.negotiate_version(env)
@@ -140,7 +159,7 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
 
             tls = auto_mtls(env["PLUGIN_CLIENT_CERT"], endpoint.directory)
         listener = endpoint.bind(tls)
-        server.start()
+        await server.start()
     except (HandshakeError, RuntimeError, OSError) as exc:
         if endpoint is not None:
             endpoint.close()
@@ -154,15 +173,15 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     info = plugin.info()
     log.info("plugin serving", extra={"plugin": info.name, "version": info.version,
                                        "network": listener.network, "address": listener.address})
-    reason = stops.wait()
+    reason = await stops.wait_async()
     stops.ignore_further()
     # From here the process is gone within limits.exit_deadline, whatever hangs.
     stops.exit_by(limits.exit_deadline, 0, remove_dir(endpoint.directory))
     log.info("plugin shutting down", extra={"reason": describe(reason)})
     try:
-        goplugin.set_not_serving()
+        await goplugin.set_not_serving()
         streams.stop_all()
-        server.stop(limits.shutdown_grace).wait()
+        await server.stop(limits.shutdown_grace)
         try:
             plugin.shutdown()
         except Exception:

@@ -6,8 +6,8 @@ whatever it interrupted. If it takes a lock the interrupted code holds (as
 the same Event), it waits for itself for ever. So the signal path takes no
 lock at all: Python's C-level handler writes the signal number to a pipe
 (`signal.set_wakeup_fd`), the Python-level handler does nothing (or, while
-the program is still importing, calls `os._exit`), and the main thread blocks
-reading that pipe. Shutdown and parent death write to the same
+the program is still importing, calls `os._exit`), and the main thread reads
+that pipe (blocking in `wait`, or from its event loop in `wait_async`). Shutdown and parent death write to the same
 pipe (a plain `write(2)`, no lock). The death of the launching process is a
 signal too (`prctl(PR_SET_PDEATHSIG)`), checked against `getppid()`.
 
@@ -138,19 +138,45 @@ class StopRequests:
     def wait(self) -> int:
         """Block until a stop request that holds; returns its reason byte."""
         while True:
-            data = os.read(self._read, 1)
-            if not data:
-                return PARENT_GONE  # cannot happen while we hold the write end
-            reason = data[0]
-            # PR_SET_PDEATHSIG also fires when only the parent's thread that
-            # started us exits; the parent process is gone only if getppid changed.
-            if reason == PARENT_SIGNAL and self._parent != -1 and os.getppid() == self._parent:
-                import logging
+            reason = self._take(os.read(self._read, 1))
+            if reason is not None:
+                return reason
 
-                logging.getLogger(__name__).debug("the thread that started the plugin exited; its process lives on",
-                          extra={"parent_pid": self._parent})
-                continue
-            return reason
+    async def wait_async(self) -> int:
+        """`wait` for an event loop: the pipe is read when it is readable, nothing polls."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while True:
+            readable: asyncio.Future[None] = loop.create_future()
+
+            def ready(future: asyncio.Future[None] = readable) -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            loop.add_reader(self._read, ready)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(self._read)
+            reason = self._take(os.read(self._read, 1))
+            if reason is not None:
+                return reason
+
+    def _take(self, data: bytes) -> int | None:
+        """The reason a byte from the pipe stands for, or None when it is no stop."""
+        if not data:
+            return PARENT_GONE  # cannot happen while we hold the write end
+        reason = data[0]
+        # PR_SET_PDEATHSIG also fires when only the parent's thread that
+        # started us exits; the parent process is gone only if getppid changed.
+        if reason == PARENT_SIGNAL and self._parent != -1 and os.getppid() == self._parent:
+            import logging
+
+            logging.getLogger(__name__).debug("the thread that started the plugin exited; its process lives on",
+                                              extra={"parent_pid": self._parent})
+            return None
+        return reason
 
     def exit_by(self, seconds: float, code: int, cleanup: Callable[[], None]) -> None:
         """From now, the process ends within `seconds`: `cleanup`, then `os._exit(code)`."""
