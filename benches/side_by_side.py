@@ -19,11 +19,13 @@ initialises NVML before it answers; ours does at SetConfig).
     .venv/bin/python benches/side_by_side.py --hashicorp /tmp/hashicorp-nvidia/nomad-device-nvidia \\
         --json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
                                    # = make bench-side-by-side HASHICORP=/tmp/hashicorp-nvidia/nomad-device-nvidia
-    .venv/bin/python benches/side_by_side.py --quick                   # ours alone, 8 and 512 GPUs, 3 s windows
+    .venv/bin/python benches/side_by_side.py --quick                   # ours alone, 8 and 512 GPUs, 5 s windows
 
 Without --hashicorp only our plugin runs. The full run (5 sizes, 15 s windows, 10
 launches) took 9 minutes (548 s) with both plugins on a 2-core machine, so about 5 with
-ours alone; --quick about half a minute per plugin. Prerequisites: `make native sim` and
+ours alone; --quick about 40 s per plugin. Keep windows a multiple of 5 s: our plugin
+probes every GPU once per `health.probe_interval` (5 s), so a shorter window may miss the
+probe and understate its idle cost. Prerequisites: `make native sim` and
 `make -C tests/harness BIN=$PWD/build/bin harness` (or `make bench-side-by-side`, which
 does both and writes docs/side-by-side.{json,png,md}). `--from FILE.json` redraws the
 table, plot and page of an earlier run without measuring.
@@ -246,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help=f"comma-separated GPU counts among {','.join(map(str, SIZES))} (default: all; --quick: "
                     f"{','.join(map(str, QUICK_SIZES))})")
     ap.add_argument("--intervals", default="1s,100ms", help="Stats intervals, comma-separated (default: %(default)s)")
-    ap.add_argument("--window", type=parse_duration, help="length of each measured phase (default 15s; --quick 3s)")
+    ap.add_argument("--window", type=parse_duration, help="length of each measured phase (default 15s; --quick 5s)")
     ap.add_argument("--settle", type=parse_duration, help="wait after a stream's first answer (default 2s; --quick 1s)")
     ap.add_argument("--launches", type=int, help="launches for the handshake median (default 10; --quick 3)")
-    ap.add_argument("--quick", action="store_true", help="sizes 8 and 512, 3 s windows, 3 launches")
+    ap.add_argument("--quick", action="store_true", help="sizes 8 and 512, 5 s windows, 3 launches")
     ap.add_argument("--json", type=Path, help="write the results here ('-': print them after the table)")
     ap.add_argument("--plot", type=Path, help="write the plot here (PNG)")
     ap.add_argument("--doc", type=Path, help="write a markdown page with the table (and the plot, when beside it) here")
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.doc:
             doc(data, opts.plot, opts.doc)
         return 0
-    opts.window = opts.window or (3.0 if opts.quick else 15.0)
+    opts.window = opts.window or (5.0 if opts.quick else 15.0)
     opts.settle = opts.settle or (1.0 if opts.quick else 2.0)
     opts.launches = opts.launches or (3 if opts.quick else 10)
     sizes = [int(s) for s in opts.sizes.split(",")] if opts.sizes else list(QUICK_SIZES if opts.quick else SIZES)
