@@ -31,8 +31,9 @@ P = ParamSpec("P")
 SYSTEM = "system"
 EVENTS = "events"
 
-# An idle worker exits after this long without work.
-_IDLE_EXIT_S = 30.0
+# An idle worker exits after this long without work (a burst's extra workers go
+# soon; the one or two that steady work keeps busy stay).
+_IDLE_EXIT_S = 10.0
 # How often a submitter re-checks a busy lane.
 _POLL_S = 0.05
 # The longest a waiter sleeps on a call in flight before it looks again (a
@@ -158,7 +159,11 @@ class CallRunner:
         self._max_workers = max(1, max_workers)
         self._name = name
         lock = threading.Lock()
-        self._cond = threading.Condition(lock)  # workers wait here for work
+        self._lock = lock
+        self._cond = threading.Condition(lock)
+        # Idle workers, each on a condition of its own, the latest idle last: work
+        # goes to the worker that idled last, so the others time out and exit.
+        self._sleepers: list[threading.Condition] = []
         self._freed = threading.Condition(lock)  # submitters wait here for a busy lane
         self._queue: deque[Job[object]] = deque()
         self._lanes: dict[Hashable, Job[object]] = {}  # lane -> job started or queued there
@@ -173,7 +178,6 @@ class CallRunner:
             raise ValueError(f"timeout must be positive, got {timeout}")
         with self._cond:
             self._timeout = timeout
-            self._cond.notify_all()
 
     def on_return(self, callback: Callable[[Hashable], None]) -> None:
         """`callback(lane)` runs (on the worker) when a call that was overdue finally returns."""
@@ -202,7 +206,8 @@ class CallRunner:
         """Refuse new work; idle workers exit (busy ones when their job returns)."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            for sleeper in self._sleepers:
+                sleeper.notify()
             self._freed.notify_all()
 
     # -- submitting and waiting --
@@ -320,7 +325,8 @@ class CallRunner:
         job: Job[T] = Job(self, lane, work, grace)
         self._lanes[lane] = job  # type: ignore[assignment]
         self._queue.append(job)  # type: ignore[arg-type]
-        self._cond.notify()
+        if self._sleepers:
+            self._sleepers.pop().notify()
         self._spawn_if_needed()
         return job
 
@@ -332,6 +338,7 @@ class CallRunner:
             threading.Thread(target=self._worker, name=f"{self._name}-call", daemon=True).start()
 
     def _worker(self) -> None:
+        wake = threading.Condition(self._lock)
         with self._cond:
             try:
                 while True:
@@ -340,7 +347,10 @@ class CallRunner:
                         left = idle_since + _IDLE_EXIT_S - time.monotonic()
                         if self._closed or left <= 0:
                             return
-                        self._cond.wait(left)
+                        self._sleepers.append(wake)
+                        wake.wait(left)
+                        if wake in self._sleepers:  # timed out (a notify pops it)
+                            self._sleepers.remove(wake)
                     job = self._queue.popleft()
                     self._idle -= 1
                     self._running.add(job)

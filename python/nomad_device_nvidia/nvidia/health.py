@@ -18,13 +18,14 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
-from nomad_device_nvidia.nvidia.calls import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.calls import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import HealthConfig
 from nomad_device_nvidia.nvidia.nvml_session import DRIVER_GONE_CODES
 from nomad_device_nvidia.nvidia.fingerprint import (
@@ -256,22 +257,37 @@ def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTi
         book.mark(dev.id, READ, str(timeout))
 
 
+# Probes in flight at once (see probe_all).
+_PROBES_AT_ONCE = 1
+
+
 def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
-    """Probe every physical GPU on its own lane, in parallel; returns the NVML error codes seen."""
-    jobs = []
-    for uuid, members in physical_devices(devices).items():
-        try:
-            jobs.append((members, runner.submit(uuid, functools.partial(_probe_work, members))))
-        except CallTimeout as exc:  # still blocked since an earlier call
-            record_stuck(book, members, exc)
+    """Probe every physical GPU on its own lane, `_PROBES_AT_ONCE` at a time; returns the NVML error codes seen.
+
+    One at a time is enough for calls that take microseconds, and keeps an idle
+    plugin at one worker for probes instead of one per GPU. A GPU whose probe
+    blocks holds the round up to the call deadline once; from then its lane
+    refuses at once, and the others keep their pace.
+    """
+    todo = deque(physical_devices(devices).items())
+    pending: deque[tuple[Sequence[GpuDevice], Job[ProbeResult]]] = deque()
     seen: set[int] = set()
-    for members, job in jobs:
+    while todo or pending:
+        while todo and len(pending) < _PROBES_AT_ONCE:
+            uuid, members = todo.popleft()
+            try:
+                pending.append((members, runner.submit(uuid, functools.partial(_probe_work, members))))
+            except CallTimeout as exc:  # still blocked since an earlier call
+                record_stuck(book, members, exc)
+        if not pending:
+            continue
+        probed, job = pending.popleft()
         try:
             result = runner.wait(job)
         except CallTimeout as exc:
-            record_stuck(book, members, exc)
+            record_stuck(book, probed, exc)
             continue
-        record_probe(book, members, result)
+        record_probe(book, probed, result)
         seen.update(int(e.value) for e in result.errors.values() if e is not None)
     return seen
 
