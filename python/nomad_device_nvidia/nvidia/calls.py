@@ -173,6 +173,10 @@ class CallRunner:
         self._closed = False
         self._on_return: list[Callable[[Hashable], None]] = []
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     def set_timeout(self, timeout: float) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -212,7 +216,8 @@ class CallRunner:
 
     # -- submitting and waiting --
 
-    def try_submit(self, lane: Hashable, work: Callable[[Calls], T], until: float = 0.0) -> Job[T] | None:
+    def try_submit(self, lane: Hashable, work: Callable[[Calls], T], until: float = 0.0, *,
+                   grace: float = 0.0) -> Job[T] | None:
         """Queue `work` on `lane` once it is free, waiting for it until time.monotonic()
         reaches `until` at most; None when it is still busy then, or its call is overdue."""
         with self._cond:
@@ -221,7 +226,7 @@ class CallRunner:
                     raise RunnerClosed("the plugin is shutting down")
                 busy = self._lanes.get(lane)
                 if busy is None:
-                    return self._enqueue(lane, work, 0.0)
+                    return self._enqueue(lane, work, grace)
                 now = time.monotonic()
                 if now >= until or busy.overdue(self._timeout, now):
                     return None

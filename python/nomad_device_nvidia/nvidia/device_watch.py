@@ -311,6 +311,7 @@ class DeviceWatch:
             return
         if cfg.health.enabled:
             events.configure(cfg.health)
+            events.start()  # again, if the events lane was still busy when it was made
         else:
             log.info("health monitoring disabled by config; stopping the NVML event watcher")
             events.stop(timeout=1.0)
@@ -405,6 +406,10 @@ class DeviceWatch:
         # GPU is found back (and how a GPU is found lost without any event).
         fabric_waiting = self._book.having(FABRIC)
         codes = probe_all(self._runner, inventory.devices, self._book)
+        with self._lock:
+            events = self._events
+        if events is not None:
+            events.check()  # a blocked event wait cannot say so itself
         if codes & DRIVER_GONE_CODES:
             self._kick.set()  # scan now: the scan decides whether the driver is gone
         if fabric_waiting - self._book.having(FABRIC):

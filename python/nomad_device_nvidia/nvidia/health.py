@@ -302,11 +302,14 @@ _XIDS_LISTED = 3
 
 
 class EventWatcher:
-    """A thread that waits on NVML events (XIDs, double-bit ECC) and marks the devices concerned.
+    """Waits on NVML events (XIDs, double-bit ECC) and marks the devices concerned.
 
-    The waits run on the runner's events lane: a wait that blocks past the
-    deadline is reported once and health relies on the probes meanwhile.
-    `on_trouble` is called when reading events fails (the caller probes then).
+    It runs as one long job on the runner's events lane (a worker, no thread
+    of its own): it waits, handles what came, and waits again. A wait that
+    blocks past the deadline cannot report itself, so the device watch calls
+    `check` at each probe round: it is reported once there, and health relies
+    on the probes until the wait returns. `on_trouble` is called when reading
+    events fails (the caller probes then).
     """
 
     def __init__(
@@ -326,7 +329,7 @@ class EventWatcher:
         self._devices: tuple[GpuDevice, ...] = ()
         self._resync = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._job: Job[None] | None = None
         self._event_set: Any = None
         self._by_address: dict[int, str] = {}
         self._registered: set[str] = set()  # physical GPU UUIDs registered on the set
@@ -346,41 +349,53 @@ class EventWatcher:
             self._resync.set()
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._job is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="nvidia-events", daemon=True)
-        self._thread.start()
+        try:
+            # Not waiting: an earlier watcher's last wait may still hold the lane;
+            # the device watch calls start again on its next round.
+            self._job = self._runner.try_submit(EVENTS, self._run, grace=self._wait_ms / 1000)
+        except RunnerClosed:
+            pass
 
     @property
     def alive(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        job = self._job
+        return job is not None and not job.done.is_set()
+
+    def check(self) -> None:
+        """Report a wait blocked past the deadline (called from the device watch's probe rounds)."""
+        call = self._runner.stuck_lanes().get(EVENTS)
+        if call:
+            self._trouble(str(CallTimeout(call, self._runner.timeout, EVENTS)))
 
     def stop(self, timeout: float | None = 2.0) -> bool:
-        """Stop the thread; False when it has not ended after `timeout` (None: do not wait)."""
+        """Stop the watcher; False when it has not ended after `timeout` (None: do not wait)."""
         self._stop.set()
-        thread = self._thread
-        if thread is None:
+        job = self._job
+        if job is None:
             return True
         if timeout is None:
-            return not thread.is_alive()
-        thread.join(timeout=timeout)
-        if thread.is_alive():
+            return job.done.is_set()
+        if not job.done.wait(timeout):
             log.warning("the NVML event watcher has not stopped after %.0fs", timeout)
             return False
-        self._thread = None
+        self._job = None
         return True
 
-    # -- the thread --
+    # -- the job --
 
-    def _run(self) -> None:
+    def _run(self, c: Calls) -> None:
+        # Named for what it does while it does it (thread dumps, py-spy).
+        worker = threading.current_thread()
+        worker_name, worker.name = worker.name, "nvidia-events"
         try:
             while not self._stop.is_set():
                 if self._resync.is_set():
                     self._resync.clear()
                     self._register()
                 if self._event_set is not None:
-                    self._wait_for_event()
+                    self._wait_for_event(c)
                 else:
                     self._stop.wait(self._wait_ms / 1000)
         except RunnerClosed:
@@ -389,6 +404,7 @@ class EventWatcher:
             log.exception("the NVML event watcher stopped unexpectedly")
         finally:
             self._free()
+            worker.name = worker_name
 
     def _trouble(self, why: str) -> None:
         if not self._failing:
@@ -460,27 +476,18 @@ class EventWatcher:
         if unsupported:
             log.info("XID events not supported on %d GPU(s), e.g. %s", len(unsupported), unsupported[0])
 
-    def _wait_for_event(self) -> None:
+    def _wait_for_event(self, c: Calls) -> None:
         wait_ms = self._wait_ms
         event_set = self._event_set
-
-        def wait(c: Calls) -> list[Any]:
-            # One wait, then whatever else is waiting, in one job: a storm of XIDs
-            # costs one hand-off per batch, not per event.
-            events = [c(pynvml.nvmlEventSetWait_v2, event_set, wait_ms)]
-            while len(events) < _EVENT_BATCH:
+        try:
+            # One wait, then whatever else is waiting: a storm of XIDs is
+            # handled in batches, each marked in the book at once.
+            batch = [c(pynvml.nvmlEventSetWait_v2, event_set, wait_ms)]
+            while len(batch) < _EVENT_BATCH:
                 try:
-                    events.append(c(pynvml.nvmlEventSetWait_v2, event_set, 0))
+                    batch.append(c(pynvml.nvmlEventSetWait_v2, event_set, 0))
                 except pynvml.NVMLError:
                     break  # TIMEOUT: nothing more waiting (an error shows again at the next wait)
-            return events
-
-        try:
-            batch = self._runner.run(EVENTS, wait, grace=wait_ms / 1000)
-        except CallTimeout as exc:
-            self._trouble(str(exc))
-            self._stop.wait(wait_ms / 1000)
-            return
         except pynvml.NVMLError as exc:
             if exc.value == pynvml.NVML_ERROR_TIMEOUT:
                 self._recovered()
