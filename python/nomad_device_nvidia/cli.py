@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
+    from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 
 PROG = "nomad-device-nvidia"
 
@@ -78,12 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"(Run `{PROG} --help` for what it can do by hand.)\n")
         return 1
 
-    from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
     from nomad_device_nvidia.sdk import logs, serve
 
     logs.configure(args.log_level)
-    plugin = NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
-    return int(serve(plugin, network=args.listen, parent_pid=parent_pid, stops=stops))
+
+    def make() -> NvidiaDevicePlugin:
+        # Imported after the handshake line: Nomad connects while this loads.
+        from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
+
+        return NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
+
+    return int(serve(make, network=args.listen, parent_pid=parent_pid, stops=stops))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import importlib
 
 TYPE_CHECKING = False  # not typing's: importing typing here would cost the CLI's early start
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from nomad_device_nvidia.sdk import hclspec, logs
@@ -60,9 +61,13 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def serve(plugin: DevicePlugin, *, network: str = "unix", parent_pid: int | None = None,
+def serve(plugin: DevicePlugin | Callable[[], DevicePlugin], *, network: str = "unix", parent_pid: int | None = None,
           limits: Limits | None = None, stops: StopRequests | None = None) -> int:
-    """Serve `plugin` over go-plugin (see `sdk.server`); returns the exit code."""
+    """Serve `plugin` over go-plugin (see `sdk.server`); returns the exit code.
+
+    `plugin` may be a function that makes the plugin, called right after the
+    handshake line, so the plugin's own imports do not delay the handshake.
+    """
     from nomad_device_nvidia.sdk.limits import DEFAULT_LIMITS
     from nomad_device_nvidia.sdk.server import serve as _serve
 

@@ -16,8 +16,9 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import grpc.aio
 
@@ -31,11 +32,58 @@ from nomad_device_nvidia.sdk.stopping import SHUTDOWN_RPC, StopRequests, describ
 from nomad_device_nvidia.sdk.streams import Offload, StreamRegistry
 
 if TYPE_CHECKING:  # ssl and the relay load only when the host asks for AutoMTLS
+    from nomad_device_nvidia.sdk.hclspec import Spec
+    from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
     from nomad_device_nvidia.sdk.tls import ServerTLS, TLSRelay
 
 log = logging.getLogger(__name__)
 
 B = TypeVar("B")
+
+# A plugin, or what makes one: made after the handshake line, so the host is
+# not kept waiting on the plugin's own imports (it connects meanwhile, and its
+# first call is answered once the plugin is made).
+PluginSource = Union[DevicePlugin, Callable[[], DevicePlugin]]
+
+
+class _Deferred(DevicePlugin):
+    """Stands for the plugin `make` returns, made on first use."""
+
+    def __init__(self, make: Callable[[], DevicePlugin]) -> None:
+        self._make = make
+        self._plugin: DevicePlugin | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> DevicePlugin:
+        plugin = self._plugin
+        if plugin is None:
+            with self._lock:
+                if self._plugin is None:
+                    self._plugin = self._make()
+                plugin = self._plugin
+        return plugin
+
+    def info(self) -> PluginInfo:
+        return self.get().info()
+
+    def config_spec(self) -> Spec:
+        return self.get().config_spec()
+
+    def set_config(self, config: Mapping[str, Any]) -> None:
+        self.get().set_config(config)
+
+    def fingerprint(self, stop: threading.Event) -> Iterator[Sequence[DeviceGroup]]:
+        return iter(self.get().fingerprint(stop))
+
+    def stats(self, interval: float, stop: threading.Event) -> Iterator[Any]:
+        return iter(self.get().stats(interval, stop))
+
+    def reserve(self, device_ids: Sequence[str]) -> Reservation:
+        return self.get().reserve(device_ids)
+
+    def shutdown(self) -> None:
+        if self._plugin is not None:
+            self._plugin.shutdown()
 
 
 def _first_port(env: Mapping[str, str], bind: Callable[[int], B | None]) -> B:
@@ -113,9 +161,12 @@ class _Endpoint:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str] | None = None,
+def serve(plugin: PluginSource, *, network: str = "unix", env: Mapping[str, str] | None = None,
           parent_pid: int | None = None, limits: Limits = DEFAULT_LIMITS, stops: StopRequests | None = None) -> int:
     """Serve `plugin` to a go-plugin host; returns the process exit code.
+
+    `plugin` may be a function that makes the plugin: it is called right after
+    the handshake line, so a plugin with heavy imports does not delay it.
 
     `parent_pid` is the launching process as seen at the very start of the
     program (before imports), so a host that died while we started is noticed.
@@ -134,7 +185,8 @@ def serve(plugin: DevicePlugin, *, network: str = "unix", env: Mapping[str, str]
     stops.install()
     stops.serving()
     stops.watch_parent(parent)
-    return asyncio.run(_serve(plugin, network, env, limits, stops))
+    served = plugin if isinstance(plugin, DevicePlugin) else _Deferred(plugin)
+    return asyncio.run(_serve(served, network, env, limits, stops))
 
 
 async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], limits: Limits,
@@ -170,7 +222,13 @@ async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], lim
     sys.stdout.flush()
     # Nothing may follow the handshake on stdout: send any stray write to stderr.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    info = plugin.info()
+    try:
+        info = plugin.info()  # a deferred plugin is made here
+    except Exception as exc:
+        log.exception("the plugin could not be made")
+        sys.stderr.write(f"Error preparing plugin: {exc}\n")
+        endpoint.close()
+        return 1
     log.info("plugin serving", extra={"plugin": info.name, "version": info.version,
                                        "network": listener.network, "address": listener.address})
     reason = await stops.wait_async()
