@@ -27,8 +27,8 @@ from nomad_device_nvidia.sdk import (
     PluginInfo,
     Reservation,
     ReservationRefused,
+    StopEvent,
 )
-from nomad_device_nvidia.sdk.streams import StopEvent
 
 if TYPE_CHECKING:
     from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice

@@ -39,11 +39,12 @@ if TYPE_CHECKING:
     )
     from nomad_device_nvidia.sdk.plugin import DevicePlugin
     from nomad_device_nvidia.sdk.stopping import StopRequests
+    from nomad_device_nvidia.sdk.streams import StopEvent
 
 _WHERE = {
     "hclspec": "", "logs": "", "decode_config": "config", "parse_duration": "config",
     "ConfigError": "errors", "PluginDisabled": "errors", "ReservationRefused": "errors",
-    "Limits": "limits", "StopRequests": "stopping", "DevicePlugin": "plugin",
+    "Limits": "limits", "StopRequests": "stopping", "StopEvent": "streams", "DevicePlugin": "plugin",
     "Attribute": "model", "Device": "model", "DeviceGroup": "model", "DeviceSpec": "model", "Mount": "model",
     "PluginInfo": "model", "Reservation": "model", "DeviceGroupStats": "model", "DeviceStats": "model",
     "StatObject": "model", "StatsResponse": "model", "StatValue": "model", "stats_from_bytes": "convert",
@@ -77,6 +78,6 @@ def serve(plugin: DevicePlugin | Callable[[], DevicePlugin], *, network: str = "
 __all__ = [
     "Attribute", "ConfigError", "Device", "DeviceGroup", "DeviceGroupStats", "DevicePlugin", "DeviceSpec",
     "DeviceStats", "Limits", "Mount", "PluginDisabled", "PluginInfo", "Reservation", "ReservationRefused",
-    "StatObject", "StatValue", "StatsResponse", "StopRequests", "decode_config", "hclspec", "logs",
+    "StatObject", "StatValue", "StatsResponse", "StopEvent", "StopRequests", "decode_config", "hclspec", "logs",
     "parse_duration", "serve", "stats_from_bytes",
 ]
