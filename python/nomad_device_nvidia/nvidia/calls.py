@@ -30,6 +30,7 @@ P = ParamSpec("P")
 # Lanes for the calls that are not about one GPU.
 SYSTEM = "system"
 EVENTS = "events"
+PROBE = "probe"  # a probe round's lane is (PROBE, a new object)
 
 # An idle worker exits after this long without work (a burst's extra workers go
 # soon; the one or two that steady work keeps busy stay).
@@ -194,6 +195,12 @@ class CallRunner:
         """Jobs a worker is running now (inside NVML or about to be)."""
         with self._cond:
             return len(self._running)
+
+    def overdue_on(self, lane: Hashable) -> str:
+        """The overdue call of the job that holds `lane` (its own lane or one it holds), else ""."""
+        with self._cond:
+            job = self._lanes.get(lane)
+            return job.overdue(self._timeout, time.monotonic()) if job is not None else ""
 
     def stuck_lanes(self) -> dict[Hashable, str]:
         """Lane -> the overdue call, for every lane whose call is past the deadline."""

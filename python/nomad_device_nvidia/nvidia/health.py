@@ -18,14 +18,13 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
-from nomad_device_nvidia.nvidia.calls import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.calls import EVENTS, PROBE, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import HealthConfig
 from nomad_device_nvidia.nvidia.nvml_session import DRIVER_GONE_CODES
 from nomad_device_nvidia.nvidia.fingerprint import (
@@ -229,10 +228,6 @@ def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
     return ProbeResult(errors, retirement, fabric)
 
 
-def _probe_work(members: Sequence[GpuDevice], c: Calls) -> ProbeResult:
-    return probe_gpu(c, members)
-
-
 def record_probe(book: HealthBook, members: Sequence[GpuDevice], result: ProbeResult) -> None:
     for dev in members:
         exc = result.errors.get(dev.id)
@@ -257,38 +252,48 @@ def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTi
         book.mark(dev.id, READ, str(timeout))
 
 
-# Probes in flight at once (see probe_all).
-_PROBES_AT_ONCE = 1
-
-
 def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
-    """Probe every physical GPU on its own lane, `_PROBES_AT_ONCE` at a time; returns the NVML error codes seen.
+    """Probe every physical GPU, in one job that holds each GPU's lane while it reads it;
+    returns the NVML error codes seen.
 
-    One at a time is enough for calls that take microseconds, and keeps an idle
-    plugin at one worker for probes instead of one per GPU. A GPU whose probe
-    blocks holds the round up to the call deadline once; from then its lane
-    refuses at once, and the others keep their pace.
+    One job a round, not one per GPU: the calls take microseconds, and a
+    hand-off per GPU cost more than the reads (and a worker per GPU). A GPU
+    whose probe blocks makes the round end at the deadline, that GPU marked;
+    the GPUs after it are read at the next round, which skips the blocked one
+    at once (its lane is still held by the blocked call).
     """
-    todo = deque(physical_devices(devices).items())
-    pending: deque[tuple[Sequence[GpuDevice], Job[ProbeResult]]] = deque()
-    seen: set[int] = set()
-    while todo or pending:
-        while todo and len(pending) < _PROBES_AT_ONCE:
-            uuid, members = todo.popleft()
+    gpus = list(physical_devices(devices).items())
+    done: list[tuple[Sequence[GpuDevice], ProbeResult]] = []
+    skipped: list[tuple[Sequence[GpuDevice], CallTimeout]] = []
+    reading: list[Sequence[GpuDevice]] = []  # the GPU the job is on
+
+    def work(c: Calls) -> None:
+        for uuid, members in gpus:
+            if not c.hold(uuid, time.monotonic() + runner.timeout):
+                call = runner.overdue_on(uuid)
+                if call:  # still blocked since an earlier call
+                    skipped.append((members, CallTimeout(call, runner.timeout, uuid)))
+                continue  # else busy with other work all this while: read at the next round
+            reading[:] = [members]
             try:
-                pending.append((members, runner.submit(uuid, functools.partial(_probe_work, members))))
-            except CallTimeout as exc:  # still blocked since an earlier call
-                record_stuck(book, members, exc)
-        if not pending:
-            continue
-        probed, job = pending.popleft()
-        try:
-            result = runner.wait(job)
-        except CallTimeout as exc:
-            record_stuck(book, probed, exc)
-            continue
-        record_probe(book, probed, result)
+                done.append((members, probe_gpu(c, members)))
+            finally:
+                c.release(uuid)
+        reading.clear()
+
+    blocked: tuple[Sequence[GpuDevice], CallTimeout] | None = None
+    try:
+        # A lane of its own each round: a round whose job is blocked does not hold up the next.
+        runner.run((PROBE, object()), work)
+    except CallTimeout as exc:
+        if reading:
+            blocked = (reading[0], exc)
+    seen: set[int] = set()
+    for members, result in list(done):  # a copy: a job that blocked may add to it later
+        record_probe(book, members, result)
         seen.update(int(e.value) for e in result.errors.values() if e is not None)
+    for members, timeout in [*list(skipped), *([blocked] if blocked else [])]:
+        record_stuck(book, members, timeout)
     return seen
 
 
