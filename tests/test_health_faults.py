@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO_ROOT, HarnessRun
+from conftest import REPO_ROOT, HarnessRun, merge_json
 
 RunHarness = Callable[..., HarnessRun]
 
@@ -263,17 +263,7 @@ def timeline(run_harness: RunHarness, plugin_bin: Path) -> Callable[..., Timelin
 
 def record(request: pytest.FixtureRequest, **measured: Any) -> None:
     """Merge this test's measured timeline into build/fault-timelines.json."""
-    TIMELINES.parent.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {}
-    if TIMELINES.exists():
-        try:
-            data = json.loads(TIMELINES.read_text())
-        except json.JSONDecodeError:
-            data = {}
-    data[request.node.name] = measured
-    tmp = TIMELINES.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(TIMELINES)
+    merge_json(TIMELINES, request.node.name, measured)
 
 
 def window(lo_hi: tuple[float, float], offset_s: float) -> list[float]:

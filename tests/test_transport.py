@@ -17,18 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from nomad_device_nvidia.sdk.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+from nomad_device_nvidia.sdk.handshake import MAGIC_COOKIE_KEY
+from plugin_proc import plugin_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = [sys.executable, str(ROOT / "examples" / "file_devices" / "plugin.py")]
-
-
-def plugin_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGIN_")}
-    env[MAGIC_COOKIE_KEY] = MAGIC_COOKIE_VALUE
-    env["PLUGIN_PROTOCOL_VERSIONS"] = "2"
-    env.update(extra)
-    return env
 
 
 def start(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from nomad_device_nvidia.nvidia.calls import Calls, direct
+from nomad_device_nvidia.nvidia.field_values import field_int
 from nomad_device_nvidia.sdk import Attribute
 
 log = logging.getLogger(__name__)
@@ -234,24 +235,13 @@ def _nvlink_attributes(c: Calls, gpu: Any, attrs: dict[str, Attribute]) -> None:
         if exc.value in UNSUPPORTED_CODES:
             return
         raise
-    n = _field_uint(links)
+    n = field_int(links)
     if not n:
         return
     attrs[NVLINK_LINKS] = Attribute(n)
-    mbps = _field_uint(speed)
+    mbps = field_int(speed)
     if mbps:
         attrs[NVLINK_BANDWIDTH] = Attribute(n * mbps, MB_PER_S)
-
-
-def _field_uint(fv: Any) -> int | None:
-    if fv.nvmlReturn != pynvml.NVML_SUCCESS:
-        return None
-    value = {
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-    }.get(fv.valueType)
-    return None if value is None else int(getattr(fv.value, value))
 
 
 @dataclass(frozen=True)

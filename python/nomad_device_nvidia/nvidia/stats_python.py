@@ -21,6 +21,7 @@ import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
 from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.field_values import field_int
 from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR, host_memory
 
 # Private there, shared on purpose: XID events name a GPU by the same handle
@@ -94,21 +95,6 @@ def _try(c: Calls, fn: Callable[..., Any], *args: Any) -> Any:
         return c(fn, *args)
     except pynvml.NVMLError:
         return None
-
-
-def _field_int(fv: Any) -> int | None:
-    if fv.nvmlReturn != pynvml.NVML_SUCCESS:
-        return None
-    attr = {
-        pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-        6: "usVal",  # NVML_VALUE_TYPE_UNSIGNED_SHORT
-    }.get(fv.valueType)
-    return None if attr is None else int(getattr(fv.value, attr))
 
 
 def _memory(c: Calls, h: Any) -> Reading:
@@ -570,7 +556,7 @@ class PythonStatsEngine:
             values = c(pynvml.nvmlDeviceGetFieldValues, h, ids)
         except pynvml.NVMLError as exc:
             return exc.value not in _BATCH_FALLBACK
-        r[ECC_L1.name], r[ECC_L2.name], r[ECC_DEVICE.name] = (_field_int(v) for v in values[:3])
+        r[ECC_L1.name], r[ECC_L2.name], r[ECC_DEVICE.name] = (field_int(v) for v in values[:3])
         if self._options.extended:
-            r[TOTAL_ENERGY.name] = _field_int(values[3])
+            r[TOTAL_ENERGY.name] = field_int(values[3])
         return True
