@@ -94,6 +94,9 @@ bench-ci: build venv
 .PHONY: bench-side-by-side
 bench-side-by-side: native sim
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin harness
+	# Bytecode compiled, as pip does for an installed wheel (this environment may set
+	# PYTHONDONTWRITEBYTECODE, and a start that compiles every module is not what operators see).
+	$(VPY) -m compileall -q python/nomad_device_nvidia >/dev/null
 	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) \
 		--json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
 
