@@ -59,21 +59,18 @@ def reservation_pb(res: Reservation) -> device_pb2.ReserveResponse:
     return out
 
 
+# StatValue's fields that travel in protobuf wrapper messages, by their shared name.
+_WRAPPED = ("float_numerator_val", "float_denominator_val", "int_numerator_val", "int_denominator_val",
+            "string_val", "bool_val")
+
+
 def stat_value_pb(value: StatValue, out: Any) -> None:
     """Fill the StatValue message `out` (fresh or a map entry) from `value`."""
     # Each wrapper is set only when given: a set wrapper, even 0 or "", is a value to Nomad.
-    if value.float_numerator_val is not None:
-        out.float_numerator_val.value = value.float_numerator_val
-    if value.float_denominator_val is not None:
-        out.float_denominator_val.value = value.float_denominator_val
-    if value.int_numerator_val is not None:
-        out.int_numerator_val.value = value.int_numerator_val
-    if value.int_denominator_val is not None:
-        out.int_denominator_val.value = value.int_denominator_val
-    if value.string_val is not None:
-        out.string_val.value = value.string_val
-    if value.bool_val is not None:
-        out.bool_val.value = value.bool_val
+    for name in _WRAPPED:
+        given = getattr(value, name)
+        if given is not None:
+            getattr(out, name).value = given
     out.unit = value.unit
     out.desc = value.desc
 
@@ -123,12 +120,7 @@ def _wrapped(msg: Any, name: str) -> Any:
 
 
 def _stat_value(msg: Any) -> StatValue:
-    return StatValue(float_numerator_val=_wrapped(msg, "float_numerator_val"),
-                     float_denominator_val=_wrapped(msg, "float_denominator_val"),
-                     int_numerator_val=_wrapped(msg, "int_numerator_val"),
-                     int_denominator_val=_wrapped(msg, "int_denominator_val"),
-                     string_val=_wrapped(msg, "string_val"), bool_val=_wrapped(msg, "bool_val"),
-                     unit=msg.unit, desc=msg.desc)
+    return StatValue(**{name: _wrapped(msg, name) for name in _WRAPPED}, unit=msg.unit, desc=msg.desc)
 
 
 def _stat_object(msg: Any) -> StatObject:
