@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,10 +70,18 @@ class GoPluginServices:
         except Abort as abort:
             finish(context, abort.code, abort.message)
             return
-        try:
+        async def drain() -> None:
             async for _ in requests:
                 pass  # no sub-plugins to connect
+
+        # Until the host closes it, or the plugin stops: a stream still open when
+        # the server stops would be cancelled, and grpcio prints a traceback for it.
+        draining, stopping = asyncio.ensure_future(drain()), asyncio.ensure_future(stopped(stop))
+        try:
+            await asyncio.wait((draining, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (draining, stopping):
+                task.cancel()
             self._streams.close(stop)
         return
         yield  # pragma: no cover

@@ -241,7 +241,10 @@ async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], lim
         streams.stop_all()
         await server.stop(limits.shutdown_grace)
         try:
-            plugin.shutdown()
+            # Off the loop: grpcio still finishes the calls that just ended while
+            # the plugin takes its time (a loop blocked here let a finished stream
+            # be cancelled later, which grpcio reports with a traceback).
+            await offload.run(plugin.shutdown)
         except Exception:
             log.exception("plugin shutdown failed")
     finally:
