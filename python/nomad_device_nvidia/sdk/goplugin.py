@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -29,6 +29,14 @@ from nomad_device_nvidia.sdk.services import Abort, answering_stream, finish, op
 from nomad_device_nvidia.sdk.streams import StreamRegistry, stopped
 
 HEALTH_SERVICE_NAME = "plugin"
+
+
+class Registry(Protocol):
+    """What takes handlers: a grpc.aio.Server, or anything with its two methods."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None: ...
 
 
 def _empty_from(data: bytes) -> object:
@@ -86,7 +94,7 @@ class GoPluginServices:
         return
         yield  # pragma: no cover
 
-    def register(self, server: grpc.aio.Server) -> None:
+    def register(self, server: Registry) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler("plugin.GRPCController", {

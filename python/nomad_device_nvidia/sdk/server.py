@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import sys
 import threading
@@ -23,11 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 import grpc.aio
 
 from nomad_device_nvidia.sdk import handshake
-from nomad_device_nvidia.sdk.goplugin import GoPluginServices
 from nomad_device_nvidia.sdk.handshake import HandshakeError, Listener
 from nomad_device_nvidia.sdk.limits import DEFAULT_LIMITS, Limits
 from nomad_device_nvidia.sdk.plugin import DevicePlugin
-from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService
 from nomad_device_nvidia.sdk.stopping import SHUTDOWN_RPC, StopRequests, describe, remove_dir
 from nomad_device_nvidia.sdk.streams import Offload, StreamRegistry
 
@@ -44,6 +41,38 @@ B = TypeVar("B")
 # not kept waiting on the plugin's own imports (it connects meanwhile, and its
 # first call is answered once the plugin is made).
 PluginSource = Union[DevicePlugin, Callable[[], DevicePlugin]]
+
+
+class _LateHandlers:
+    """The server's only handler, filled in right after the handshake line.
+
+    The services' modules (protobuf, the generated messages, the models) take
+    a third of the start-up, and nothing before the line needs them: they load
+    while the host connects. grpcio takes handlers only before start, so this
+    one is registered then and holds what is added later. No call reaches it
+    empty: nothing between the line and the filling gives the loop a turn.
+    """
+
+    def __init__(self) -> None:
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self._methods.update({f"/{service}/{method}": handler for method, handler in handlers.items()})
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """What grpcio asks of a generic handler: the handler for this call's method, or None."""
+        method = self._methods.get(handler_call_details.method)
+        if method is not None:
+            return method
+        for handler in self._generic:
+            found = handler.service(handler_call_details)
+            if found is not None:
+                return found
+        return None
 
 
 class _Deferred(DevicePlugin):
@@ -158,6 +187,8 @@ class _Endpoint:
     def close(self) -> None:
         if self._relay is not None:
             self._relay.close()
+        import shutil  # only here: it loads three compression modules
+
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -192,15 +223,12 @@ def serve(plugin: PluginSource, *, network: str = "unix", env: Mapping[str, str]
 async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], limits: Limits,
                  stops: StopRequests) -> int:
     streams = StreamRegistry(limits)
-    goplugin = GoPluginServices(lambda: stops.request(SHUTDOWN_RPC), streams)
-    await goplugin.start()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+    handlers = _LateHandlers()
+    server = grpc.aio.server(handlers=(handlers,),
+                             options=[("grpc.so_reuseport", 0),
                                       ("grpc.max_receive_message_length", limits.max_request_bytes)],
                              maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
-    goplugin.register(server)
     offload = Offload(limits.unary_workers, name="plugin-call")
-    server.add_generic_rpc_handlers((BasePluginService(plugin, limits, offload).handler(),
-                                     DevicePluginService(plugin, streams, limits, offload).handler()))
     endpoint: _Endpoint | None = None
     try:
         version = handshake.negotiate_version(env)
@@ -222,6 +250,15 @@ async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], lim
     sys.stdout.flush()
     # Nothing may follow the handshake on stdout: send any stray write to stderr.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # The host connects meanwhile; its calls wait in grpcio until the loop runs again.
+    from nomad_device_nvidia.sdk.goplugin import GoPluginServices
+    from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService
+
+    goplugin = GoPluginServices(lambda: stops.request(SHUTDOWN_RPC), streams)
+    await goplugin.start()
+    goplugin.register(handlers)
+    handlers.add_generic_rpc_handlers((BasePluginService(plugin, limits, offload).handler(),
+                                       DevicePluginService(plugin, streams, limits, offload).handler()))
     try:
         info = plugin.info()  # a deferred plugin is made here
     except Exception as exc:
