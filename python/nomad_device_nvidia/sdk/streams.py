@@ -137,7 +137,7 @@ async def stopped(stop: StopEvent) -> None:
 async def pump(items: Callable[[StopEvent], Iterator[T]], stop: StopEvent, name: str) -> AsyncIterator[T]:
     """Run the blocking iterator `items(stop)` on its own thread and yield what it yields, in order.
 
-    The thread runs at most one answer ahead of the client. When `stop` is
+    The thread holds at most one answer the loop has not taken. When `stop` is
     set (the client cancels, the server stops, or the consumer stops), the
     stream ends at once and the thread is let go; the iterator is expected to
     return soon after.
@@ -145,7 +145,10 @@ async def pump(items: Callable[[StopEvent], Iterator[T]], stop: StopEvent, name:
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    taken = threading.Semaphore(0)
+    # A permit per answer the loop has taken: the thread waits for one only
+    # before handing over the next answer, so a client that keeps up costs it
+    # no wake-up beyond the plugin's own.
+    taken = threading.Semaphore(1)
 
     def post(kind: str, value: Any) -> None:
         try:
@@ -156,10 +159,10 @@ async def pump(items: Callable[[StopEvent], Iterator[T]], stop: StopEvent, name:
     def run() -> None:
         try:
             for item in items(stop):
-                post("item", item)
                 taken.acquire()
                 if stop.is_set():
                     return
+                post("item", item)
         except BaseException as exc:  # handed to the loop, which answers the RPC with it
             post("error", exc)
         else:
@@ -180,7 +183,7 @@ async def pump(items: Callable[[StopEvent], Iterator[T]], stop: StopEvent, name:
                     raise value
                 finally:
                     del value  # no cycle through this frame (see Offload.run)
-            taken.release()  # the thread may fetch the next answer while this one is sent
+            taken.release()  # the thread may hand over the next answer while this one is sent
             yield value
     finally:
         stop.set()
