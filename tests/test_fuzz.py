@@ -432,7 +432,7 @@ def test_after_the_run_still_serving_and_nothing_grew(run: Run) -> None:
     after = _settled(run.plugin)
     print(f"\nfuzz: {sum(run.outcomes.values())} inputs {dict(run.outcomes)} in {took:.1f} s; plugin after the "
           f"warm-up {run.baseline}, after the run {after}")
-    # gRPC workers start as calls first overlap (at most Limits.workers); a thread per input would be +1,000.
+    # Unary-call threads start as calls first overlap (at most Limits.unary_workers); a thread per input would be +1,000.
     assert after["Threads"] <= run.baseline["Threads"] + 4, (run.baseline, after)
     assert after["fds"] <= run.baseline["fds"] + 2, (run.baseline, after)
     # The warm-up held the largest requests already. What moves after it is

@@ -57,11 +57,6 @@ class Limits:
         return {FINGERPRINT: self.fingerprint_streams, STATS: self.stats_streams,
                 STDIO: self.stdio_streams, BROKER: self.broker_streams}[kind]
 
-    @property
-    def workers(self) -> int:
-        """The most threads the server's streams and unary calls take at once."""
-        return self.fingerprint_streams + self.stats_streams + self.unary_workers
-
 
 DEFAULT_LIMITS = Limits()
 
