@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +59,18 @@ def test_bad_input_is_one_clear_line(plugin_bin: Path, tmp_path: Path) -> None:
     # This machine has no NVIDIA driver.
     run = bench(plugin_bin, "--duration", "100ms")
     assert run.returncode == 2 and "NVML failed to initialise" in run.stderr and "try --simulate" in run.stderr
+
+
+def test_runtime_floor_script_measures_both(plugin_bin: Path, tmp_path: Path) -> None:
+    # benches/runtime_floor.py backs the README's figures: it must keep running.
+    out = tmp_path / "floor.json"
+    run = subprocess.run([sys.executable, str(REPO / "benches" / "runtime_floor.py"),
+                          "--plugin", str(plugin_bin), "--launches", "2", "--settle", "0.5", "--window", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert set(report["handshake"]) == {"bare grpc.aio server", "our plugin"}
+    assert all(h["median_ms"] > 0 for h in report["handshake"].values())
+    idle = report["bare_server_idle"]
+    assert idle["rss_mib"] > 0 and idle["threads"] and idle["cpu_ms_per_s"] >= 0
+    assert "our plugin" in run.stdout and "bare grpc.aio server idle" in run.stdout
