@@ -287,12 +287,29 @@ def main() -> int:
             out.append({"ended": not stream.thread.is_alive(), "answers": len(stream.answers), "error": stream.error})
         elif op == "nvml_view":
             out.append(nvml_view(step["ids"]))
+        elif op == "nvml_initialised":
+            import pynvml
+
+            try:
+                pynvml.nvmlDeviceGetCount()
+                out.append({"initialised": True})
+            except pynvml.NVMLError_Uninitialized:
+                out.append({"initialised": False})
         elif op == "nvml_loaded":
             import pynvml
 
             out.append({"loaded": pynvml.nvmlLib is not None})
         elif op == "threads":
-            out.append({"names": sorted(t.name for t in threading.enumerate())})
+            # "gone" / "present": poll (up to max_s) until no thread / a thread has that name.
+            deadline = time.monotonic() + step.get("max_s", 0)
+            while True:
+                names = sorted(t.name for t in threading.enumerate())
+                if "gone" in step and step["gone"] in names or "present" in step and step["present"] not in names:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                break
+            out.append({"names": names})
         elif op == "shutdown":
             plugin.shutdown()
             out.append({"ok": True})

@@ -490,7 +490,11 @@ def test_lazy_init_and_clean_shutdown(tmp_path: Path) -> None:
             {"op": "threads"},
             {"op": "stop"},
             {"op": "shutdown"},
-            {"op": "threads"},
+            {"op": "nvml_initialised"},
+            # The event watcher ends when its wait in progress returns (5 s at most here),
+            # and NVML is shut down then.
+            {"op": "threads", "gone": "nvidia-events", "max_s": 10},
+            {"op": "nvml_initialised"},
         ]
     )
     assert out[1] == {"loaded": False}, "nothing may load NVML before it is needed"
@@ -499,7 +503,9 @@ def test_lazy_init_and_clean_shutdown(tmp_path: Path) -> None:
     assert out[7] == {"loaded": True}
     assert "nvidia-watch" in out[8]["names"] and "nvidia-events" in out[8]["names"]
     assert out[9]["ended"]
-    assert "nvidia-watch" not in out[11]["names"] and "nvidia-events" not in out[11]["names"]
+    assert out[11] == {"initialised": True}, "shutdown does not wait for the event wait in progress"
+    assert "nvidia-watch" not in out[12]["names"] and "nvidia-events" not in out[12]["names"]
+    assert out[13] == {"initialised": False}, "NVML is shut down once the event wait returns"
 
 
 def test_reserve_before_any_fingerprint_scans_lazily(tmp_path: Path) -> None:
@@ -785,20 +791,19 @@ def test_health_monitor_follows_health_enabled(tmp_path: Path) -> None:
             {"op": "wait", "until": "len(groups) > 0"},
             {"op": "threads"},
             {"op": "config", "config": {**base, "health": {"enabled": False}}},
-            {"op": "sleep", "s": 2},  # the watch applies it on its next turn (within 0.5 s)
-            {"op": "threads"},
+            # The watch applies it at once; the watcher ends when its wait in progress returns (5 s).
+            {"op": "threads", "gone": "nvidia-events", "max_s": 10},
             {"op": "config", "config": {**base, "health": {"enabled": True}}},
-            {"op": "sleep", "s": 1},
-            {"op": "threads"},
+            {"op": "threads", "present": "nvidia-events", "max_s": 10},
             {"op": "stop"},
             {"op": "shutdown"},
-            {"op": "threads"},
+            {"op": "threads", "gone": "nvidia-events", "max_s": 10},
         ]
     )
     assert "nvidia-events" in out[3]["names"]
-    assert "nvidia-events" not in out[6]["names"], "disabling health stops the event watcher"
-    assert out[9]["names"].count("nvidia-events") == 1, "re-enabling starts it again, once"
-    assert "nvidia-events" not in out[12]["names"]
+    assert "nvidia-events" not in out[5]["names"], "disabling health stops the event watcher"
+    assert out[7]["names"].count("nvidia-events") == 1, "re-enabling starts it again, once"
+    assert "nvidia-events" not in out[10]["names"]
 
 
 def test_disabling_the_plugin_ends_an_open_stats_stream(tmp_path: Path) -> None:

@@ -191,10 +191,10 @@ class CallRunner:
 
     # -- state --
 
-    def live(self) -> int:
-        """Jobs a worker is running now (inside NVML or about to be)."""
+    def live(self, *, besides: Hashable | None = None) -> int:
+        """Jobs a worker is running now (inside NVML or about to be), those on lane `besides` left out."""
         with self._cond:
-            return len(self._running)
+            return sum(1 for job in self._running if besides is None or job.lane != besides)
 
     def overdue_on(self, lane: Hashable) -> str:
         """The overdue call of the job that holds `lane` (its own lane or one it holds), else ""."""

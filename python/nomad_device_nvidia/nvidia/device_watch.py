@@ -179,22 +179,56 @@ class DeviceWatch:
             self._engines.discard(engine)
 
     def stop(self, timeout: float = 1.0) -> bool:
-        """Stop the thread and the event watcher; True when NVML may be shut down now."""
+        """Stop the thread and the event watcher; True when the thread has ended within `timeout`.
+
+        The event watcher is not waited for: its wait in progress returns on its
+        own (see `close_session`).
+        """
         self._stop.set()
         self._kick.set()
         with self._lock:
             thread, events = self._thread, self._events
             self._events = None
-        deadline = time.monotonic() + timeout
-        stopped = events.stop(timeout) if events is not None else True
+        if events is not None:
+            self._retire(events)
+        stopped = True
         if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            stopped = stopped and not thread.is_alive()
+            thread.join(timeout)
+            stopped = not thread.is_alive()
         self._first.set()
         return stopped
 
+    def _retire(self, events: EventWatcher) -> None:
+        """Stop `events` without waiting; it is counted until its wait in progress returns."""
+        events.stop()
+        with self._lock:
+            self._retiring = [w for w in self._retiring if w.alive] + [events]
+
     def close_session(self) -> None:
-        self._session.close()
+        """Shut NVML down for good once the stopped event watchers' last waits have returned.
+
+        Call it with no other NVML call of ours live. A wait in progress cannot
+        be cut short, so NVML is shut down when it returns (within one event
+        wait), on its thread; at once when there is none.
+        """
+        with self._lock:
+            retiring = [w for w in self._retiring if w.alive]
+        if not retiring:
+            self._session.close()
+            return
+        log.debug("an NVML event wait is still open; NVML is shut down when it returns")
+        remaining = [len(retiring)]
+        guard = threading.Lock()
+
+        def one_ended() -> None:
+            with guard:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self._session.close()
+
+        for watcher in retiring:
+            watcher.when_ended(one_ended)
 
     # -- the thread --
 
@@ -314,7 +348,9 @@ class DeviceWatch:
             events.start()  # again, if the events lane was still busy when it was made
         else:
             log.info("health monitoring disabled by config; stopping the NVML event watcher")
-            events.stop(timeout=1.0)
+            self._retire(events)
+            # Its lane is free again then: a watcher made meanwhile starts without waiting a round.
+            events.when_ended(self._kick.set)
 
     # -- scans --
 
@@ -428,16 +464,17 @@ class DeviceWatch:
             engines = list(self._engines)
         self._set_state(NvmlState.GONE, f"{reason}; releasing NVML to initialise it again", logging.WARNING)
         if events is not None:
-            events.stop(timeout=None)  # ends on its own soon; its waits fail fast now
-            self._retiring.append(events)
+            self._retire(events)  # ends on its own soon; its waits fail fast now
         for engine in engines:
             # Each native engine holds its own NVML reference; all must go for a fresh session.
             engine.close()
 
     def _release_when_idle(self) -> bool:
         """Release NVML once nothing of ours is in it; whether it did."""
-        self._retiring = [w for w in self._retiring if w.alive]
-        if self._runner.live() or self._retiring:
+        with self._lock:
+            self._retiring = [w for w in self._retiring if w.alive]
+            retiring = bool(self._retiring)
+        if self._runner.live() or retiring:
             return False  # nvmlShutdown never runs under a live call, nor before the old event set is freed
         self._session.release(self._runner)
         self._state = NvmlState.NOT_READY  # the next _open logs a new outcome

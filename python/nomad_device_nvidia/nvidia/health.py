@@ -297,13 +297,22 @@ def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook
     return seen
 
 
-_EVENT_WAIT_MS = 500
+# An event wait lasts the probe interval, within these bounds: the watcher wakes
+# no more often than the probes, which are what report a wait that blocks. A
+# wait returns at once when an event comes; a stop takes effect when it returns.
+_EVENT_WAIT_MIN_MS = 500
+_EVENT_WAIT_MAX_MS = 5000
 # Events taken in one job at most.
 _EVENT_BATCH = 256
 # One log line per GPU this often at most for XIDs that are an application's fault.
 _APP_XID_LOG_S = 60.0
 # Distinct XIDs named in a device's health description; more are counted.
 _XIDS_LISTED = 3
+
+
+def event_wait_ms(config: HealthConfig) -> int:
+    """How long one NVML event wait lasts under `config`."""
+    return max(_EVENT_WAIT_MIN_MS, min(_EVENT_WAIT_MAX_MS, round(config.probe_interval * 1000)))
 
 
 class EventWatcher:
@@ -314,7 +323,9 @@ class EventWatcher:
     blocks past the deadline cannot report itself, so the device watch calls
     `check` at each probe round: it is reported once there, and health relies
     on the probes until the wait returns. `on_trouble` is called when reading
-    events fails (the caller probes then).
+    events fails (the caller probes then). A stop takes effect when the wait
+    in progress returns (one `event_wait_ms` at most, unless it blocks);
+    `when_ended` runs something after that, such as shutting NVML down.
     """
 
     def __init__(
@@ -323,13 +334,14 @@ class EventWatcher:
         book: HealthBook,
         config: HealthConfig,
         on_trouble: Callable[[], None],
-        wait_ms: int = _EVENT_WAIT_MS,
     ) -> None:
         self._runner = runner
         self._book = book
         self._config = config
         self._on_trouble = on_trouble
-        self._wait_ms = wait_ms
+        self._wait_ms = event_wait_ms(config)
+        self._ended = False  # the job has run to its end
+        self._after: list[Callable[[], None]] = []  # what runs then
         self._lock = threading.Lock()
         self._devices: tuple[GpuDevice, ...] = ()
         self._resync = threading.Event()
@@ -344,6 +356,10 @@ class EventWatcher:
     def configure(self, config: HealthConfig) -> None:
         with self._lock:
             self._config = config
+            self._wait_ms = event_wait_ms(config)  # from the next wait
+            job = self._job
+        if job is not None:
+            job.grace = max(job.grace, self._wait_ms / 1000)  # the wait in progress keeps its length
 
     def track(self, devices: Sequence[GpuDevice]) -> None:
         """The devices to watch; GPUs not registered yet (new, or failed before) are registered soon."""
@@ -374,19 +390,17 @@ class EventWatcher:
         if call:
             self._trouble(str(CallTimeout(call, self._runner.timeout, EVENTS)))
 
-    def stop(self, timeout: float | None = 2.0) -> bool:
-        """Stop the watcher; False when it has not ended after `timeout` (None: do not wait)."""
+    def when_ended(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the watcher has ended (at once if it has, or never started)."""
+        with self._lock:
+            if self._job is not None and not self._ended:
+                self._after.append(callback)
+                return
+        callback()
+
+    def stop(self) -> None:
+        """Stop the watcher: at once if it is between waits, else when its wait returns."""
         self._stop.set()
-        job = self._job
-        if job is None:
-            return True
-        if timeout is None:
-            return job.done.is_set()
-        if not job.done.wait(timeout):
-            log.warning("the NVML event watcher has not stopped after %.0fs", timeout)
-            return False
-        self._job = None
-        return True
 
     # -- the job --
 
@@ -409,6 +423,14 @@ class EventWatcher:
             log.exception("the NVML event watcher stopped unexpectedly")
         finally:
             self._free()
+            with self._lock:
+                self._ended = True
+                after, self._after = self._after, []
+            for callback in after:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("running what waited for the NVML event watcher failed")
             worker.name = worker_name
 
     def _trouble(self, why: str) -> None:

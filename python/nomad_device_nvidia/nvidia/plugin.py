@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import grouping
-from nomad_device_nvidia.nvidia.calls import CallRunner
+from nomad_device_nvidia.nvidia.calls import EVENTS, CallRunner
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState, ScanFunction
 from nomad_device_nvidia.nvidia.health import HealthBook
@@ -112,8 +112,9 @@ class NvidiaDevicePlugin(DevicePlugin):
         self._stats.close()
         stopped = self._watch.stop(_SHUTDOWN_WAIT_S)
         self._runner.close()
-        # nvmlShutdown only once nothing of ours is inside NVML any more.
-        if not stopped or self._runner.live():
+        # nvmlShutdown only once nothing of ours is inside NVML any more. The event
+        # watcher's wait is one on purpose: NVML is shut down when it returns.
+        if not stopped or self._runner.live(besides=EVENTS):
             log.warning("an NVML call is still in progress; leaving NVML initialised")
             return
         self._watch.close_session()
