@@ -50,7 +50,8 @@ class _LateHandlers:
     a third of the start-up, and nothing before the line needs them: they load
     while the host connects. grpcio takes handlers only before start, so this
     one is registered then and holds what is added later. No call reaches it
-    empty: nothing between the line and the filling gives the loop a turn.
+    empty: nothing between the line and the filling awaits, so the loop takes
+    no call in between.
     """
 
     def __init__(self) -> None:
@@ -255,10 +256,10 @@ async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], lim
     from nomad_device_nvidia.sdk.services import BasePluginService, DevicePluginService
 
     goplugin = GoPluginServices(lambda: stops.request(SHUTDOWN_RPC), streams)
-    await goplugin.start()
     goplugin.register(handlers)
     handlers.add_generic_rpc_handlers((BasePluginService(plugin, limits, offload).handler(),
                                        DevicePluginService(plugin, streams, limits, offload).handler()))
+    await goplugin.start()  # the first await since the line: every handler is in place
     try:
         info = plugin.info()  # a deferred plugin is made here
     except Exception as exc:
