@@ -212,23 +212,12 @@ class DeviceWatch:
         wait), on its thread; at once when there is none.
         """
         with self._lock:
-            retiring = [w for w in self._retiring if w.alive]
-        if not retiring:
+            waiting = next((w for w in self._retiring if w.alive), None)
+        if waiting is None:
             self._session.close()
             return
         log.debug("an NVML event wait is still open; NVML is shut down when it returns")
-        remaining = [len(retiring)]
-        guard = threading.Lock()
-
-        def one_ended() -> None:
-            with guard:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self._session.close()
-
-        for watcher in retiring:
-            watcher.when_ended(one_ended)
+        waiting.when_ended(self.close_session)  # then again, for any other still waiting
 
     # -- the thread --
 

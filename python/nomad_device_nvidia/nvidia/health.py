@@ -381,8 +381,9 @@ class EventWatcher:
 
     @property
     def alive(self) -> bool:
-        job = self._job
-        return job is not None and not job.done.is_set()
+        """Started and not ended: it may still call NVML."""
+        with self._lock:
+            return self._job is not None and not self._ended
 
     def check(self) -> None:
         """Report a wait blocked past the deadline (called from the device watch's probe rounds)."""
