@@ -66,6 +66,67 @@ def test_unsupported_protocol_version_is_refused_clearly() -> None:
     assert "speaks plugin protocol versions [1]" in proc.stderr
 
 
+# Runs the real CLI with stdout wrapped: when the handshake line is written, the
+# modules loaded so far go to stderr. Nothing is imported here that the CLI would not.
+_TAP = """
+import sys
+class Tap:
+    def __init__(self, inner):
+        self.inner = inner
+    def write(self, text):
+        if text.startswith("1|") or text.startswith("2|"):
+            loaded = [name for name, module in sys.modules.items() if module is not None]  # None: kept out
+            sys.stderr.write("LOADED " + " ".join(sorted(loaded)) + "\\n")
+            sys.stderr.flush()
+        return self.inner.write(text)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+sys.stdout = Tap(sys.stdout)
+from nomad_device_nvidia.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def loaded_at_handshake_line(env: dict[str, str], *args: str) -> set[str]:
+    proc = subprocess.Popen([sys.executable, "-c", _TAP, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("1|2|unix|"), line
+        for said in proc.stderr:
+            if said.startswith("LOADED "):
+                return set(said.split()[1:])
+        pytest.fail("the tap never saw the handshake line")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # closes both pipes
+
+
+def test_the_handshake_line_comes_before_what_serving_does_not_need() -> None:
+    # Everything loaded before the line delays it (Nomad waits for it at every agent start).
+    loaded = loaded_at_handshake_line(plugin_env())
+    assert {"grpc", "asyncio", "nomad_device_nvidia.sdk.server"} <= loaded  # the tap saw the real start
+    late = {
+        "ssl": "asyncio's TLS, which only AutoMTLS needs",
+        "argparse": "a launch without flags needs no parser",
+        "json": "the log format needs it at the first record",
+        "shutil": "the socket directory is removed at exit",
+        "tempfile": "the socket directory is made without it",
+        "nomad_device_nvidia.sdk.model": "the models load with the services",
+        "google.protobuf": "the services load after the line",
+        "pynvml": "the NVIDIA plugin is made after the line",
+        "nomad_device_nvidia.nvidia": "the NVIDIA plugin is made after the line",
+    }
+    assert {name: why for name, why in late.items() if name in loaded} == {}
+
+
+def test_flags_still_get_the_parser() -> None:
+    # (With AutoMTLS asked for, ssl stays importable: test_conformance's test_automtls serves TLS.)
+    loaded = loaded_at_handshake_line(plugin_env(), "--log-level", "debug", "--listen", "unix")
+    assert "argparse" in loaded
+
+
 def test_one_handshake_line_private_socket_and_graceful_sigterm(tmp_path: Path) -> None:
     proc, line = start(plugin_env(PLUGIN_UNIX_SOCKET_DIR=str(tmp_path)))
     parts = line.rstrip("\n").split("|")

@@ -20,6 +20,27 @@ if TYPE_CHECKING:
     from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 
 PROG = "nomad-device-nvidia"
+LISTEN_VARIABLE = "NOMAD_DEVICE_NVIDIA_LISTEN"
+
+
+class Flags:
+    """The plugin-mode flags, with their defaults."""
+
+    def __init__(self, listen: str = "unix", nvml_library: str = "", simulate: str = "",
+                 log_level: str | None = None) -> None:
+        self.listen = listen
+        self.nvml_library = nvml_library
+        self.simulate = simulate
+        self.log_level = log_level
+
+
+def _flags(args_in: list[str]) -> Flags:
+    # argparse (and gettext with it) loads only for a command line that has flags:
+    # Nomad's usual launch has none, and it would be ~3 ms before the handshake line.
+    if not args_in:
+        return Flags(listen=os.environ.get(LISTEN_VARIABLE, Flags().listen))
+    ns = _parser().parse_args(args_in)
+    return Flags(ns.listen, ns.nvml_library, ns.simulate, ns.log_level)
 
 
 def _version() -> str:
@@ -37,14 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                     "the flags below are for the agent's plugin block `args`.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    p.add_argument("--listen", choices=("unix", "tcp"), default=os.environ.get("NOMAD_DEVICE_NVIDIA_LISTEN", "unix"),
+    defaults = Flags()
+    p.add_argument("--listen", choices=("unix", "tcp"), default=os.environ.get(LISTEN_VARIABLE, defaults.listen),
                    help="transport to serve Nomad on: a private unix socket (default) or tcp on 127.0.0.1 "
                         "within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT")
-    p.add_argument("--nvml-library", default="", metavar="PATH",
+    p.add_argument("--nvml-library", default=defaults.nvml_library, metavar="PATH",
                    help="load this libnvidia-ml.so.1 instead of the system's (the config key nvml_library wins)")
-    p.add_argument("--simulate", default="", metavar="SCENARIO",
+    p.add_argument("--simulate", default=defaults.simulate, metavar="SCENARIO",
                    help="use the simulated NVML driver with this scenario file (the config key simulate wins)")
-    p.add_argument("--log-level", default=None, choices=("trace", "debug", "info", "warn", "error"),
+    p.add_argument("--log-level", default=defaults.log_level, choices=("trace", "debug", "info", "warn", "error"),
                    help="log level (default: $NOMAD_PLUGIN_LOG_LEVEL, else $NOMAD_DEVICE_NVIDIA_LOG_LEVEL, else info)")
     return p
 
@@ -73,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nomad_device_nvidia.bench import main as bench_main
 
         return int(bench_main(args_in[1:]))
-    args = _parser().parse_args(args_in)
+    args = _flags(args_in)
     if not handshake.cookie_ok(os.environ):
         sys.stderr.write(handshake.NOT_A_COMMAND)
         sys.stderr.write(f"(Run `{PROG} --help` for what it can do by hand.)\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Light on purpose: the CLI reads the cookie from here before it takes its
-# signals, so nothing here imports typing, dataclasses or tempfile at load.
+# signals, so nothing here imports typing, dataclasses or tempfile.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,6 +29,11 @@ class HandshakeError(Exception):
 
 def cookie_ok(env: Mapping[str, str]) -> bool:
     return env.get(MAGIC_COOKIE_KEY) == MAGIC_COOKIE_VALUE
+
+
+def client_cert(env: Mapping[str, str]) -> str:
+    """The host's certificate when it asks for AutoMTLS, else empty."""
+    return env.get("PLUGIN_CLIENT_CERT", "")
 
 
 def negotiate_version(env: Mapping[str, str]) -> int:
@@ -70,12 +75,22 @@ class Listener:
 def private_dir(env: Mapping[str, str]) -> str:
     """A fresh 0700 directory for our sockets, so no other user can connect to (or replace) them.
 
-    Created under PLUGIN_UNIX_SOCKET_DIR when the host sets it, and shared
-    with PLUGIN_UNIX_SOCKET_GROUP when that is set, as go-plugin does.
+    Created under PLUGIN_UNIX_SOCKET_DIR when the host sets it, else under
+    $TMPDIR or /tmp, and shared with PLUGIN_UNIX_SOCKET_GROUP when that is set,
+    as go-plugin does. Made here, not with tempfile, which loads shutil and
+    random before the handshake line.
     """
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="plugin", dir=env.get("PLUGIN_UNIX_SOCKET_DIR") or None)
+    parent = env.get("PLUGIN_UNIX_SOCKET_DIR") or env.get("TMPDIR") or "/tmp"
+    path = ""
+    for _ in range(100):
+        path = os.path.join(parent, "plugin" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free name for a socket directory in {parent}")
     group = env.get("PLUGIN_UNIX_SOCKET_GROUP")
     if group:
         _share_with_group(path, group)

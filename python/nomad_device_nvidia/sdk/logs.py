@@ -7,7 +7,6 @@ keys as key/value pairs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -59,6 +58,8 @@ class HclogJSONFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
+        import json  # at the first record, not before the handshake line
+
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -7,9 +7,8 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
-
-if TYPE_CHECKING:  # protobuf loads when the server does, not with the interface
+if TYPE_CHECKING:  # the models and protobuf load after the handshake line, not with the interface
+    from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
     from nomad_device_nvidia.sdk.convert import StatsItem
     from nomad_device_nvidia.sdk.hclspec import Spec
 

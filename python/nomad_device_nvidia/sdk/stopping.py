@@ -215,6 +215,9 @@ class StopRequests:
 
 
 def remove_dir(path: str) -> Callable[[], None]:
-    import shutil
+    def remove() -> None:
+        import shutil  # when it runs: shutil loads three compression modules
 
-    return lambda: shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+    return remove
