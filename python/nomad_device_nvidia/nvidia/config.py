@@ -6,7 +6,6 @@ defaults, so existing agent configs keep working; the rest are ours.
 
 from __future__ import annotations
 
-import decimal
 import math
 import os
 from collections.abc import Mapping
@@ -188,6 +187,8 @@ def _int(key: str, value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
+        import decimal  # only for this rare form (libmpdec is ~0.25 MiB resident)
+
         try:
             number = decimal.Decimal(value.strip())
         except decimal.InvalidOperation:
