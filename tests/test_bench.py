@@ -71,6 +71,10 @@ def test_runtime_floor_script_measures_both(plugin_bin: Path, tmp_path: Path) ->
     report = json.loads(out.read_text())
     assert set(report["handshake"]) == {"bare grpc.aio server", "our plugin"}
     assert all(h["median_ms"] > 0 for h in report["handshake"].values())
-    idle = report["bare_server_idle"]
-    assert idle["rss_mib"] > 0 and idle["threads"] and idle["cpu_ms_per_s"] >= 0
+    for key in ("bare_server_idle", "with_dependencies_idle"):
+        idle = report[key]
+        assert idle["rss_mib"] > 0 and idle["threads"] and idle["cpu_ms_per_s"] >= 0
+    # The dependencies are loaded (and NVML is up) in the second server, so it is the larger.
+    assert report["with_dependencies_idle"]["rss_mib"] > report["bare_server_idle"]["rss_mib"] + 2
     assert "our plugin" in run.stdout and "bare grpc.aio server idle" in run.stdout
+    assert "with protobuf and NVML idle" in run.stdout
