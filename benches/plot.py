@@ -20,6 +20,8 @@ def condense(raw: dict[str, Any]) -> dict[str, Any]:
     parallel: dict[str, dict[str, float]] = {}
     for b in raw["benchmarks"]:
         e, s = b["extra_info"], b["stats"]
+        if "engine" not in e:
+            continue  # not a stats tick (the probe rounds): not on this plot
         row = {
             "engine": e["engine"],
             "latency": e["latency"],

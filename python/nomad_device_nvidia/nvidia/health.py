@@ -113,18 +113,20 @@ class HealthBook:
         self.mark(device_id, XID, f"{listed}{f' and {more} more XIDs' if more > 0 else ''} reported")
 
     def clear(self, device_id: str, *causes: str) -> None:
-        def change() -> bool:
-            conds = self._conditions.get(device_id, {})
+        with self._lock:
+            conds = self._conditions.get(device_id)
+            if not conds:
+                return  # a healthy device: what a probe round finds on most of them
             gone = [c for c in causes if c in conds]
+            if not gone:
+                return
             if XID in gone:
                 self._xids.pop(device_id, None)
             for c in gone:
                 del conds[c]
-            if gone and not conds:
+            if not conds:
                 log.info("device %s is healthy again", device_id)
-            return bool(gone)
-
-        self._apply(change)
+        self._on_change()
 
     def failed(self, device_id: str, failure: ScanFailure) -> None:
         self.mark(device_id, LOST if failure.lost else READ, failure.description)
@@ -133,7 +135,9 @@ class HealthBook:
         """The device answered a read: read errors are over, and a GPU back from lost
         (or from a driver that went away) was reset."""
         with self._lock:
-            conds = self._conditions.get(device_id, {})
+            conds = self._conditions.get(device_id)
+            if not conds:
+                return
             was_reset = LOST in conds or DRIVER in conds
         self.clear(device_id, READ, DRIVER, *(_RESET_CLEARED if was_reset else ()))
 
@@ -205,9 +209,10 @@ class ProbeResult:
 def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
     """One cheap read per device of one physical GPU, then its memory retirement state."""
     errors: dict[str, pynvml.NVMLError | None] = {}
+    handles: dict[str, Any] = {}
     for dev in members:
         try:
-            handle = c(pynvml.nvmlDeviceGetHandleByUUID, dev.id)
+            handle = handles[dev.id] = c(pynvml.nvmlDeviceGetHandleByUUID, dev.id)
             c(pynvml.nvmlDeviceGetMemoryInfo, handle)
         except pynvml.NVMLError as exc:
             # NOT_SUPPORTED (an integrated GPU) is an answer too.
@@ -218,7 +223,9 @@ def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
     fabric: str | None = None
     if members and all(e is None for e in errors.values()):
         try:
-            gpu = c(pynvml.nvmlDeviceGetHandleByUUID, members[0].physical_uuid)
+            # A whole GPU is its own member: its handle was just looked up.
+            uuid = members[0].physical_uuid
+            gpu = handles[uuid] if uuid in handles else c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
             retirement = retirement_problem(c, gpu)
             # CUDA fails on a GPU whose NVLink fabric registration is not complete.
             info = read_fabric(c, gpu)

@@ -1,0 +1,63 @@
+"""One health probe round (`health.probe_all`, as the device watch runs it every
+probe_interval): 8, 56 (8 GPUs x 7 MIG), 512 and 4,096 simulated devices, with
+the simulated driver at zero latency and at 50 us per call.
+
+The round runs through a real CallRunner (one hand-off to its worker, each
+GPU's lane held while it is read) and records into a HealthBook. Its CPU per
+round divided by probe_interval (5 s by default) is the probes' share of the
+plugin's idle CPU. Run: make bench, or BENCH_SIZES=8,56 for a quick run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import SIZES
+
+from nomad_device_nvidia.nvidia import fingerprint as fp
+from nomad_device_nvidia.nvidia.calls import CallRunner, direct
+from nomad_device_nvidia.nvidia.health import HealthBook, physical_devices, probe_all
+
+# The bench scenarios: GPUs 0-7 have 7 MIG instances each, the rest are whole GPUs.
+_MIG_GPUS = 8
+# Rough seconds per device per round, to keep each benchmark near a few seconds.
+_COST = {"0us": 4e-5, "50us": 3e-4}
+
+
+def devices_of_size(size: int) -> list[fp.GpuDevice]:
+    """The same devices as conftest.pick: whole GPUs up to 8, then MIG instances, then
+    MIG instances and whole GPUs; only the GPUs needed are scanned."""
+    if size <= 8:
+        indices = list(range(_MIG_GPUS, _MIG_GPUS + size))
+    else:
+        whole = max(0, size - 7 * _MIG_GPUS)
+        indices = list(range(_MIG_GPUS)) + list(range(_MIG_GPUS, _MIG_GPUS + whole))
+    devices = [dev for i in indices for dev in fp.scan_gpu(direct, i, []).devices]
+    return devices[:size]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_probe_round(benchmark: object, machine: tuple[str, object], size: int) -> None:
+    latency, _ = machine
+    devices = devices_of_size(size)
+    assert len(devices) == size
+    changes: list[None] = []
+    book = HealthBook(lambda: changes.append(None))
+    runner = CallRunner(timeout=10.0, max_workers=2, name="bench")
+    benchmark.group = f"probe round {latency} {size} devices"  # type: ignore[attr-defined]
+    try:
+        assert probe_all(runner, devices, book) == set()  # warm up; every device answers
+        rounds = max(3, min(100, int(2.0 / (_COST[latency] * size))))
+        cpu0 = time.process_time()
+        benchmark.pedantic(probe_all, args=(runner, devices, book), rounds=rounds,  # type: ignore[attr-defined]
+                           iterations=1)
+        cpu = time.process_time() - cpu0
+    finally:
+        runner.close()
+    assert all(book.status(d.id) == (True, "") for d in devices) and not changes
+    extra = benchmark.extra_info  # type: ignore[attr-defined]
+    extra.update(latency=latency, devices=size, gpus=len(physical_devices(devices)), rounds=rounds)
+    # Process CPU (the runner's worker and the simulated driver included).
+    extra["cpu_per_round_s"] = cpu / rounds
+    extra["idle_ms_per_s_at_5s"] = cpu / rounds / 5.0 * 1000
