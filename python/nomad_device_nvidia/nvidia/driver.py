@@ -14,7 +14,9 @@ import ctypes
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+# os.path, not pathlib: this runs at the plugin's start, and pathlib loads
+# urllib.parse and ipaddress with it (about 0.4 MiB resident).
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +43,29 @@ class NvmlSource:
     scenario: str | None
 
 
-def _repo_sim_library() -> Path | None:
+def _repo_sim_library() -> str | None:
     """build/sim/libnvidia-ml.so.1 of the source checkout this module runs from, if any."""
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "src_rust" / "nvml_sim").is_dir():
-        return repo / "build" / "sim" / SONAME
+    here = os.path.realpath(__file__)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(here))))
+    if os.path.isdir(os.path.join(repo, "src_rust", "nvml_sim")):
+        return os.path.join(repo, "build", "sim", SONAME)
     return None
 
 
-def find_sim_library() -> Path:
+def find_sim_library() -> str:
     """The simulated library: $NOMAD_DEVICE_NVIDIA_SIM_LIB, else the checkout's build."""
     env = os.environ.get(SIM_LIB_ENV, "")
     if env:
-        path = Path(env)
-        if not path.is_file():
+        if not os.path.isfile(env):
             raise NvmlLoadError(f"{SIM_LIB_ENV}={env!r}: no such file")
-        return path
+        return env
     built = _repo_sim_library()
     if built is None:
         raise NvmlLoadError(
             f"simulate: cannot find the simulated NVML library; set {SIM_LIB_ENV} or nvml_library "
             "to the path of its libnvidia-ml.so.1 (it is not shipped in the wheel)"
         )
-    if not built.is_file():
+    if not os.path.isfile(built):
         raise NvmlLoadError(f"simulate: the simulated NVML library is not built: {built} is missing (run `make sim`)")
     return built
 
@@ -71,7 +73,8 @@ def find_sim_library() -> Path:
 def _mapped_nvml() -> str | None:
     """Path of an NVML library already mapped into this process, if any."""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        with open("/proc/self/maps") as f:
+            maps = f.read()
     except OSError:
         return None
     for line in maps.splitlines():
@@ -114,19 +117,19 @@ def load_nvml(library: str | None, simulate: str | None) -> NvmlSource:
     Neither: the system library, if there is one (a simulated library found through
     LD_LIBRARY_PATH is reported, loudly). Raises NvmlLoadError naming the problem.
     """
-    scenario: Path | None = None
+    scenario: str | None = None
     if simulate:
-        scenario = Path(simulate).resolve()
-        if not scenario.is_file():
+        scenario = os.path.realpath(simulate)
+        if not os.path.isfile(scenario):
             raise NvmlLoadError(f"simulate: scenario file {simulate!r} does not exist")
-        path = Path(library) if library else find_sim_library()
+        path = library if library else find_sim_library()
     elif library:
-        path = Path(library)
+        path = library
     else:
         return _load_system()
 
-    if not path.is_file():
-        raise NvmlLoadError(f"nvml_library: {str(path)!r}: no such file")
+    if not os.path.isfile(path):
+        raise NvmlLoadError(f"nvml_library: {path!r}: no such file")
     wanted = os.path.realpath(path)
     mapped = _mapped_nvml()
     if mapped is not None and os.path.realpath(mapped) != wanted:
@@ -136,13 +139,13 @@ def load_nvml(library: str | None, simulate: str | None) -> NvmlSource:
         )
     if scenario is not None:
         # Read by the simulated library at the next nvmlInit.
-        os.environ[SCENARIO_ENV] = str(scenario)
+        os.environ[SCENARIO_ENV] = scenario
     lib = _open(wanted)
     simulated = hasattr(lib, SIM_MARKER_SYMBOL)
     if scenario is not None and not simulated:
         raise NvmlLoadError(f"simulate: {wanted!r} is not the simulated NVML library (it lacks {SIM_MARKER_SYMBOL})")
     if simulated:
-        scen = str(scenario) if scenario is not None else os.environ.get(SCENARIO_ENV) or None
+        scen = scenario if scenario is not None else os.environ.get(SCENARIO_ENV) or None
         _warn_simulated(wanted, scen, "simulate" if scenario is not None else "nvml_library")
         return NvmlSource(path=wanted, simulated=True, scenario=scen)
     log.info("using NVML library %s", wanted)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import uuid as uuidlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -285,6 +284,14 @@ def _error_name(code: int) -> str:
     return f"NVML error {code}"
 
 
+def _uuid_text(raw: bytes) -> str:
+    # uuid.UUID(bytes=raw)'s text; the uuid module would load platform at start-up.
+    if len(raw) != 16:
+        raise ValueError(f"a UUID is 16 bytes, got {len(raw)}")
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
     """The GPU's NVLink fabric registration; None where NVML reports no fabric
     (before Hopper, or a GPU in none)."""
@@ -315,7 +322,7 @@ def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
     return FabricInfo(
         state=state,
         status=int(info.status),
-        cluster_uuid=str(uuidlib.UUID(bytes=raw)) if any(raw) else "",
+        cluster_uuid=_uuid_text(raw) if any(raw) else "",
         clique=int(info.cliqueId),
         health_mask=mask,
     )
