@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the models and protobuf load after the handshake line, not with the interface
-    from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
     from nomad_device_nvidia.sdk.convert import StatsItem
     from nomad_device_nvidia.sdk.hclspec import Spec
+    from nomad_device_nvidia.sdk.model import DeviceGroup, PluginInfo, Reservation
 
 
 class DevicePlugin(abc.ABC):
