@@ -90,7 +90,7 @@ bench-ci: build venv
 
 # Our plugin beside HashiCorp's Go plugin on 1 to 4,096 simulated GPUs (benches/side_by_side.py;
 # HASHICORP=<its binary>, built as `benches/side_by_side.py --help` says; without it, ours alone).
-# About 9 minutes on 2 cores (5 alone); writes docs/side-by-side.{json,png,md}. Not in `make test`.
+# About 10 minutes on 2 cores (5 alone); writes docs/side-by-side.{json,png,md}. Not in `make test`.
 .PHONY: bench-side-by-side
 bench-side-by-side: native sim
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin harness

@@ -21,8 +21,8 @@ initialises NVML before it answers; ours does at SetConfig).
                                    # = make bench-side-by-side HASHICORP=/tmp/hashicorp-nvidia/nomad-device-nvidia
     .venv/bin/python benches/side_by_side.py --quick                   # ours alone, 8 and 512 GPUs, 5 s windows
 
-Without --hashicorp only our plugin runs. The full run (5 sizes, 15 s windows, 10
-launches) took 9 minutes (548 s) with both plugins on a 2-core machine, so about 5 with
+Without --hashicorp only our plugin runs. The full run (5 sizes, 15 s windows, 30
+launches) takes about 10 minutes with both plugins on a 2-core machine, about 5 with
 ours alone; --quick about 40 s per plugin. Keep windows a multiple of 5 s: our plugin
 probes every GPU once per `health.probe_interval` (5 s), so a shorter window may miss the
 probe and understate its idle cost. Prerequisites: `make native sim` and
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intervals", default="1s,100ms", help="Stats intervals, comma-separated (default: %(default)s)")
     ap.add_argument("--window", type=parse_duration, help="length of each measured phase (default 15s; --quick 5s)")
     ap.add_argument("--settle", type=parse_duration, help="wait after a stream's first answer (default 2s; --quick 1s)")
-    ap.add_argument("--launches", type=int, help="launches for the handshake median (default 10; --quick 3)")
+    ap.add_argument("--launches", type=int, help="launches for the handshake median (default 30; --quick 3)")
     ap.add_argument("--quick", action="store_true", help="sizes 8 and 512, 5 s windows, 3 launches")
     ap.add_argument("--json", type=Path, help="write the results here ('-': print them after the table)")
     ap.add_argument("--plot", type=Path, help="write the plot here (PNG)")
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     opts.window = opts.window or (5.0 if opts.quick else 15.0)
     opts.settle = opts.settle or (1.0 if opts.quick else 2.0)
-    opts.launches = opts.launches or (3 if opts.quick else 10)
+    # 30: on a 2-core VM one launch takes anywhere from 100 to 180 ms, and a median of 10 moves by 20 ms between runs.
+    opts.launches = opts.launches or (3 if opts.quick else 30)
     sizes = [int(s) for s in opts.sizes.split(",")] if opts.sizes else list(QUICK_SIZES if opts.quick else SIZES)
     if any(s not in SIZES for s in sizes):
         ap.error(f"--sizes: each one of {SIZES}")
