@@ -27,6 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
+    from typing import Any
 
 # The signal the kernel sends us when the launching process dies (PR_SET_PDEATHSIG).
 PARENT_SIGNAL = signal.SIGUSR1
@@ -94,6 +95,9 @@ class StopRequests:
         Python resets its own handlers to the default while the interpreter
         exits, so without this a second SIGTERM would kill the exiting process.
         """
+        import sys
+
+        sys.unraisablehook = quiet_ignored_signals(sys.unraisablehook)
         for s in (*STOP_SIGNALS, PARENT_SIGNAL):
             signal.signal(s, signal.SIG_IGN)
 
@@ -212,6 +216,26 @@ class StopRequests:
             # No flush: every log record is flushed as it is written, and a
             # flush could wait on a stuck stderr.
             os._exit(code)
+
+
+def quiet_ignored_signals(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """An unraisable hook that drops CPython's report of a stop signal ignored in a race.
+
+    A signal whose C-level handler ran just before `ignore_further` made it
+    SIG_IGN (another thread took it) is then dropped by CPython as an
+    unraisable "Signal N ignored due to race condition" OSError, with a
+    traceback on stderr. It was ignored as asked: nothing to report.
+    Everything else goes to `previous`.
+    """
+    quiet = {f"Signal {int(s)} ignored due to race condition" for s in (*STOP_SIGNALS, PARENT_SIGNAL)}
+
+    def hook(unraisable: Any) -> None:
+        exc = getattr(unraisable, "exc_value", None)
+        if isinstance(exc, OSError) and str(exc) in quiet:
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def remove_dir(path: str) -> Callable[[], None]:
