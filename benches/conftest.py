@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,15 +23,16 @@ from stats_sim import nvml_session, tracked_devices  # noqa: E402
 
 from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice  # noqa: E402
 
+D = TypeVar("D")
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "8,56,512,4096").split(",") if s.strip()]
 SCENARIOS = {"0us": HERE / "scenarios" / "bench-zero.toml", "50us": HERE / "scenarios" / "bench-50us.toml"}
 
 
-def pick(devices: list[TrackedDevice], size: int) -> list[TrackedDevice]:
+def pick(devices: list[D], size: int, device_id: Callable[[D], str] = attrgetter("device_id")) -> list[D]:
     """8 -> 8 whole GPUs; 56 -> the 8 x 7 MIG instances; larger -> the MIG
-    instances plus whole GPUs up to the size."""
-    mig = [d for d in devices if d.device_id.startswith("MIG-")]
-    whole = [d for d in devices if not d.device_id.startswith("MIG-")]
+    instances plus whole GPUs up to the size. `device_id` reads a device's ID."""
+    mig = [d for d in devices if device_id(d).startswith("MIG-")]
+    whole = [d for d in devices if not device_id(d).startswith("MIG-")]
     if size <= 8:
         return whole[:size]
     if size <= len(mig):

@@ -11,9 +11,10 @@ plugin's idle CPU. Run: make bench, or BENCH_SIZES=8,56 for a quick run.
 from __future__ import annotations
 
 import time
+from operator import attrgetter
 
 import pytest
-from conftest import SIZES
+from conftest import SIZES, pick
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
 from nomad_device_nvidia.nvidia.calls import CallRunner, direct
@@ -26,15 +27,10 @@ _COST = {"0us": 4e-5, "50us": 3e-4}
 
 
 def devices_of_size(size: int) -> list[fp.GpuDevice]:
-    """The same devices as conftest.pick: whole GPUs up to 8, then MIG instances, then
-    MIG instances and whole GPUs; only the GPUs needed are scanned."""
-    if size <= 8:
-        indices = list(range(_MIG_GPUS, _MIG_GPUS + size))
-    else:
-        whole = max(0, size - 7 * _MIG_GPUS)
-        indices = list(range(_MIG_GPUS)) + list(range(_MIG_GPUS, _MIG_GPUS + whole))
-    devices = [dev for i in indices for dev in fp.scan_gpu(direct, i, []).devices]
-    return devices[:size]
+    """conftest.pick's devices of this size; only the GPUs it can choose from are scanned."""
+    whole = size if size <= 8 else max(0, size - 7 * _MIG_GPUS)
+    devices = [dev for i in range(_MIG_GPUS + whole) for dev in fp.scan_gpu(direct, i, []).devices]
+    return pick(devices, size, attrgetter("id"))
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -23,10 +23,14 @@ PROG = "nomad-device-nvidia"
 LISTEN_VARIABLE = "NOMAD_DEVICE_NVIDIA_LISTEN"
 
 
+def _listen_default() -> str:
+    return os.environ.get(LISTEN_VARIABLE, "unix")
+
+
 class Flags:
     """The plugin-mode flags, with their defaults."""
 
-    def __init__(self, listen: str = "unix", nvml_library: str = "", simulate: str = "",
+    def __init__(self, listen: str, nvml_library: str = "", simulate: str = "",
                  log_level: str | None = None) -> None:
         self.listen = listen
         self.nvml_library = nvml_library
@@ -38,7 +42,7 @@ def _flags(args_in: list[str]) -> Flags:
     # argparse (and gettext with it) loads only for a command line that has flags:
     # Nomad's usual launch has none, and it would be ~3 ms before the handshake line.
     if not args_in:
-        return Flags(listen=os.environ.get(LISTEN_VARIABLE, Flags().listen))
+        return Flags(listen=_listen_default())
     ns = _parser().parse_args(args_in)
     return Flags(ns.listen, ns.nvml_library, ns.simulate, ns.log_level)
 
@@ -58,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                     "the flags below are for the agent's plugin block `args`.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    defaults = Flags()
-    p.add_argument("--listen", choices=("unix", "tcp"), default=os.environ.get(LISTEN_VARIABLE, defaults.listen),
+    defaults = Flags(_listen_default())
+    p.add_argument("--listen", choices=("unix", "tcp"), default=defaults.listen,
                    help="transport to serve Nomad on: a private unix socket (default) or tcp on 127.0.0.1 "
                         "within PLUGIN_MIN_PORT..PLUGIN_MAX_PORT")
     p.add_argument("--nvml-library", default=defaults.nvml_library, metavar="PATH",

@@ -235,10 +235,11 @@ async def _serve(plugin: DevicePlugin, network: str, env: Mapping[str, str], lim
         version = handshake.negotiate_version(env)
         endpoint = _Endpoint(server, network, env, handshake.private_dir(env), limits)
         tls = None
-        if handshake.client_cert(env):
+        cert = handshake.client_cert(env)
+        if cert:
             from nomad_device_nvidia.sdk.tls import auto_mtls
 
-            tls = auto_mtls(handshake.client_cert(env), endpoint.directory)
+            tls = auto_mtls(cert, endpoint.directory)
         listener = endpoint.bind(tls)
         await server.start()
     except (HandshakeError, RuntimeError, OSError) as exc:
