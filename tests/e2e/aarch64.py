@@ -41,10 +41,13 @@ MIRROR = os.environ.get("NOMAD_AARCH64_MIRROR", "http://deb.debian.org/debian")
 # What the plugin needs from the OS: Python, and pip as a wheel (run straight
 # from the zip: pip's own installer would start a second, arm64, process).
 PACKAGES = ("python3", "python3-pip-whl")
-HOST_TOOLS = {  # tool -> Debian package that provides it
+HOST_TOOLS = {  # tool on PATH, or an absolute file -> Debian package that provides it
     "debootstrap": "debootstrap",
     "qemu-aarch64-static": "qemu-user-static",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    # The cross C library: --no-install-recommends leaves it out, and without it the
+    # arm64 simulated driver fails to link (cannot find crti.o).
+    "/usr/aarch64-linux-gnu/lib/crti.o": "libc6-dev-arm64-cross",
     "dpkg-deb": "dpkg",
     "readelf": "binutils",
 }
@@ -66,9 +69,13 @@ def _run(step: str, cmd: Sequence[str], timeout: float, **kw: object) -> subproc
     return res  # type: ignore[no-any-return]
 
 
+def _present(tool: str) -> bool:
+    return Path(tool).is_file() if tool.startswith("/") else shutil.which(tool) is not None
+
+
 def ensure_host_tools() -> list[str]:
     """The Debian tools the node needs, installed with apt-get when missing (as root); returns what was installed."""
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not _present(tool)})
     if not missing:
         return []
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
