@@ -12,7 +12,7 @@ export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean \
+.PHONY: demo test check venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean \
 	launcher nomad cluster test-cluster test-aarch64 soak
 
 # Only what the demo runs: the plugin, the simulated driver and Nomad's launcher
@@ -25,6 +25,17 @@ test: build
 	$(MAKE) test-rust
 	$(MAKE) test-python
 	$(MAKE) bench-ci
+
+# The inner loop, under a minute warm on 2 cores: lint, the Rust unit tests, and the
+# tests that start no agent, no qemu and nothing slow (markers: tests/conftest.py TIERS).
+check: venv native sim $(BUILD)/bin/harness
+	$(MAKE) lint
+	cargo test --release -q --workspace --exclude nomad-device-nvidia-native --lib
+	$(VPY) -m pytest tests -q -m "(inprocess or sim) and not slow" --timeout=120
+
+# The Go binaries the quick tests drive, rebuilt when the harness changes (not the agent).
+$(BUILD)/bin/harness: $(wildcard tests/harness/*.go) tests/harness/go.mod tests/harness/go.sum
+	$(MAKE) -C tests/harness BIN=$(BUILD)/bin all
 
 venv: $(VENV)/.deps-stamp
 # Development needs Python 3.11+ (the tests read TOML with tomllib); the wheel serves 3.10+.

@@ -1,4 +1,4 @@
-"""The cost of extended stats with GPM (issue 13): a tick with `extended_stats`
+"""The cost of extended stats with GPM: a tick with `extended_stats`
 on GPUs that have GPM (the bench machine's H100s and their MIG instances: one
 GPM sample and one metrics computation per device and tick, on top of the
 extended reads) against the plain tick, per engine and size.

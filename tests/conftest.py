@@ -16,6 +16,69 @@ from typing import Any
 import pytest
 
 
+# --- Tiers: what each test file starts, as markers (`make check` runs the quick ones) ---
+
+# inprocess: this process alone, no NVML library; sim: the simulated driver, loaded here or
+# in plugin, harness or Python processes the test starts; agent: a real `nomad agent`;
+# qemu: arm64 code under qemu-user; slow: over ~15 s warm, or builds a wheel or a node.
+# A new test file gets a line here: collection fails for one that has none.
+TIERS: dict[str, tuple[str, ...]] = {
+    "test_aarch64.py": ("qemu", "slow"),
+    "test_agent_e2e.py": ("agent", "slow"),
+    "test_bench.py": ("sim", "slow"),
+    "test_calls.py": ("inprocess",),
+    "test_cli.py": ("sim",),
+    "test_cluster.py": ("agent", "slow"),
+    "test_conformance.py": ("sim",),
+    "test_demo.py": ("sim", "slow"),
+    "test_driver.py": ("sim",),
+    "test_faults.py": ("sim", "slow"),
+    "test_fuzz.py": ("sim", "slow"),
+    "test_gb200.py": ("sim",),
+    "test_goplugin_parity.py": ("sim",),
+    "test_gpu_check.py": ("sim",),
+    "test_health_faults.py": ("sim", "slow"),
+    "test_import_boundaries.py": ("inprocess",),
+    "test_limits.py": ("sim",),
+    "test_nvidia_config.py": ("inprocess",),
+    "test_nvidia_grouping.py": ("sim",),
+    "test_nvidia_sim.py": ("sim",),
+    "test_probe_config.py": ("sim",),
+    "test_proto_fresh.py": ("inprocess",),
+    "test_reserve_nvlink.py": ("inprocess",),
+    "test_sdk_config.py": ("inprocess",),
+    "test_sdk_logs.py": ("inprocess",),
+    "test_sdk_stats.py": ("sim",),
+    "test_sharing_e2e.py": ("agent", "slow"),
+    "test_signals.py": ("sim", "slow"),
+    "test_sim_nvml.py": ("sim",),
+    "test_soak.py": ("sim", "slow"),
+    "test_stats_differential.py": ("sim",),
+    "test_stats_end_to_end.py": ("sim",),
+    "test_stats_engines.py": ("sim",),
+    "test_transport.py": ("sim",),
+    "test_wheel.py": ("sim", "slow"),
+}
+STARTS = ("inprocess", "sim", "agent", "qemu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    untiered = set()
+    for item in items:
+        name = item.path.name
+        if item.path.parent != Path(__file__).parent:
+            continue  # benches/ and the like carry their own markers
+        tier = TIERS.get(name)
+        if not tier or not any(t in STARTS for t in tier):
+            untiered.add(name)
+            continue
+        for marker in tier:
+            item.add_marker(marker)
+    if untiered:
+        raise pytest.UsageError(f"tests/conftest.py TIERS has no line for {', '.join(sorted(untiered))}: "
+                                f"say what the file's tests start ({', '.join(STARTS)}) and whether they are slow")
+
+
 # --- Go harness (tests/harness): binaries and a runner that parses its JSON lines ---
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

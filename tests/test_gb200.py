@@ -1,4 +1,4 @@
-"""Issue 13's Done-when, through Nomad's own client code (the Go harness): a GB200
+"""Through Nomad's own client code (the Go harness), a GB200
 NVL72 compute tray (scenarios/gb200-tray.toml: four GB200 GPUs in one NVLink
 domain, GPU 3 in MIG mode) on the simulated driver.
 
@@ -31,7 +31,7 @@ TRAY = REPO_ROOT / "scenarios" / "gb200-tray.toml"
 FABRIC_FAULT = REPO_ROOT / "tests" / "scenarios" / "fault-gb200-fabric.toml"
 MIG_STATS_OUT = REPO_ROOT / "build" / "gb200-mig-stats.json"
 
-# Stat name -> the scenario's metric key, in the order the issue lists them.
+# Stat name -> the scenario's metric key.
 GPM = {
     "Graphics activity": "gpm_graphics_util",
     "SM activity": "gpm_sm_util",

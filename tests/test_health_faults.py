@@ -1,4 +1,4 @@
-"""Issue 9: health and fingerprint that hold when the driver misbehaves, proved through
+"""Health and fingerprint that hold when the driver misbehaves, proved through
 Nomad's own client code.
 
 Each test launches the real plugin executable on the simulated driver

@@ -1,4 +1,4 @@
-"""Reserve options for NVLink-switched and RDMA nodes (issue 13): IMEX channels and
+"""Reserve options for NVLink-switched and RDMA nodes: IMEX channels and
 NVIDIA's container toolkit feature toggles, opt-in, decoded with errors that name the key."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GPU sharing and isolation through a real Nomad agent (issue 12, item 6).
+"""GPU sharing and isolation through a real Nomad agent.
 
 One `nomad agent -dev` with the plugin on two simulated H100s and
 

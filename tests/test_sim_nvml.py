@@ -367,7 +367,7 @@ print(json.dumps(out))
     assert json.loads(proc.stdout) == [0, 1, 1, 0, 2, 6]
 
 
-# The child for the health faults of issue 9: init, run the steps in argv[2] (Python
+# The child for the health faults (test_health_faults.py): init, run the steps in argv[2] (Python
 # statements with `n` = pynvml, `h` = the GPU handles, `code(f, *a)` = the NVML return
 # code of a call, `out` = the dict printed as JSON). The machine's clock starts inside
 # nvmlInit, between t_init and t0: machine time >= X once time.monotonic() >= t0 + X,

@@ -1,4 +1,4 @@
-"""The soak in its short form (issue 12): benches/soak.py with 6,000 Stats ticks, about a minute.
+"""The soak in its short form: benches/soak.py with 6,000 Stats ticks, about a minute.
 
 Everything the full `make soak` does (56 simulated GPUs, 12 Stats streams with churn,
 Fingerprint churn, SetConfig changes, a GPU lost and back, XIDs), compressed in time,

@@ -389,11 +389,18 @@ def test_closing_during_a_hang_keeps_its_log(tmp_path: Path, caplog: pytest.LogC
     """What the Rust engine logs while closing (a read still hung) reaches
     the logger, though the engine is gone by then."""
     caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
-    with nvml_session(write(tmp_path, hang_scenario(5_000))):
+    with nvml_session(write(tmp_path, hang_scenario(10_000))):
         hung = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
         engine = NativeStatsEngine(EngineOptions(timeout=0.5))
         engine.track(tracked_devices())
-        engine.collect()
+        # A tick whose worker is not scheduled before its deadline never starts the
+        # read (a loaded machine): tick until the engine reports the read as hung.
+        for _ in range(20):
+            engine.collect()
+            if any("did not answer NVML" in r.getMessage() for r in caplog.records):
+                break
+        else:
+            pytest.fail(f"the hung read never started: {caplog.records}")
         engine.close()
     closing = [r for r in caplog.records if "closing while" in r.getMessage()]
     assert len(closing) == 1 and hung in closing[0].getMessage(), caplog.records

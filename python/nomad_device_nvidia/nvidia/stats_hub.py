@@ -40,7 +40,8 @@ class StatsHub:
         self._lock = threading.Lock()
         self._streams = 0
         self._engine: StatsEngine | None = None
-        self._built_for: tuple[str, bool, int] = ("", False, -1)  # (kind, extended, NVML epoch)
+        # (kind, extended, tick deadline, NVML epoch) of the engine in use
+        self._built_for: tuple[str, bool, float, int] = ("", False, 0.0, -1)
         self._generation = -1
 
     def join(self) -> None:
@@ -68,11 +69,13 @@ class StatsHub:
                 self._drop(engine)
                 return None
             cfg = self._config()
-            wanted = (cfg.stats_engine, cfg.extended_stats, self._watch.epoch)
+            # One deadline for every NVML call: a tick waits `call_timeout` for a device.
+            timeout = cfg.health.call_timeout
+            wanted = (cfg.stats_engine, cfg.extended_stats, timeout, self._watch.epoch)
             if self._engine is None or wanted != self._built_for:
                 self._drop(self._engine)
                 self._engine = None
-                options = EngineOptions(extended=cfg.extended_stats, calls=self._runner)
+                options = EngineOptions(extended=cfg.extended_stats, timeout=timeout, calls=self._runner)
                 try:
                     # Building one inits NVML and makes an event set: under the deadline too.
                     self._engine = self._runner.call(SYSTEM, open_stats_engine, cfg.stats_engine, options)
