@@ -32,6 +32,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_conformance.py": ("sim",),
     "test_demo.py": ("sim", "slow"),
     "test_driver.py": ("sim",),
+    "test_event_watcher.py": ("inprocess",),
     "test_faults.py": ("sim", "slow"),
     "test_fuzz.py": ("sim", "slow"),
     "test_gb200.py": ("sim",),

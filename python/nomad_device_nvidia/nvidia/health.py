@@ -444,8 +444,11 @@ class EventWatcher:
     def _trouble(self, why: str) -> None:
         if not self._failing:
             log.warning("reading an NVML event failed (%s); probing the devices instead", why)
-        self._failing = why
-        self._on_trouble()
+        # Only news asks for a probe now: `check` runs at every probe round while a
+        # wait stays blocked, and asking each time would run the rounds back to back.
+        news, self._failing = why != self._failing, why
+        if news:
+            self._on_trouble()
 
     def _free(self) -> None:
         event_set, self._event_set, self._by_address = self._event_set, None, {}
