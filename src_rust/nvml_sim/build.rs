@@ -23,22 +23,33 @@ fn branch_table() {
     let mut out = String::from("pub static BRANCHES: &[Branch] = &[\n");
     for f in files {
         println!("cargo:rerun-if-changed={}", f.display());
-        let branch: u32 = f.file_stem().unwrap().to_str().unwrap().parse().unwrap_or_else(|_| {
-            panic!("{}: the file name must be the branch number", f.display())
-        });
+        let branch: u32 = f
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{}: the file name must be the branch number", f.display()));
         let text = std::fs::read_to_string(&f).unwrap();
         let mut lines = text.lines();
         // "# libnvidia-ml.so.1 <version> from ..."
         let header = lines.next().unwrap_or_default();
         let version = header.split_whitespace().nth(2).unwrap_or_else(|| {
-            panic!("{}: the first line must be `# <soname> <version> from ...`", f.display())
+            panic!(
+                "{}: the first line must be `# <soname> <version> from ...`",
+                f.display()
+            )
         });
         assert!(
             version.starts_with(&format!("{branch}.")),
             "{}: version {version} is not of branch {branch}",
             f.display()
         );
-        write!(out, "    Branch {{ branch: {branch}, version: {version:?}, functions: &[").unwrap();
+        write!(
+            out,
+            "    Branch {{ branch: {branch}, version: {version:?}, functions: &["
+        )
+        .unwrap();
         for name in lines.filter(|l| !l.is_empty()) {
             write!(out, "{name:?}, ").unwrap();
         }

@@ -99,8 +99,16 @@ mod tests {
     fn every_list_is_sorted_and_its_version_of_its_branch() {
         assert!(!BRANCHES.is_empty());
         for b in BRANCHES {
-            assert!(b.version.starts_with(&format!("{}.", b.branch)), "{}", b.version);
-            assert!(b.functions.windows(2).all(|w| w[0] < w[1]), "branch {}", b.branch);
+            assert!(
+                b.version.starts_with(&format!("{}.", b.branch)),
+                "{}",
+                b.version
+            );
+            assert!(
+                b.functions.windows(2).all(|w| w[0] < w[1]),
+                "branch {}",
+                b.branch
+            );
             assert!(b.functions.iter().all(|f| f.starts_with("nvml")));
             assert!(b.functions.contains(&"nvmlInit_v2"));
         }
@@ -109,7 +117,10 @@ mod tests {
     #[test]
     fn an_unknown_branch_is_refused_naming_the_key_and_the_known_ones() {
         let err = played(1).err().expect("branch 1 has no list");
-        assert!(err.starts_with("driver.branch: no function list for branch 1"), "{err}");
+        assert!(
+            err.starts_with("driver.branch: no function list for branch 1"),
+            "{err}"
+        );
         assert!(err.contains("535"), "{err}");
     }
 }
