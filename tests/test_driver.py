@@ -118,3 +118,30 @@ def test_sim_on_library_path_is_reported_loudly() -> None:
     assert out["source"]["simulated"] is True and out["source"]["scenario"] == str(SCENARIO)
     assert out["name"] == "NVIDIA L4"
     assert "SIMULATED NVIDIA DRIVER IN USE" in logs and "LD_LIBRARY_PATH" in logs
+
+
+SCENARIO_WITH_BRANCH = """name = "b"
+[driver]
+cuda_version = "12.2"
+branch = 535
+
+[[gpus]]
+model = "l4"
+"""
+
+
+@pytest.mark.parametrize("python_has_tomllib", [True, False])
+def test_the_scenarios_driver_branch_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              python_has_tomllib: bool) -> None:
+    from nomad_device_nvidia.nvidia.driver import scenario_branch
+
+    if not python_has_tomllib:  # Python 3.10: the [driver] table's `branch = N` line
+        monkeypatch.setitem(sys.modules, "tomllib", None)
+    with_branch = tmp_path / "with.toml"
+    with_branch.write_text(SCENARIO_WITH_BRANCH)
+    assert scenario_branch(str(with_branch)) == 535
+    without = tmp_path / "without.toml"
+    # A `branch` key outside [driver] is not the driver's.
+    without.write_text(SCENARIO_WITH_BRANCH.replace("branch = 535\n", "") + "[gpus.stats]\nbranch = 1\n")
+    assert scenario_branch(str(without)) is None
+    assert scenario_branch(str(tmp_path / "missing.toml")) is None

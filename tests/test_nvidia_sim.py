@@ -1000,15 +1000,22 @@ def test_an_8_gpu_node_at_driver_535_shows_what_the_newest_branch_shows(tmp_path
 
 
 def test_fabric_at_driver_535_comes_from_the_v1_call_and_its_missing_health_is_said_once(tmp_path: Path) -> None:
+    # GPU 3 (the one in MIG mode) never completes its fabric registration.
+    not_ready = '\n[[faults]]\nkind = "fabric_not_ready"\ngpu = 3\n'
     seen = {}
     for branch in (sim_branches.OLDEST, sim_branches.NEWEST):
-        path = branch_scenario(tmp_path, "gb200-tray", branch)
+        path = branch_scenario(tmp_path, "gb200-tray", branch, not_ready)
         config = {"simulate": path, "fingerprint_period": "1s", "health": {"probe_interval": "100ms"}}
-        out, log = stream(config, {"op": "wait", "until": "len(groups) > 0"}, {"op": "wait_scans", "n": 3})
+        out, log = stream(config, {"op": "wait", "until": why_contains("NVLink fabric not ready"), "max_s": 60},
+                          {"op": "wait_scans", "n": 3})
+        assert "timeout" not in out[2], out[2]
         groups = out[2]["groups"]
-        assert all(d["healthy"] for d in devices(groups)), groups
-        assert all(g["attributes"]["fabric_clique"][0] == 32766 for g in groups), groups
-        assert {g["attributes"]["fabric_cluster_uuid"][0] for g in groups} == {"6d2c4a8e-1f3b-4c7d-9e5a-0b8f2d6c4e1a"}
+        whole = next(g for g in groups if g["name"] == "NVIDIA GB200")
+        assert all(d["healthy"] for d in whole["devices"]) and len(whole["devices"]) == 3, whole
+        assert whole["attributes"]["fabric_clique"][0] == 32766, whole
+        assert whole["attributes"]["fabric_cluster_uuid"][0] == "6d2c4a8e-1f3b-4c7d-9e5a-0b8f2d6c4e1a", whole
+        migs = [d for g in groups if "MIG" in g["name"] for d in g["devices"]]
+        assert migs and all(d["why"] == "NVLink fabric not ready: in progress" for d in migs), migs
         said = log.count("NVLink fabric health is not checked")
         assert said == (1 if branch == sim_branches.OLDEST else 0), log
         seen[branch] = comparable(groups)
