@@ -124,3 +124,22 @@ mod tests {
         assert!(err.contains("535"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod scenario_tests {
+    use crate::sim::Sim;
+
+    #[test]
+    fn a_branch_scenario_reports_the_branchs_driver_version_unless_it_sets_one() {
+        let sim = Sim::from_toml("t.toml", "name = \"t\"\n[driver]\nbranch = 535\n").unwrap();
+        assert_eq!(sim.driver_version, "535.261.03");
+        assert_eq!(sim.nvml_version, "12.535.261.03");
+        let text = "name = \"t\"\n[driver]\nbranch = 535\nversion = \"535.54.03\"\n";
+        assert_eq!(
+            Sim::from_toml("t.toml", text).unwrap().driver_version,
+            "535.54.03"
+        );
+        let plain = Sim::from_toml("t.toml", "name = \"t\"\n").unwrap();
+        assert_eq!(plain.driver_version, "550.90.07");
+    }
+}
