@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sim_branches
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios" / "1gpu.toml"
@@ -145,3 +146,14 @@ def test_the_scenarios_driver_branch_is_read(tmp_path: Path, monkeypatch: pytest
     without.write_text(SCENARIO_WITH_BRANCH.replace("branch = 535\n", "") + "[gpus.stats]\nbranch = 1\n")
     assert scenario_branch(str(without)) is None
     assert scenario_branch(str(tmp_path / "missing.toml")) is None
+
+
+def test_a_branch_scenario_picks_the_branchs_library_beside_the_simulated_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomad_device_nvidia.nvidia.driver import SIM_LIB_ENV, NvmlLoadError, find_sim_library
+
+    full = sim_branches.library(None)
+    monkeypatch.setenv(SIM_LIB_ENV, str(full))
+    assert find_sim_library(None) == str(full)
+    assert find_sim_library(535) == str(sim_branches.library(535))
+    with pytest.raises(NvmlLoadError, match=r"plays driver branch 999 but .*/999/libnvidia-ml.so.1 is missing"):
+        find_sim_library(999)
