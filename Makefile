@@ -64,6 +64,9 @@ sim:
 	mkdir -p $(BUILD)/sim
 	cp -f $(CARGO_TARGET_DIR)/release/libnvml_sim.so $(BUILD)/sim/.libnvidia-ml.so.1.new
 	mv -f $(BUILD)/sim/.libnvidia-ml.so.1.new $(BUILD)/sim/libnvidia-ml.so.1
+	# One per driver branch (build/sim/<branch>/), exporting only that branch's functions.
+	bash scripts/link_sim_branches.sh $(CARGO_TARGET_DIR)/release/libnvml_sim.a \
+		$(BUILD)/sim/libnvidia-ml.so.1 src_rust/nvml_sim/branches $(BUILD)/sim
 
 # From the Go module proxy: the Go harness, Nomad's launcher, HashiCorp's Go
 # plugin and the nomad agent itself (slow once: ~14 min on 2 cores; Go's build

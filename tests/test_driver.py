@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sim_branches
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios" / "1gpu.toml"
@@ -118,3 +119,41 @@ def test_sim_on_library_path_is_reported_loudly() -> None:
     assert out["source"]["simulated"] is True and out["source"]["scenario"] == str(SCENARIO)
     assert out["name"] == "NVIDIA L4"
     assert "SIMULATED NVIDIA DRIVER IN USE" in logs and "LD_LIBRARY_PATH" in logs
+
+
+SCENARIO_WITH_BRANCH = """name = "b"
+[driver]
+cuda_version = "12.2"
+branch = 535
+
+[[gpus]]
+model = "l4"
+"""
+
+
+@pytest.mark.parametrize("python_has_tomllib", [True, False])
+def test_the_scenarios_driver_branch_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              python_has_tomllib: bool) -> None:
+    from nomad_device_nvidia.nvidia.driver import scenario_branch
+
+    if not python_has_tomllib:  # Python 3.10: the [driver] table's `branch = N` line
+        monkeypatch.setitem(sys.modules, "tomllib", None)
+    with_branch = tmp_path / "with.toml"
+    with_branch.write_text(SCENARIO_WITH_BRANCH)
+    assert scenario_branch(str(with_branch)) == 535
+    without = tmp_path / "without.toml"
+    # A `branch` key outside [driver] is not the driver's.
+    without.write_text(SCENARIO_WITH_BRANCH.replace("branch = 535\n", "") + "[gpus.stats]\nbranch = 1\n")
+    assert scenario_branch(str(without)) is None
+    assert scenario_branch(str(tmp_path / "missing.toml")) is None
+
+
+def test_a_branch_scenario_picks_the_branchs_library_beside_the_simulated_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomad_device_nvidia.nvidia.driver import SIM_LIB_ENV, NvmlLoadError, find_sim_library
+
+    full = sim_branches.library(None)
+    monkeypatch.setenv(SIM_LIB_ENV, str(full))
+    assert find_sim_library(None) == str(full)
+    assert find_sim_library(535) == str(sim_branches.library(535))
+    with pytest.raises(NvmlLoadError, match=r"plays driver branch 999 but .*/999/libnvidia-ml.so.1 is missing"):
+        find_sim_library(999)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sim_branches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -951,3 +952,127 @@ def test_the_lost_gpu_of_a_one_gpu_node_is_that_gpu_not_the_driver(tmp_path: Pat
     assert "timeout" not in out[3] and "timeout" not in out[4], out
     assert devices(out[3]["groups"])[0]["why"].startswith("GPU is lost or needs a reset"), out[3]
     assert "NVIDIA driver unavailable" not in log
+
+
+# --- Driver branches: what an older driver's library lacks, the plugin gets another way ---
+
+
+def branch_scenario(tmp_path: Path, name: str, branch: int, extra: str = "") -> str:
+    """Ready-made scenario `name` playing driver `branch` (plus `extra` TOML)."""
+    path = tmp_path / f"{name}-{branch}.toml"
+    path.write_text(sim_branches.at_branch((REPO / "scenarios" / f"{name}.toml").read_text() + extra, branch))
+    return str(path)
+
+
+def comparable(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The groups by name: their attributes (all but the driver's version), devices and health."""
+    return {
+        g["name"]: (
+            {k: v for k, v in g["attributes"].items() if k != "driver_version"},
+            sorted((d["id"], d["healthy"], d["pci"]) for d in g["devices"]),
+        )
+        for g in groups
+    }
+
+
+@pytest.mark.parametrize("name", ["8xh100", "8xh100-mig"])
+def test_an_8_gpu_node_at_driver_535_shows_what_the_newest_branch_shows(tmp_path: Path, name: str) -> None:
+    # 535 has no nvmlDeviceGetNumaNodeId: the NUMA node comes from nvmlDeviceGetMemoryAffinity.
+    seen = {}
+    for branch in (sim_branches.OLDEST, sim_branches.NEWEST):
+        path = branch_scenario(tmp_path, name, branch)
+        config = {"simulate": path, "fingerprint_period": "1h", "group_by": ["numa_node"]}
+        out, log = stream(config, {"op": "wait", "until": "True", "max_s": 120}, {"op": "stats", "ticks": 1},
+                          shutdown=True)
+        groups = out[2]["groups"]
+        assert len(ids(groups)) == len(set(ids(groups))) == expected_device_count(REPO / "scenarios" / f"{name}.toml")
+        assert f"sim/{branch}/libnvidia-ml.so.1" in log, "the branch's own library must be the one loaded"
+        assert "is not reported" not in log and "not checked" not in log, log
+        assert {g["attributes"]["driver_version"][0] for g in groups} == {sim_branches.version(branch)}
+        assert out[3]["ticks"] == [{g["name"]: sorted(d["id"] for d in g["devices"]) for g in groups}]
+        seen[branch] = comparable(groups)
+    at_535, newest = seen[sim_branches.OLDEST], seen[sim_branches.NEWEST]
+    assert at_535 == newest
+    whole = sorted(n for n in at_535 if "MIG" not in n)
+    assert whole == ["NVIDIA H100 80GB HBM3 (NUMA 0)", "NVIDIA H100 80GB HBM3 (NUMA 1)"], whole
+    for n, (attrs, _) in at_535.items():
+        assert attrs["numa_node"][0] == int(n.split("NUMA ")[1][0]), n
+
+
+def test_fabric_at_driver_535_comes_from_the_v1_call_and_its_missing_health_is_said_once(tmp_path: Path) -> None:
+    # GPU 3 (the one in MIG mode) never completes its fabric registration.
+    not_ready = '\n[[faults]]\nkind = "fabric_not_ready"\ngpu = 3\n'
+    seen = {}
+    for branch in (sim_branches.OLDEST, sim_branches.NEWEST):
+        path = branch_scenario(tmp_path, "gb200-tray", branch, not_ready)
+        config = {"simulate": path, "fingerprint_period": "1s", "health": {"probe_interval": "100ms"}}
+        out, log = stream(config, {"op": "wait", "until": why_contains("NVLink fabric not ready"), "max_s": 60},
+                          {"op": "wait_scans", "n": 3})
+        assert "timeout" not in out[2], out[2]
+        groups = out[2]["groups"]
+        whole = next(g for g in groups if g["name"] == "NVIDIA GB200")
+        assert all(d["healthy"] for d in whole["devices"]) and len(whole["devices"]) == 3, whole
+        assert whole["attributes"]["fabric_clique"][0] == 32766, whole
+        assert whole["attributes"]["fabric_cluster_uuid"][0] == "6d2c4a8e-1f3b-4c7d-9e5a-0b8f2d6c4e1a", whole
+        migs = [d for g in groups if "MIG" in g["name"] for d in g["devices"]]
+        assert migs and all(d["why"] == "NVLink fabric not ready: in progress" for d in migs), migs
+        said = log.count("NVLink fabric health is not checked")
+        assert said == (1 if branch == sim_branches.OLDEST else 0), log
+        seen[branch] = comparable(groups)
+    assert seen[sim_branches.OLDEST] == seen[sim_branches.NEWEST]
+
+
+def test_a_535_gpu_whose_numa_node_nothing_tells_is_said_once(tmp_path: Path) -> None:
+    # 535 lacks nvmlDeviceGetNumaNodeId; with nvmlDeviceGetMemoryAffinity unsupported too,
+    # only Linux's sysfs entry of the GPU's PCI address is left.
+    fault = '\n[[faults]]\nkind = "not_supported"\nfunctions = ["nvmlDeviceGetMemoryAffinity"]\n'
+    path = branch_scenario(tmp_path, "8xh100", sim_branches.OLDEST, fault)
+    out, log = stream({"simulate": path, "fingerprint_period": "1s", "group_by": ["numa_node"]},
+                      {"op": "wait", "until": "len(groups) > 0"}, {"op": "wait_scans", "n": 2})
+    from nomad_device_nvidia.nvidia.fingerprint import _sysfs_numa_node
+
+    for g in out[2]["groups"]:
+        for d in g["devices"]:
+            # On this machine the simulated bus IDs may name real PCI functions with a node.
+            node = _sysfs_numa_node(d["pci"])
+            assert g["attributes"].get("numa_node", [None])[0] == node, (g, node)
+    nodes = {_sysfs_numa_node(d["pci"]) for d in devices(out[2]["groups"])}
+    assert log.count("numa_node is not reported") == (1 if None in nodes else 0), log
+
+
+def test_each_branch_library_answers_for_exactly_its_functions(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import ctypes, json, sys
+        lib = ctypes.CDLL(sys.argv[1])
+        print(json.dumps([n for n in json.loads(sys.argv[2]) if hasattr(lib, n)]))
+        """
+    )
+    every = set().union(*(sim_branches.functions(b) for b in sim_branches.BRANCHES))
+    full = set(json.loads(subprocess.run([sys.executable, "-c", code, str(sim_branches.library(None)),
+                                          json.dumps(sorted(every))], capture_output=True, text=True,
+                                         check=True, timeout=60).stdout))
+    for branch in sim_branches.BRANCHES:
+        has = set(json.loads(subprocess.run([sys.executable, "-c", code, str(sim_branches.library(branch)),
+                                             json.dumps(sorted(every))], capture_output=True, text=True,
+                                            check=True, timeout=60).stdout))
+        assert has == sim_branches.functions(branch) & full, branch
+    # What the plugin reads where the older driver lacks the call.
+    assert "nvmlDeviceGetNumaNodeId" not in sim_branches.functions(535)
+    assert "nvmlDeviceGetGpuFabricInfoV" not in sim_branches.functions(535)
+    assert {"nvmlDeviceGetMemoryAffinity", "nvmlDeviceGetGpuFabricInfo"} <= sim_branches.functions(535) & full
+
+
+@pytest.mark.parametrize("wrong", ["full", "other"])
+def test_a_branch_scenario_on_another_branchs_library_fails_init_naming_the_key(tmp_path: Path, wrong: str) -> None:
+    path = branch_scenario(tmp_path, "1gpu", sim_branches.OLDEST)
+    lib = sim_branches.library(None if wrong == "full" else sim_branches.NEWEST)
+    code = "import pynvml, sys\ntry:\n    pynvml.nvmlInit()\nexcept pynvml.NVMLError as e:\n    print(e.value)\n"
+    env = {**os.environ, "NVML_SIM_SCENARIO": path, "LD_LIBRARY_PATH": str(lib.parent)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.strip() == "999", (proc.stdout, proc.stderr)  # NVML_ERROR_UNKNOWN
+    assert "driver.branch: this library" in proc.stderr and "build/sim/535/libnvidia-ml.so.1" in proc.stderr
+    env["LD_LIBRARY_PATH"] = str(sim_branches.library(sim_branches.OLDEST).parent)
+    code_ok = "import pynvml\npynvml.nvmlInit()\nprint(pynvml.nvmlSystemGetDriverVersion())\n"
+    ok = subprocess.run([sys.executable, "-c", code_ok], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.stdout.strip() == sim_branches.version(sim_branches.OLDEST), ok.stderr

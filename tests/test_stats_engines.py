@@ -3,7 +3,9 @@ values as NVML reports them, N/A on faults, a hung GPU, engine selection."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
+import sim_branches
 from stats_sim import decode, nvml_session, tracked_devices, value_form
 
 from nomad_device_nvidia.nvidia import stats_vocabulary
@@ -546,3 +549,74 @@ def test_docs_show_every_stat_of_the_table() -> None:
     rows += [f"| {s.name} | {s.unit} | {s.desc} | `{s.nvml_metric}` |" for s in stats_vocabulary.GPM_STATS]
     missing = [r for r in rows if r not in doc]
     assert not missing, f"docs/stats.md lacks rows for {missing}"
+
+
+# Eight GPUs (two in MIG mode) whose every metric is constant, so two processes read the same values.
+EIGHT_CONSTANT = """
+name = "stats-branches"
+[topology]
+numa_nodes = 2
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 6
+[gpus.stats]
+utilization_gpu = 61
+utilization_memory = 37
+utilization_encoder = 5
+utilization_decoder = 7
+temperature_c = 54
+memory_temperature_c = 61
+power_w = 412
+memory_used_mib = 30000
+bar1_used_mib = 1024
+ecc_corrected = 3
+ecc_uncorrected = 0
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 2
+mig = ["3g.40gb", "2g.20gb", "1g.10gb"]
+[gpus.stats]
+utilization_gpu = 40
+temperature_c = 49
+power_w = 300
+[gpus.mig_stats]
+memory_used_mib = 4096
+"""
+
+# Run in a child: the test process has the library with every function loaded, and a
+# process holds one libnvidia-ml.so.1.
+STATS_AT_BRANCH = """
+import json, sys
+from pathlib import Path
+from stats_sim import decode, nvml_session, tracked_devices
+from nomad_device_nvidia.nvidia.stats_engine import make_stats_engine
+out = {}
+with nvml_session(Path(sys.argv[1])):
+    devices = tracked_devices()
+    for kind in ("native", "python"):
+        engine = make_stats_engine(kind)
+        try:
+            engine.track(devices)
+            out[kind] = str(decode(engine.collect()))
+        finally:
+            engine.close()
+print(json.dumps(out))
+"""
+
+
+def test_both_engines_read_the_same_stats_at_driver_535_as_at_the_newest_branch(tmp_path: Path) -> None:
+    seen = {}
+    for branch in (sim_branches.OLDEST, sim_branches.NEWEST):
+        scenario = write(tmp_path, sim_branches.at_branch(EIGHT_CONSTANT, branch), f"{branch}.toml")
+        env = {**os.environ, "NOMAD_DEVICE_NVIDIA_SIM_LIB": str(sim_branches.library(branch))}
+        env.pop("NVML_SIM_SCENARIO", None)
+        proc = subprocess.run([sys.executable, "-c", STATS_AT_BRANCH, str(scenario)], capture_output=True, text=True,
+                              env=env, cwd=Path(__file__).parent, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        seen[branch] = json.loads(proc.stdout)
+    for kind in ("native", "python"):
+        at_535 = seen[sim_branches.OLDEST][kind]
+        assert at_535 == seen[sim_branches.NEWEST][kind], kind
+        # 6 whole GPUs and 6 MIG instances; the GPUs' constant power read as set.
+        assert at_535.count("instance_stats {") == 12, at_535
+        assert at_535.count("value: 412\n") == 6, at_535

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 # os.path, not pathlib: this runs at the plugin's start, and pathlib loads
@@ -52,22 +53,63 @@ def _repo_sim_library() -> str | None:
     return None
 
 
-def find_sim_library() -> str:
-    """The simulated library: $NOMAD_DEVICE_NVIDIA_SIM_LIB, else the checkout's build."""
+def scenario_branch(scenario: str) -> int | None:
+    """The driver branch a scenario file plays (``[driver] branch``), None for every function.
+
+    Read with tomllib where Python has it (3.11+); on 3.10, from the ``branch = N`` line of
+    the ``[driver]`` table. Either way the simulator checks at nvmlInit that the library it
+    runs as is the one for the scenario's branch, so a miss here fails loudly there.
+    """
+    try:
+        with open(scenario, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        m = re.search(rb"^\[driver\][^\[]*?^\s*branch\s*=\s*(\d+)", raw, re.MULTILINE | re.DOTALL)
+        return int(m.group(1)) if m else None
+    try:
+        driver = tomllib.loads(raw.decode(errors="replace")).get("driver")
+    except tomllib.TOMLDecodeError:
+        return None  # the simulator names the problem at nvmlInit
+    branch = driver.get("branch") if isinstance(driver, dict) else None
+    return branch if isinstance(branch, int) and not isinstance(branch, bool) else None
+
+
+def find_sim_library(branch: int | None = None) -> str:
+    """The simulated library: $NOMAD_DEVICE_NVIDIA_SIM_LIB, else the checkout's build.
+
+    With a driver ``branch``, the library linked for that branch, which exports only its
+    functions: ``<branch>/libnvidia-ml.so.1`` beside the one that exports them all.
+    """
     env = os.environ.get(SIM_LIB_ENV, "")
     if env:
         if not os.path.isfile(env):
             raise NvmlLoadError(f"{SIM_LIB_ENV}={env!r}: no such file")
-        return env
-    built = _repo_sim_library()
-    if built is None:
+        full = env
+    else:
+        built = _repo_sim_library()
+        if built is None:
+            raise NvmlLoadError(
+                f"simulate: cannot find the simulated NVML library; set {SIM_LIB_ENV} or nvml_library "
+                "to the path of its libnvidia-ml.so.1 (it is not shipped in the wheel)"
+            )
+        if not os.path.isfile(built):
+            raise NvmlLoadError(
+                f"simulate: the simulated NVML library is not built: {built} is missing (run `make sim`)"
+            )
+        full = built
+    if branch is None:
+        return full
+    path = os.path.join(os.path.dirname(full), str(branch), SONAME)
+    if not os.path.isfile(path):
         raise NvmlLoadError(
-            f"simulate: cannot find the simulated NVML library; set {SIM_LIB_ENV} or nvml_library "
-            "to the path of its libnvidia-ml.so.1 (it is not shipped in the wheel)"
+            f"simulate: the scenario plays driver branch {branch} but {path} is missing "
+            "(`make sim` links one per list in src_rust/nvml_sim/branches)"
         )
-    if not os.path.isfile(built):
-        raise NvmlLoadError(f"simulate: the simulated NVML library is not built: {built} is missing (run `make sim`)")
-    return built
+    return path
 
 
 def _mapped_nvml() -> str | None:
@@ -122,7 +164,7 @@ def load_nvml(library: str | None, simulate: str | None) -> NvmlSource:
         scenario = os.path.realpath(simulate)
         if not os.path.isfile(scenario):
             raise NvmlLoadError(f"simulate: scenario file {simulate!r} does not exist")
-        path = library if library else find_sim_library()
+        path = library if library else find_sim_library(scenario_branch(scenario))
     elif library:
         path = library
     else:

@@ -318,6 +318,13 @@ def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
     state = int(info.state) & 0xFF
     if state == FABRIC_NOT_SUPPORTED:
         return None
+    if mask is None:
+        _tell_once(
+            "fabric_health",
+            "NVLink fabric health is not checked: this NVIDIA driver lacks nvmlDeviceGetGpuFabricInfoV "
+            "(branch 550 and later have it); the fabric's state and registration still come from "
+            "nvmlDeviceGetGpuFabricInfo",
+        )
     raw = bytes(info.clusterUuid)
     return FabricInfo(
         state=state,
@@ -337,15 +344,69 @@ class _GpuFacts:
     minor: int | None
 
 
+_told: set[str] = set()
+
+
+def _tell_once(key: str, message: str) -> None:
+    """Log, once per process, a thing this driver cannot report and why."""
+    if key not in _told:
+        _told.add(key)
+        log.warning("%s", message)
+
+
+# Nodes asked of nvmlDeviceGetMemoryAffinity: 64 words of 64 bits, Linux's MAX_NUMNODES at most.
+_NODE_SET_WORDS = 64
+
+
+def _sysfs_numa_node(pci_bus_id: str) -> int | None:
+    """The node Linux gives the GPU's PCI function; NVML's bus id has an 8-digit domain, sysfs 4."""
+    domain, _, rest = pci_bus_id.partition(":")
+    if not rest:
+        return None
+    try:
+        with open(f"/sys/bus/pci/devices/{domain[-4:].lower()}:{rest.lower()}/numa_node") as f:
+            node = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return node if node >= 0 else None
+
+
+def _numa_node(c: Calls, gpu: Any, pci_bus_id: str) -> int | None:
+    """The GPU's NUMA node: nvmlDeviceGetNumaNodeId, or where the driver predates it (535),
+    the one node of nvmlDeviceGetMemoryAffinity at node scope, else Linux's sysfs."""
+    try:
+        numa = int(c(pynvml.nvmlDeviceGetNumaNodeId, gpu))
+        return numa if numa >= 0 else None
+    except pynvml.NVMLError as exc:
+        if exc.value != pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+            if exc.value in UNSUPPORTED_CODES:
+                return None
+            raise
+    words = _optional(c, pynvml.nvmlDeviceGetMemoryAffinity, gpu, _NODE_SET_WORDS, pynvml.NVML_AFFINITY_SCOPE_NODE)
+    if words is not None:
+        nodes = [i * 64 + b for i, w in enumerate(words) for b in range(64) if int(w) >> b & 1]
+        if len(nodes) == 1:
+            return nodes[0]
+    node = _sysfs_numa_node(pci_bus_id)
+    if node is None:
+        _tell_once(
+            NUMA_NODE,
+            "numa_node is not reported: this NVIDIA driver lacks nvmlDeviceGetNumaNodeId (branch 550 and "
+            "later have it), and neither nvmlDeviceGetMemoryAffinity nor /sys/bus/pci/devices/*/numa_node "
+            "names one node for the GPUs; group_by = [\"numa_node\"] cannot split them",
+        )
+    return node
+
+
 def _gpu_facts(c: Calls, gpu: Any, uuid: str) -> _GpuFacts:
     pci = _optional(c, pynvml.nvmlDeviceGetPciInfo, gpu)
-    numa = _optional(c, pynvml.nvmlDeviceGetNumaNodeId, gpu)
+    bus_id = _text(pci.busId) if pci is not None else ""
     minor = _optional(c, pynvml.nvmlDeviceGetMinorNumber, gpu)
     return _GpuFacts(
         uuid=uuid,
-        pci_bus_id=_text(pci.busId) if pci is not None else "",
+        pci_bus_id=bus_id,
         attributes=_gpu_attributes(c, gpu),
-        numa_node=int(numa) if numa is not None and int(numa) >= 0 else None,
+        numa_node=_numa_node(c, gpu, bus_id),
         minor=int(minor) if minor is not None else None,
     )
 

@@ -32,8 +32,11 @@ pub struct Scenario {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Driver {
-    #[serde(default = "default_driver_version")]
-    pub version: String,
+    /// Defaults to the branch's version (see `branch`), else "550.90.07".
+    pub version: Option<String>,
+    /// The driver branch played (535, 550, ...): a list in src_rust/nvml_sim/branches
+    /// says which functions it exports. None: every function the simulator has.
+    pub branch: Option<u32>,
     /// "12.4" (as nvidia-smi prints it); NVML reports 12040.
     #[serde(default = "default_cuda_version")]
     pub cuda_version: String,
@@ -44,16 +47,14 @@ pub struct Driver {
 impl Default for Driver {
     fn default() -> Self {
         Driver {
-            version: default_driver_version(),
+            version: None,
+            branch: None,
             cuda_version: default_cuda_version(),
             nvml_version: None,
         }
     }
 }
 
-fn default_driver_version() -> String {
-    "550.90.07".into()
-}
 fn default_cuda_version() -> String {
     "12.4".into()
 }

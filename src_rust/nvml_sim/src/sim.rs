@@ -737,6 +737,15 @@ impl Sim {
             return Err("name: must not be empty".into());
         }
         let cuda_version = parse_cuda_version(&sc.driver.cuda_version)?;
+        let branch = match sc.driver.branch {
+            Some(b) => Some(crate::branches::played(b)?),
+            None => None,
+        };
+        let driver_version = match (&sc.driver.version, branch) {
+            (Some(v), _) => v.clone(),
+            (None, Some(b)) => b.version.to_string(),
+            (None, None) => "550.90.07".to_string(),
+        };
         let init_error = match &sc.init.error {
             Some(e) => Some((
                 parse_return_code(e).map_err(|m| format!("init.error: {m}"))?,
@@ -1292,8 +1301,8 @@ impl Sim {
                 .driver
                 .nvml_version
                 .clone()
-                .unwrap_or_else(|| format!("12.{}", sc.driver.version)),
-            driver_version: sc.driver.version,
+                .unwrap_or_else(|| format!("12.{driver_version}")),
+            driver_version,
             name: sc.name,
             cuda_version,
             init_error,

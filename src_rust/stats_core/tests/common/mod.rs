@@ -34,7 +34,15 @@ pub fn h100s(test: &str, count: usize, extra: &str) -> String {
 
 /// build/sim/libnvidia-ml.so.1, built by `make sim`.
 fn sim_library() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../build/sim/libnvidia-ml.so.1");
+    sim_library_at(None)
+}
+
+/// The simulated library playing driver `branch` (build/sim/<branch>/, exporting only
+/// that branch's functions), or with every function (None); built by `make sim`.
+pub fn sim_library_at(branch: Option<u32>) -> PathBuf {
+    let sub = branch.map_or(String::new(), |b| format!("{b}/"));
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../build/sim/{sub}libnvidia-ml.so.1"));
     assert!(
         p.is_file(),
         "{} is missing: run `make sim` first",
@@ -62,6 +70,26 @@ pub fn open(test: &str, text: &str) -> (PathBuf, Arc<Nvml>, Vec<String>) {
     let nvml = Arc::new(Nvml::open(lib.to_str().unwrap()).expect("NVML on the simulator"));
     let ids = nvml.gpu_uuids().unwrap();
     (dir, nvml, ids)
+}
+
+/// As [`open`], on the library of driver `branch` (the scenario must name it).
+pub fn open_at(test: &str, text: &str, branch: Option<u32>) -> (PathBuf, Arc<Nvml>, Vec<String>) {
+    let dir = use_scenario(test, text);
+    let lib = sim_library_at(branch);
+    let nvml = Arc::new(Nvml::open(lib.to_str().unwrap()).expect("NVML on the simulator"));
+    let ids = nvml.gpu_uuids().unwrap();
+    (dir, nvml, ids)
+}
+
+/// The branches the simulator can play (src_rust/nvml_sim/branches/<branch>.txt), in order.
+pub fn branches() -> Vec<u32> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nvml_sim/branches");
+    let mut out: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().path().file_stem()?.to_str()?.parse().ok())
+        .collect();
+    out.sort();
+    out
 }
 
 /// [`open`] on [`h100s`]`(test, count, extra)`.
