@@ -317,7 +317,7 @@ def groups_of(event: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def attribute(group: dict[str, Any], name: str) -> Any:
     a = group["attributes"].get(name)
-    return None if a is None else next(v for k, v in a.items() if k != "unit")
+    return None if a is None else a["value"]
 
 
 @pytest.mark.parametrize("shares", [1, 2, 4])
