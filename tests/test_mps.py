@@ -200,6 +200,27 @@ def test_probe_of_a_socket_nobody_accepts_on_is_bounded(tmp_path: Path) -> None:
         server.close()
 
 
+def test_watch_follows_the_config(daemon: Daemon) -> None:
+    on = NvidiaConfig.from_mapping({"mps": {"enabled": True, "mps_pipe_directory": str(daemon.pipe)}})
+    cfg = [on]
+    watch = mps.MpsWatch(lambda: cfg[0], lambda: None)
+    try:
+        watch.configure()
+        assert watch.wait_round(30)
+        assert watch.reachability(str(daemon.pipe)) == ""
+        cfg[0] = NvidiaConfig()  # MPS off: the thread ends and forgets what it found
+        watch.configure()
+        assert watch.wait_round(30)
+        assert watch.reachability(str(daemon.pipe)) is None
+        cfg[0] = on  # and on again: a new thread probes at once
+        watch.configure()
+        assert watch.wait_round(30)
+        assert watch.reachability(str(daemon.pipe)) == ""
+    finally:
+        watch.stop()
+    assert watch.wait_round(30)
+
+
 # --- Reserve's environment, as a pure function over offered shares ---
 
 

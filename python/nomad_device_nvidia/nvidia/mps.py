@@ -160,17 +160,15 @@ class MpsWatch:
 
     def configure(self) -> None:
         """Follow the config in force: start probing (now) when MPS is enabled."""
-        if self._stop.is_set() or not self._config().mps.enabled:
-            self._kick.set()  # a running thread sees MPS disabled and ends
-            return
+        thread = None
         with self._lock:
-            start = self._thread is None
-            if start:
-                self._thread = threading.Thread(target=self._run, name="nvidia-mps", daemon=True)
-        self._kick.set()
-        if start:
-            assert self._thread is not None
-            self._thread.start()
+            # Under the lock the thread's own "MPS is off, I end" decision takes: one
+            # that is ending has already cleared _thread, so a new one starts here.
+            if self._thread is None and not self._stop.is_set() and self._config().mps.enabled:
+                thread = self._thread = threading.Thread(target=self._run, name="nvidia-mps", daemon=True)
+        self._kick.set()  # a running thread probes now, or sees MPS disabled and ends
+        if thread is not None:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,10 +198,12 @@ class MpsWatch:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
-                cfg = self._config()
-                if not cfg.mps.enabled:
-                    break
+            while True:
+                with self._lock:
+                    cfg = self._config()
+                    if self._stop.is_set() or not cfg.mps.enabled:
+                        self._thread = None
+                        break
                 self._kick.clear()
                 self._round(cfg)
                 self._kick.wait(cfg.health.probe_interval)
@@ -211,10 +211,11 @@ class MpsWatch:
             log.exception("the MPS daemon watch stopped unexpectedly")
         finally:
             with self._lock:
-                self._thread = None
-                self._found = {}
+                if self._thread is threading.current_thread():
+                    self._thread = None  # ended by an exception
+                if self._thread is None:
+                    self._found = {}  # no stale answer is kept for a later thread
                 self._round_done.notify_all()
-            # A later configure() may start a new thread; a stale answer may not be kept.
             self._on_change()
 
     def _round(self, cfg: NvidiaConfig) -> None:
