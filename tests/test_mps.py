@@ -351,14 +351,14 @@ def test_reserve_through_nomads_client(run_harness: Callable[..., HarnessRun], p
     both = share_ids(first, shares)[:1] + share_ids(second, shares)
     run = run_harness("session", "--plugin", plugin_bin, "--config", cfg, "--fingerprints", "1",
                       "--reserve", ",".join(one), "--reserve", ",".join(every), "--reserve", ",".join(both)).ok()
-    (fp,) = run.of("fingerprint")
+    fp = next(e for e in run.of("fingerprint") if e.get("groups"))
     (group,) = fp["groups"]
     assert attribute(group, "mps") == "ready", group["attributes"]
     assert all(d["healthy"] for d in group["devices"]), group["devices"]
     memory = attribute(group, "memory")
     assert isinstance(memory, int) and memory > 0
     got = [r["reservation"] for r in run.of("reserve")]
-    assert all(r["error"] == "" for r in run.of("reserve")), run.of("reserve")
+    assert all(r["error"] is None for r in run.of("reserve")), run.of("reserve")
     pipe = str(daemon.pipe)
     for r in got:
         assert r["mounts"] == [{"task_path": pipe, "host_path": pipe, "read_only": False}], r
@@ -409,17 +409,18 @@ def test_daemon_killed_and_restarted(harness_bin: Path, plugin_bin: Path, tmp_pa
             daemon.start()
             acted.append("restarted")
 
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None and proc.stderr is not None
-    reader = threading.Thread(target=_read_events, args=(proc.stdout, act, events))
-    reader.start()
-    try:
-        stderr = proc.stderr.read()
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(30)
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        reader = threading.Thread(target=_read_events, args=(proc.stdout, act, events))
+        reader.start()
+        try:
+            stderr = proc.stderr.read()
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(30)
     run = HarnessRun(args, proc.returncode, events, stderr)
     run.ok()
     assert acted == ["killed", "restarted"], run.describe()
@@ -451,7 +452,7 @@ def test_mig_instances_are_offered_without_mps(run_harness: Callable[..., Harnes
     cfg = config(tmp_path, MIXED_MIG, mps={"enabled": True, "mps_pipe_directory": str(daemon.pipe)})
     run = run_harness("session", "--plugin", plugin_bin, "--config", cfg, "--fingerprints", "1",
                       "--reserve", whole, "--reserve", mig).ok()
-    (fp,) = run.of("fingerprint")
+    fp = next(e for e in run.of("fingerprint") if e.get("groups"))
     values = {}
     for g in fp["groups"]:
         for d in g["devices"]:
@@ -477,14 +478,38 @@ def test_mps_entry_for_a_gpu_in_mig_mode_is_refused(run_harness: Callable[..., H
     run = run_harness("configs", "--plugin", plugin_bin, "--step", f"hcl:{good}", "--step", "probe",
                       "--step", f"hcl:{bad}", "--step", f"hcl:{relative}", "--step", "probe")
     errors = [e["error"] for e in run.of("set_config")]
-    assert errors[0] == "", run.describe()
+    assert errors[0] is None, run.describe()
     key = f"mps.device_specific_mps_config[{len(entries)}].uuid"
     assert f'config key "{key}"' in errors[1], errors
     assert f"GPU {in_mig} is in MIG mode" in errors[1], errors
     assert 'config key "mps.mps_pipe_directory": must be an absolute path' in errors[2], errors
-    # The plugin still serves, on the last good config: the listed GPUs use MPS, the MIG instances do not.
+    # The plugin still serves, on the last good config: the listed GPUs use MPS; the
+    # MIG instances' GPUs are not listed, so they have no MPS state at all.
     last = run.of("probe")[-1]
     assert last["info_error"] is None and last["fingerprint_error"] is None, last
     found = {d["id"]: attribute(g, "mps") for g in last["groups"] for d in g["devices"]}
     assert {found[u] for u in wholes} == {"ready"}, found
-    assert {v for i, v in found.items() if i.startswith("MIG-")} == {"ineligible"}, found
+    assert {v for i, v in found.items() if i.startswith("MIG-")} == {None}, found
+
+
+def test_mps_entry_for_a_gpu_in_mig_mode_before_the_first_scan(run_harness: Callable[..., HarnessRun],
+                                                               plugin_bin: Path, tmp_path: Path,
+                                                               daemon: Daemon) -> None:
+    """At agent start SetConfig comes before any scan: the entry cannot be refused yet. The scan
+    finds the GPU in MIG mode: the same key is logged as an error, its instances offered without MPS."""
+    gpus = sim_gpus(MIXED_MIG)
+    wholes = [g["uuid"] for g in gpus if not g["migs"]]
+    in_mig = next(g for g in gpus if len(g["migs"]) == 2)  # the 3g.20gb pair: a group of its own
+    entries = [{"uuid": u, "mps_pipe_directory": str(daemon.pipe)} for u in wholes]
+    cfg = config(tmp_path, MIXED_MIG, mps={"enabled": True, "device_specific_mps_config": [
+        *entries, {"uuid": in_mig["uuid"], "mps_pipe_directory": "/run/m"}]})
+    run = run_harness("configs", "--plugin", plugin_bin, "--logs", "--step", f"hcl:{cfg}", "--step", "probe")
+    assert [e["error"] for e in run.of("set_config")] == [None], run.describe()
+    (probe,) = run.of("probe")
+    found = {d["id"]: attribute(g, "mps") for g in probe["groups"] for d in g["devices"]}
+    assert {found[u] for u in wholes} == {"ready"}, found
+    assert {found[m["uuid"]] for m in in_mig["migs"]} == {"ineligible"}, found
+    said = [str(e["entry"].get("@message")) for e in run.of("log") if e.get("from_plugin")
+            and e["entry"].get("@level") == "error"]
+    key = f'config key "mps.device_specific_mps_config[{len(entries)}].uuid"'
+    assert [m for m in said if key in m and f"GPU {in_mig['uuid']} is in MIG mode" in m], said
