@@ -194,6 +194,7 @@ def test_probe_of_a_socket_nobody_accepts_on_is_bounded(tmp_path: Path) -> None:
         t.start()
         t.join(30)  # only catches a hang
         assert not t.is_alive() and outcome
+        assert outcome[0].startswith(f"{UNREACHABLE} {pipe}/control: "), outcome  # full: not an answer
     finally:
         for c in held:
             c.close()
