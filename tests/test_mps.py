@@ -207,8 +207,10 @@ def test_watch_follows_the_config(daemon: Daemon) -> None:
     watch = mps.MpsWatch(lambda: cfg[0], lambda: None)
     try:
         watch.configure()
-        assert watch.wait_round(30)
+        assert watch.wait_known(30)
         assert watch.reachability(str(daemon.pipe)) == ""
+        # Known from then on: an RPC that waits for it (the first answer, Reserve) never waits again.
+        assert watch.wait_known(0)
         cfg[0] = NvidiaConfig()  # MPS off: the thread ends and forgets what it found
         watch.configure()
         assert watch.wait_round(30)

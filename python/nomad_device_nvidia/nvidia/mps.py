@@ -182,6 +182,14 @@ class MpsWatch:
             seen = self._rounds
             return self._round_done.wait_for(lambda: self._rounds > seen or self._thread is None, timeout)
 
+    def wait_known(self, timeout: float) -> bool:
+        """Wait (bounded) until every configured daemon has been probed once; at once after that."""
+        with self._lock:
+            return self._round_done.wait_for(
+                lambda: self._thread is None or all(d.pipe_directory in self._found for d in daemons(self._config().mps)),
+                timeout,
+            )
+
     def reachability(self, pipe_directory: str) -> str | None:
         """"" when the daemon answered at the last probe, why not when it did not; None when not probed yet."""
         with self._lock:

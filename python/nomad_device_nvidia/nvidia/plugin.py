@@ -152,7 +152,7 @@ class NvidiaDevicePlugin(DevicePlugin):
             if time.monotonic() >= deadline:
                 break
         # The MPS daemons' first probe, so the first answer already says whether they answer.
-        self._mps.wait_round(max(0.0, deadline - time.monotonic()))
+        self._mps.wait_known(max(0.0, deadline - time.monotonic()))
         return True
 
     def _render(self, cfg: NvidiaConfig) -> list[DeviceGroup]:
