@@ -163,7 +163,11 @@ class NvidiaDevicePlugin(DevicePlugin):
         with self._lock:
             self._mps_plan = plan
         groups, offered = grouping.render(
-            inventory, self._status, cfg.ignored_gpu_ids, cfg.sharing.shares, group_by=cfg.group_by
+            inventory,
+            lambda device_id: self._status(device_id, plan),
+            cfg.ignored_gpu_ids,
+            cfg.sharing.shares,
+            group_by=cfg.group_by,
         )
         if plan:
             states = {d: mps.state(t, self._mps.reachability) for d, t in plan.items()}
@@ -177,12 +181,14 @@ class NvidiaDevicePlugin(DevicePlugin):
             self._offered = by_id
         return groups
 
-    def _status(self, device_id: str) -> tuple[bool, str]:
-        """A device's health: the health book's conditions, then its MPS daemon's."""
+    def _status(self, device_id: str, plan: Mapping[str, mps.Daemon | str] | None = None) -> tuple[bool, str]:
+        """A device's health: the health book's conditions, then its MPS daemon's (under `plan`,
+        else the last rendered one)."""
         healthy, why = self._book.status(device_id)
         if not self._config.health.enabled:
             return healthy, why
-        mps_why = mps.health(self._mps_plan.get(device_id), self._mps.reachability)
+        target = (self._mps_plan if plan is None else plan).get(device_id)
+        mps_why = mps.health(target, self._mps.reachability)
         if not mps_why:
             return healthy, why
         return False, f"{why}; {mps_why}" if why else mps_why
