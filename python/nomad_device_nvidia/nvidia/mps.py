@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ PIPE_DIRECTORY_ENV = "CUDA_MPS_PIPE_DIRECTORY"
 LOG_DIRECTORY_ENV = "CUDA_MPS_LOG_DIRECTORY"
 THREAD_PERCENTAGE_ENV = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 MEM_LIMIT_ENV = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
+# How long a probe waits before it connects again to a daemon whose backlog is full.
+_BUSY_RETRY_S = 0.05
 # HashiCorp's PR passes `mps_user` to the task under this name; kept for jobs written for it.
 USER_ENV = "MPS_USER"
 
@@ -118,20 +121,26 @@ def probe(pipe_directory: str, timeout: float) -> str:
     path = os.path.join(pipe_directory, CONTROL_SOCKET)
     if len(path.encode()) >= 108:  # sun_path
         return f"MPS control socket path {path} is too long for a unix socket"
-    error: OSError | None = None
-    for kind in (socket.SOCK_SEQPACKET, socket.SOCK_STREAM):
-        sock = socket.socket(socket.AF_UNIX, kind)
+    deadline = time.monotonic() + timeout
+    kinds = [socket.SOCK_SEQPACKET, socket.SOCK_STREAM]
+    while True:
+        sock = socket.socket(socket.AF_UNIX, kinds[0])
         try:
-            sock.settimeout(timeout)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.connect(path)
             return ""
         except OSError as exc:
             error = exc
-            if exc.errno != errno.EPROTOTYPE:
-                break
         finally:
             sock.close()
-    assert error is not None
+        if error.errno == errno.EPROTOTYPE and len(kinds) > 1:
+            kinds.pop(0)  # the daemon's socket is of the other type
+            continue
+        # A full backlog (EAGAIN: a unix connect does not wait in non-blocking mode) is a busy
+        # daemon, not a gone one: tried again until the deadline.
+        if error.errno != errno.EAGAIN or time.monotonic() + _BUSY_RETRY_S >= deadline:
+            break
+        time.sleep(_BUSY_RETRY_S)
     if isinstance(error, TimeoutError) or error.errno is None:
         why = f"no answer within {timeout:g}s"
     else:
