@@ -5,12 +5,13 @@ NVIDIA driver, in one report.
 Read-only: it loads the driver's NVML, starts the plugin (which only reads),
 asks for a reservation (Reserve only returns what a task would get) and runs
 nvidia-smi queries; it changes no GPU setting and writes only to a temporary
-directory. It needs a checkout where `make build` has run (.venv with the
+directory (and, when NVIDIA's nvidia-cuda-mps-control is installed, runs an MPS
+control daemon of its own there for a moment, then tells it to quit). It needs a checkout where `make build` has run (.venv with the
 plugin, build/bin/launcher and build/bin/harness).
 
 Sections: driver, probe, Nomad's launcher (fingerprint, stats, reserve), Nomad's
 client code (harness: handshake, fingerprint, stats, reserve, extended stats,
-device nodes), native vs python stats engine on the real devices, engine
+device nodes), MPS (NVIDIA's real control daemon, when installed), native vs python stats engine on the real devices, engine
 benchmarks at the real device count, the `bench` subcommand (when the plugin
 has one), every attribute against nvidia-smi.
 
@@ -30,6 +31,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -327,6 +330,84 @@ def harness_section(target: Target, state: dict[str, Any], tmp: Path) -> tuple[s
     missing = [d["host_path"] for d in res["reservation"].get("devices", []) if not Path(d["host_path"]).exists()]
     if not target.simulate and (missing or not res["reservation"].get("devices")):
         problems.append(f"device nodes not on this host: {missing or 'none returned'}")
+    return (FAIL if problems else PASS), "\n".join(problems + lines)
+
+
+# ---------------------------------------------------------------------------------------
+# MPS: NVIDIA's real control daemon, found and lost by the plugin's check
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+def _socket_types(path: Path) -> str:
+    """Which unix socket types the control socket accepts a connection of (the plugin tries both)."""
+    out = []
+    for name, kind in (("seqpacket", socket.SOCK_SEQPACKET), ("stream", socket.SOCK_STREAM)):
+        s = socket.socket(socket.AF_UNIX, kind)
+        try:
+            s.settimeout(3)
+            s.connect(str(path))
+            out.append(f"{name} accepted")
+        except OSError as exc:
+            out.append(f"{name}: {exc}")
+        finally:
+            s.close()
+    return ", ".join(out)
+
+
+def _until(what: Callable[[], bool], limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.2)
+    return what()
+
+
+def mps_section(target: Target, tmp: Path) -> tuple[str, str]:
+    """Start `nvidia-cuda-mps-control -d` on a pipe directory of our own, see the plugin's check
+    and a Reserve find it (`mps = "ready"`, the MPS environment), tell it to quit, see it gone."""
+    binary = shutil.which(MPS_CONTROL)
+    if binary is None:
+        return NOTE, f"{MPS_CONTROL} is not installed here (CUDA's MPS); not checked"
+    if target.simulate:
+        return NOTE, f"simulated driver: {binary} needs a real GPU; not checked"
+    from nomad_device_nvidia.nvidia import mps
+
+    pipe, logs = tmp / "mps-pipe", tmp / "mps-log"
+    pipe.mkdir()
+    logs.mkdir()
+    env = target.env() | {"CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
+    lines, problems = [], []
+    res = _run([binary, "-d"], 30, env)
+    lines.append(f"{binary} -d: exit {res.returncode} {res.stderr.strip()[-500:]}")
+    if res.returncode != 0:
+        return FAIL, "\n".join(lines)
+    try:
+        if not _until(lambda: mps.probe(str(pipe), 3.0) == "", 20):
+            problems.append(f"the plugin's check never reached the daemon: {mps.probe(str(pipe), 3.0)}")
+        lines.append(f"control socket {pipe / 'control'}: {_socket_types(pipe / 'control')}")
+        conf = tmp / "mps.hcl"
+        conf.write_text(target.plugin_config(
+            f"  sharing {{\n    shares = 2\n  }}\n  mps {{\n    enabled = true\n"
+            f"    mps_pipe_directory = {json.dumps(str(pipe))}\n    mps_log_directory = {json.dumps(str(logs))}\n  }}"))
+        by = _harness(["session", "--plugin", str(PLUGIN), "--config", str(conf), "--fingerprints", "1",
+                       "--reserve-first", "1"], env)
+        states = {g["name"]: (g["attributes"].get("mps") or {}).get("value") for g in by["fingerprint"][0]["groups"]}
+        lines.append(f"mps attribute per group: {states}")
+        if "ready" not in states.values():
+            problems.append("no group has mps = ready while the daemon runs")
+        reserved = by["reserve"][0]
+        lines.append(f"reserve {reserved['ids']}: {json.dumps(reserved['reservation'])}")
+    finally:
+        quit_res = _run([binary], 30, env, input_text="quit\n")
+        lines.append(f"echo quit | {MPS_CONTROL}: exit {quit_res.returncode}")
+    if not _until(lambda: mps.probe(str(pipe), 3.0) != "", 20):
+        problems.append("the plugin's check still reaches the daemon after quit")
+    lines.append(f"after quit: {mps.probe(str(pipe), 3.0)}")
+    control_log = logs / "control.log"
+    if control_log.exists():
+        lines.append("control.log (last lines):\n" + "\n".join(control_log.read_text().splitlines()[-10:]))
     return (FAIL if problems else PASS), "\n".join(problems + lines)
 
 
@@ -813,6 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.run("Nomad's launcher: fingerprint, stats, reserve", lambda: launcher_section(target, state, tmp))
         report.run("Nomad's client code (harness): handshake, fingerprint, stats, reserve",
                    lambda: harness_section(target, state, tmp))
+        report.run("MPS: NVIDIA's control daemon", lambda: mps_section(target, tmp))
         report.run("native vs python stats engine on these devices", lambda: differential_section(state))
         report.run("stats engine benchmarks at this device count", lambda: bench_section(state, target))
         report.run("`bench` subcommand", lambda: bench_command_section(target))

@@ -117,6 +117,8 @@ def attributes_without_default(attrs: dict[str, Any], prefix: str = "") -> list[
         block = spec.get("blockValue") or spec.get("block")
         if "default" in spec:
             continue
+        if "blockList" in spec or "block_list" in spec:
+            continue  # repeated blocks: absent, the agent decodes an empty list, not null
         if block is not None and "object" in block.get("nested", {}):
             missing += attributes_without_default(block["nested"]["object"]["attributes"], f"{prefix}{name}.")
         else:

@@ -134,3 +134,15 @@ def test_engine_comparison_allows_only_what_legitimately_moves() -> None:
     missing = dict(fine)
     del missing[("g", "GPU-1", "Temperature")]
     assert "stats only in one engine" in "\n".join(gpu_check.compare_reads(before, missing, after))
+
+
+def test_mps_step_is_skipped_without_nvidias_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: the step must say why it did nothing, never fail or start anything.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    status, body = gpu_check.mps_section(gpu_check.Target("", ""), tmp_path)
+    assert status == gpu_check.NOTE and "nvidia-cuda-mps-control is not installed here" in body, body
+    fake = tmp_path / "nvidia-cuda-mps-control"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    status, body = gpu_check.mps_section(gpu_check.Target(str(SIM_LIB), str(SAMPLE / "scenario.toml")), tmp_path)
+    assert status == gpu_check.NOTE and "needs a real GPU" in body, body

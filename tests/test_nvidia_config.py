@@ -152,6 +152,8 @@ def _spec_defaults(spec: Any) -> dict[str, Any]:
             assert sub.default.primary.Attr.name == name
         elif kind == "block_value":
             out[name] = _spec_defaults(sub.block_value.nested)
+        elif kind == "block_list":
+            out[name] = []  # absent blocks: an empty list
         else:
             raise AssertionError(f"{name}: no default ({kind})")
     return out
@@ -171,6 +173,7 @@ def test_schema_has_a_default_for_every_key_that_parses_to_the_dataclass_default
         "health",
         "reserve",
         "sharing",
+        "mps",
     }
     assert NvidiaConfig.from_mapping(defaults) == NvidiaConfig()
     # The agent-visible form of the defaults (HashiCorp's first three keys).

@@ -66,6 +66,36 @@ class SharingConfig:
     shares: int = 1
 
 
+# MPS (the `mps` block): HashiCorp's keys (hashicorp/nomad-device-nvidia PR #97)
+# with their defaults, then ours (the per-share limits).
+MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
+MPS_LOG_DIRECTORY = "/var/log/nvidia-mps"
+MAX_MPS_DEVICES = 1024
+
+
+@dataclass(frozen=True)
+class MpsDeviceConfig:
+    """One entry of `device_specific_mps_config`: the MPS daemon of one GPU."""
+
+    uuid: str
+    mps_pipe_directory: str
+    mps_log_directory: str
+
+
+@dataclass(frozen=True)
+class MpsConfig:
+    enabled: bool = False
+    mps_user: str = ""  # "" = the tasks' own user runs the MPS server
+    mps_pipe_directory: str = MPS_PIPE_DIRECTORY
+    mps_log_directory: str = MPS_LOG_DIRECTORY
+    # When set, only these GPUs use MPS, each with its own daemon (the top-level
+    # directories may then not be set: HashiCorp's rule).
+    device_specific_mps_config: tuple[MpsDeviceConfig, ...] = ()
+    # Per share; 0 = an equal part: 100 / shares percent, memory / shares.
+    active_thread_percentage: int = 0
+    pinned_device_mem_limit_mib: int = 0
+
+
 @dataclass(frozen=True)
 class NvidiaConfig:
     enabled: bool = True
@@ -80,6 +110,7 @@ class NvidiaConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     reserve: ReserveConfig = field(default_factory=ReserveConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
+    mps: MpsConfig = field(default_factory=MpsConfig)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> NvidiaConfig:
@@ -101,6 +132,7 @@ class NvidiaConfig:
             health=r.get("health", _health, d.health),
             reserve=r.get("reserve", _reserve, d.reserve),
             sharing=r.get("sharing", _sharing, d.sharing),
+            mps=r.get("mps", _mps, d.mps),
         )
         r.reject_unknown()
         return cfg
@@ -326,6 +358,93 @@ def _sharing(key: str, value: Any) -> SharingConfig:
     return cfg
 
 
+def _mps_directory(key: str, value: Any) -> str:
+    path = _str(key, value)
+    if not path:
+        return path  # "" = not set (the agent's default for the top-level keys)
+    if not os.path.isabs(path):
+        raise ConfigError(key, f"must be an absolute path, got {path!r}")
+    return os.path.normpath(path)
+
+
+def _mps_device(key: str, value: Any) -> MpsDeviceConfig:
+    r = _Reader(value, key + ".")
+    uuid = r.get("uuid", _str, "").strip()
+    pipe = r.get("mps_pipe_directory", _mps_directory, "")
+    log_dir = r.get("mps_log_directory", _mps_directory, "")
+    r.reject_unknown()
+    if not uuid:
+        raise ConfigError(key + ".uuid", "must be the UUID of a GPU")
+    if uuid.startswith("MIG-"):
+        # HashiCorp's rule, kept: MPS is offered on whole GPUs only.
+        raise ConfigError(key + ".uuid", f"{uuid!r} is a MIG instance; MPS is for whole GPUs, not MIG instances")
+    if not pipe:
+        raise ConfigError(key + ".mps_pipe_directory", "must be set (an absolute path)")
+    return MpsDeviceConfig(uuid=uuid, mps_pipe_directory=pipe, mps_log_directory=log_dir or MPS_LOG_DIRECTORY)
+
+
+def _mps_devices(key: str, value: Any) -> tuple[MpsDeviceConfig, ...]:
+    if isinstance(value, Mapping):
+        value = [value]  # one block given as an object
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"must be a list of blocks, got {_kind(value)} ({value!r})")
+    if len(value) > MAX_MPS_DEVICES:
+        raise ConfigError(key, f"at most {MAX_MPS_DEVICES} entries, got {len(value)}")
+    entries: list[MpsDeviceConfig] = []
+    for i, item in enumerate(value):
+        entry = _mps_device(f"{key}[{i}]", item)
+        if any(e.uuid == entry.uuid for e in entries):
+            raise ConfigError(f"{key}[{i}].uuid", f"GPU {entry.uuid!r} is listed twice")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _percentage(key: str, value: Any) -> int:
+    n = _int(key, value)
+    if not 0 <= n <= 100:
+        raise ConfigError(key, f"must be between 0 (an equal part) and 100, got {value!r}")
+    return n
+
+
+def _mib(key: str, value: Any) -> int:
+    n = _int(key, value)
+    if not 0 <= n < 2**40:
+        raise ConfigError(key, f"must be a number of MiB, 0 (an equal part) or more, got {value!r}")
+    return n
+
+
+def _mps_user(key: str, value: Any) -> str:
+    user = _str(key, value).strip()
+    if user and (not user.isprintable() or any(c.isspace() for c in user)):
+        raise ConfigError(key, f"must be a user name, got {user!r}")
+    return user
+
+
+def _mps(key: str, value: Any) -> MpsConfig:
+    d = MpsConfig()
+    r = _Reader(value, key + ".")
+    pipe = r.get("mps_pipe_directory", _mps_directory, "")
+    log_dir = r.get("mps_log_directory", _mps_directory, "")
+    devices = r.get("device_specific_mps_config", _mps_devices, d.device_specific_mps_config)
+    cfg = MpsConfig(
+        enabled=r.get("enabled", _bool, d.enabled),
+        mps_user=r.get("mps_user", _mps_user, d.mps_user),
+        mps_pipe_directory=pipe or d.mps_pipe_directory,
+        mps_log_directory=log_dir or d.mps_log_directory,
+        device_specific_mps_config=devices,
+        active_thread_percentage=r.get("active_thread_percentage", _percentage, d.active_thread_percentage),
+        pinned_device_mem_limit_mib=r.get("pinned_device_mem_limit_mib", _mib, d.pinned_device_mem_limit_mib),
+    )
+    r.reject_unknown()
+    if devices and (pipe or log_dir):
+        both = f"{key}.mps_pipe_directory" if pipe else f"{key}.mps_log_directory"
+        raise ConfigError(
+            f"{key}.device_specific_mps_config",
+            f"cannot be set together with {both}: set the directories per GPU, or once for every GPU",
+        )
+    return cfg
+
+
 def config_spec() -> hclspec.Spec:
     """The HCL schema, with a default for every key (the agent fills them in).
 
@@ -333,7 +452,7 @@ def config_spec() -> hclspec.Spec:
     """
     a = hclspec.attr
     d = NvidiaConfig()
-    h, rs = d.health, d.reserve
+    h, rs, m = d.health, d.reserve, d.mps
     return hclspec.obj(
         {
             "enabled": a("enabled", "bool", d.enabled),
@@ -371,5 +490,32 @@ def config_spec() -> hclspec.Spec:
                 ),
             ),
             "sharing": hclspec.block("sharing", hclspec.obj({"shares": a("shares", "number", d.sharing.shares)})),
+            "mps": hclspec.block(
+                "mps",
+                hclspec.obj(
+                    {
+                        "enabled": a("enabled", "bool", m.enabled),
+                        "mps_user": a("mps_user", "string", m.mps_user),
+                        # "" in the agent's form: set or not is told apart (the two
+                        # directories and the per-GPU list exclude each other).
+                        "mps_pipe_directory": a("mps_pipe_directory", "string", ""),
+                        "mps_log_directory": a("mps_log_directory", "string", ""),
+                        "device_specific_mps_config": hclspec.block_list(
+                            "device_specific_mps_config",
+                            hclspec.obj(
+                                {
+                                    "uuid": a("uuid", "string", required=True),
+                                    "mps_pipe_directory": a("mps_pipe_directory", "string", required=True),
+                                    "mps_log_directory": a("mps_log_directory", "string", ""),
+                                }
+                            ),
+                        ),
+                        "active_thread_percentage": a("active_thread_percentage", "number", m.active_thread_percentage),
+                        "pinned_device_mem_limit_mib": a(
+                            "pinned_device_mem_limit_mib", "number", m.pinned_device_mem_limit_mib
+                        ),
+                    }
+                ),
+            ),
         }
     )

@@ -13,7 +13,7 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nomad_device_nvidia.nvidia import grouping
+from nomad_device_nvidia.nvidia import grouping, mps
 from nomad_device_nvidia.nvidia.calls import EVENTS, CallRunner
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState, ScanFunction
@@ -83,6 +83,8 @@ class NvidiaDevicePlugin(DevicePlugin):
             scan=scan,
         )
         self._stats = StatsHub(watch=self._watch, runner=self._runner, config=lambda: self._config, tracked=self._tracked)
+        self._mps = mps.MpsWatch(config=lambda: self._config, on_change=self._wake_streams)
+        self._mps_plan: dict[str, mps.Daemon | str] = {}
         self._closed = False
 
     # -- base --
@@ -95,9 +97,11 @@ class NvidiaDevicePlugin(DevicePlugin):
 
     def set_config(self, config: Mapping[str, Any]) -> None:
         new = NvidiaConfig.from_mapping(config)  # raises ConfigError; old config stays
+        mps.check(new.mps, self._watch.inventory)  # an MPS entry for a GPU in MIG mode, when known
         with self._lock:
             self._config = new
         self._runner.set_timeout(new.health.call_timeout)
+        self._mps.configure()
         self._watch.kick()  # a new period or health setting applies at once
         self._wake_streams()  # ignored IDs / sharing apply at once
 
@@ -109,6 +113,7 @@ class NvidiaDevicePlugin(DevicePlugin):
         with self._lock:
             self._closed = True
         self._wake_streams()
+        self._mps.stop()
         self._stats.close()
         stopped = self._watch.stop(_SHUTDOWN_WAIT_S)
         self._runner.close()
@@ -146,15 +151,27 @@ class NvidiaDevicePlugin(DevicePlugin):
                 return False
             if time.monotonic() >= deadline:
                 break
+        # The MPS daemons' first probe, so the first answer already says whether they answer.
+        self._mps.wait_known(max(0.0, deadline - time.monotonic()))
         return True
 
     def _render(self, cfg: NvidiaConfig) -> list[DeviceGroup]:
         inventory = self._watch.inventory
         if inventory is None:
             return []
+        plan = self._mps.plan(cfg.mps, inventory.devices)
+        with self._lock:
+            self._mps_plan = plan
         groups, offered = grouping.render(
-            inventory, self._book.status, cfg.ignored_gpu_ids, cfg.sharing.shares, group_by=cfg.group_by
+            inventory,
+            lambda device_id: self._status(device_id, plan),
+            cfg.ignored_gpu_ids,
+            cfg.sharing.shares,
+            group_by=cfg.group_by,
         )
+        if plan:
+            states = {d: mps.state(t, self._mps.reachability) for d, t in plan.items()}
+            groups = mps.with_attribute(groups, offered, states)
         by_id = {o.id: o for o in offered}
         with self._lock:
             if [(o.id, o.device.id, o.group) for o in by_id.values()] != [
@@ -163,6 +180,18 @@ class NvidiaDevicePlugin(DevicePlugin):
                 self._offered_generation += 1
             self._offered = by_id
         return groups
+
+    def _status(self, device_id: str, plan: Mapping[str, mps.Daemon | str] | None = None) -> tuple[bool, str]:
+        """A device's health: the health book's conditions, then its MPS daemon's (under `plan`,
+        else the last rendered one)."""
+        healthy, why = self._book.status(device_id)
+        if not self._config.health.enabled:
+            return healthy, why
+        target = (self._mps_plan if plan is None else plan).get(device_id)
+        mps_why = mps.health(target, self._mps.reachability)
+        if not mps_why:
+            return healthy, why
+        return False, f"{why}; {mps_why}" if why else mps_why
 
     def _nvml_choice(self, cfg: NvidiaConfig) -> tuple[str, str]:
         if cfg.nvml_library or cfg.simulate:
@@ -249,5 +278,8 @@ class NvidiaDevicePlugin(DevicePlugin):
         self._render(cfg)  # the current ignore list and sharing decide what exists
         with self._lock:
             offered = self._offered
-        devices = resolve(device_ids, offered, self._book.status)
-        return reservation(devices, cfg.reserve)
+        devices = resolve(device_ids, offered, self._status)
+        res = reservation(devices, cfg.reserve)
+        with self._lock:
+            plan = self._mps_plan
+        return mps.add_to_reservation(res, device_ids, offered, devices, plan, cfg)

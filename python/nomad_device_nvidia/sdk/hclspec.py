@@ -38,6 +38,11 @@ def block(name: str, nested: Spec, *, required: bool = False) -> Spec:
     return Spec(block_value=hclspec_pb2.Block(name=name, required=required, nested=nested))
 
 
+def block_list(name: str, nested: Spec, *, min_items: int = 0, max_items: int = 0) -> Spec:
+    """Any number of nested blocks of one kind (max_items 0: no limit); absent, an empty list."""
+    return Spec(block_list=hclspec_pb2.BlockList(name=name, min_items=min_items, max_items=max_items, nested=nested))
+
+
 def obj(attributes: Mapping[str, Spec]) -> Spec:
     """An object whose properties are the given specs, by name."""
     return Spec(object=hclspec_pb2.Object(attributes=dict(attributes)))
