@@ -132,7 +132,8 @@ def agent(docker: DockerDaemon, node: Path) -> Iterator[DockerAgent]:
 
 
 SCRIPT = (
-    'echo "NVIDIA_VISIBLE_DEVICES=${NVIDIA_VISIBLE_DEVICES-unset}"; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; '
+    # No "${": Nomad evaluates it in a task's config.
+    'env | while IFS= read -r l; do echo "env=$l"; done; '
     'for f in /dev/* /dev/*/*; do [ -c "$f" ] && [ ! -L "$f" ] && echo "chardev=$f $(stat -c %t:%T "$f")"; done; '
     f'for f in {LIB}/*; do [ -f "$f" ] && set -- $(md5sum "$f") && echo "lib=$f $1"; done; '
     'echo "smi=$(/usr/bin/nvidia-smi)"; echo listed; exec sleep 3600'
@@ -192,7 +193,7 @@ def test_docker_task_gets_its_gpu_through_cdi_without_the_nvidia_runtime(
     agent.wait_eval(agent.run_job(JOB.format(image=docker.import_busybox(), script=json.dumps(SCRIPT))))
     alloc = _running(agent, "cdi-docker")
     (gpu,) = alloc["AllocatedResources"]["Tasks"]["t"]["Devices"][0]["DeviceIDs"]
-    text = agent.wait_for("the task's listing", lambda: (t := agent.task_log(alloc["ID"], "t")) if "listed" in t
+    text = agent.wait_for("the task's listing", lambda: t if "listed" in (t := agent.task_log(alloc["ID"], "t"))
                           else None, 120)
     agent.note(f"task output (GPU {gpu})", text)
     out = text.splitlines()
@@ -206,8 +207,9 @@ def test_docker_task_gets_its_gpu_through_cdi_without_the_nvidia_runtime(
                json.dumps({"Runtime": inspect["HostConfig"]["Runtime"], "Devices": inspect["HostConfig"]["Devices"]},
                           indent=1))
 
-    assert "NVIDIA_VISIBLE_DEVICES=unset" in out
-    assert f"LD_LIBRARY_PATH={LIB}" in out
+    env = dict(line.removeprefix("env=").split("=", 1) for line in out if line.startswith("env=") and "=" in line[4:])
+    assert "NVIDIA_VISIBLE_DEVICES" not in env, env
+    assert env.get("LD_LIBRARY_PATH") == LIB, env
 
     # Exactly its GPU's node and the control nodes, with the numbers of the nodes the test made.
     minor = {u: i for i, u in enumerate(_uuids())}[gpu]
