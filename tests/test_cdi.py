@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from nomad_device_nvidia.sdk import ConfigError, DeviceSpec, Mount, ReservationR
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO = REPO / "tests" / "scenarios" / "matrix-2gpu.toml"
+MIG_SCENARIO = REPO / "scenarios" / "8xh100-mig.toml"  # GPUs 6 and 7 in MIG mode, 4 instances each
 DRIVER_VERSION = "550.90.07"  # the scenario's
 UUID0 = "GPU-11111111-2222-3333-4444-555555555555"
 UUID1 = "GPU-66666666-7777-8888-9999-000000000000"
@@ -200,23 +199,9 @@ def test_bad_cdi_keys_are_refused_naming_the_key(keys: dict[str, Any], message: 
 
 # ---- nvidia-ctk's spec, the CDI library, and Reserve through Nomad's client code ----
 
-_INDEXES = r"""
-import ctypes, json, sys
-ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
-import pynvml as n
-n.nvmlInit()
-print(json.dumps([n.nvmlDeviceGetUUID(n.nvmlDeviceGetHandleByIndex(i)) for i in range(n.nvmlDeviceGetCount())]))
-n.nvmlShutdown()
-"""
-
-
 def sim_uuids() -> list[str]:
     """The scenario's GPU UUIDs in NVML's index order, as the simulated library reports them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NVML_SIM_")}
-    env["NVML_SIM_SCENARIO"] = str(SCENARIO)
-    out = subprocess.run([sys.executable, "-c", _INDEXES, str(cdi_node.SIM_LIB)], capture_output=True, text=True,
-                         env=env, timeout=60, check=True)
-    return list(json.loads(out.stdout))
+    return [g["uuid"] for g in cdi_node.sim_gpus(SCENARIO)]
 
 
 @pytest.fixture(scope="module")
@@ -231,10 +216,10 @@ def node_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _harness_reserve(run_harness: Callable[..., Any], plugin_bin: Path, tmp: Path, spec_dir: Path,
-                     ids: list[str]) -> dict[str, Any]:
+                     ids: list[str], scenario: Path = SCENARIO) -> dict[str, Any]:
     conf = tmp / "plugin.hcl"
     conf.write_text(f"""config {{
-  simulate = {json.dumps(str(SCENARIO))}
+  simulate = {json.dumps(str(scenario))}
   nvml_library = {json.dumps(str(cdi_node.SIM_LIB))}
   reserve {{
     cdi = true
@@ -333,3 +318,46 @@ def test_cdi_true_without_a_spec_directory_is_refused_and_the_last_good_config_k
     assert first["error"] is None, run.describe()
     assert '"reserve.cdi_spec_dirs"' in second["error"] and str(tmp_path / "absent") in second["error"]
     assert run.one("probe")["info_error"] is None
+
+
+@pytest.fixture(scope="module")
+def mig_node(node_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]], str]:
+    root = tmp_path_factory.mktemp("cdimig")
+    gpus = cdi_node.sim_gpus(MIG_SCENARIO)
+    driver = cdi_node.stand_in_driver(root, DRIVER_VERSION, [g["minor"] for g in gpus])
+    return driver, gpus, cdi_node.mig_minors(driver, gpus)
+
+
+@pytest.mark.parametrize("strategy", ["uuid", "index"])
+def test_mig_instances_by_uuid_and_by_index_in_nvidia_ctks_spec(
+    mig_node: tuple[Path, list[dict[str, Any]], str], tmp_path: Path, strategy: str,
+    run_harness: Callable[..., Any], plugin_bin: Path
+) -> None:
+    driver, gpus, minors = mig_node
+    spec_dir = tmp_path / "cdi"
+    cdi_node.generate_spec(driver, spec_dir / "nvidia.yaml", MIG_SCENARIO, strategy, minors)
+    # A whole GPU and two MIG instances of different GPUs; index names are "GPU:MIG".
+    picked = [(gpus[0], None), (gpus[6], gpus[6]["mig"][1]), (gpus[7], gpus[7]["mig"][3])]
+    ids = [m["uuid"] if m else g["uuid"] for g, m in picked]
+    names = ids if strategy == "uuid" else [f"{g['index']}:{m['index']}" if m else str(g["index"]) for g, m in picked]
+    rc, listing = cdi_node.cdicheck("validate", str(spec_dir))
+    assert rc == 0, listing
+    assert {f"nvidia.com/gpu={n}" for n in names} <= set(listing["devices"])
+
+    res = _harness_reserve(run_harness, plugin_bin, tmp_path, spec_dir, ids, MIG_SCENARIO)
+    rc, injected = cdi_node.cdicheck("inject", "--dirs", str(spec_dir), *[f"nvidia.com/gpu={n}" for n in names])
+    assert rc == 0, injected
+    got = _got(res)
+    assert got == _expected(injected, tmp_path / "tree")
+    # Each MIG instance brings its parent's node and its GPU- and compute-instance capability nodes.
+    caps = {line.split()[0]: int(line.split()[1]) for line in minors.splitlines()}
+    want_caps = set()
+    for g, m in picked:
+        if m:
+            gi = f"gpu{g['minor']}/gi{m['gi']}"
+            for cap in (f"{gi}/access", f"{gi}/ci{m['ci']}/access"):
+                want_caps.add(f"/dev/nvidia-caps/nvidia-cap{caps[cap]}")
+    nodes = {d[0] for d in got["devices"]}
+    assert want_caps <= nodes
+    assert {p for p in nodes if p.startswith("/dev/nvidia-caps/")} == want_caps
+    assert {p for p in nodes if p.removeprefix("/dev/nvidia").isdigit()} == {"/dev/nvidia0", "/dev/nvidia6", "/dev/nvidia7"}

@@ -18,6 +18,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +76,75 @@ def stand_in_driver(root: Path, version: str, minors: list[int]) -> Path:
     return d
 
 
-def generate_spec(driver: Path, out: Path, scenario: Path, strategy: str = "uuid") -> str:
-    """nvidia-ctk cdi generate on the stand-in driver; returns its log (stderr)."""
+_MIG = r"""
+import ctypes, json, sys
+ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
+import pynvml as n
+n.nvmlInit()
+out = []
+for i in range(n.nvmlDeviceGetCount()):
+    h = n.nvmlDeviceGetHandleByIndex(i)
+    entry = {"index": i, "uuid": n.nvmlDeviceGetUUID(h), "minor": n.nvmlDeviceGetMinorNumber(h), "mig": []}
+    try:
+        mig_on = n.nvmlDeviceGetMigMode(h)[0] == 1
+    except n.NVMLError:
+        mig_on = False
+    for j in range(n.nvmlDeviceGetMaxMigDeviceCount(h) if mig_on else 0):
+        try:
+            g = n.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
+        except n.NVMLError:
+            continue
+        entry["mig"].append({"index": j, "uuid": n.nvmlDeviceGetUUID(g), "gi": n.nvmlDeviceGetGpuInstanceId(g),
+                             "ci": n.nvmlDeviceGetComputeInstanceId(g)})
+    out.append(entry)
+n.nvmlShutdown()
+print(json.dumps(out))
+"""
+CAPS_MAJOR = 511  # nvidia-caps' major is dynamic too
+
+
+def sim_gpus(scenario: Path) -> list[dict[str, Any]]:
+    """The scenario's GPUs in NVML's index order (uuid, minor) with their MIG devices (index, uuid, gi, ci)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVML_SIM_")}
+    env["NVML_SIM_SCENARIO"] = str(scenario)
+    out = subprocess.run([sys.executable, "-c", _MIG, str(SIM_LIB)], capture_output=True, text=True, env=env,
+                         timeout=60, check=True)
+    return list(json.loads(out.stdout))
+
+
+def mig_minors(driver: Path, gpus: list[dict[str, Any]]) -> str:
+    """The driver's /proc/driver/nvidia-caps/mig-minors for these MIG devices, and their
+    /dev/nvidia-caps/nvidia-capN nodes under the driver root (numbered from 100)."""
+    caps = driver / "dev" / "nvidia-caps"
+    caps.mkdir(exist_ok=True)
+    lines, n = [], 100
+    for g in gpus:
+        for m in g["mig"]:
+            for cap in (f"gpu{g['minor']}/gi{m['gi']}/access", f"gpu{g['minor']}/gi{m['gi']}/ci{m['ci']}/access"):
+                lines.append(f"{cap} {n}")
+                os.mknod(caps / f"nvidia-cap{n}", 0o666 | stat.S_IFCHR, os.makedev(CAPS_MAJOR, n))
+                n += 1
+    return "\n".join(lines) + "\n"
+
+
+def generate_spec(driver: Path, out: Path, scenario: Path, strategy: str = "uuid", minors: str = "") -> str:
+    """nvidia-ctk cdi generate on the stand-in driver; returns its log (stderr).
+
+    With `minors` (MIG devices), nvidia-ctk reads them from the host's
+    /proc/driver/nvidia-caps/mig-minors: it runs in a private mount namespace
+    (unshare) with a tmpfs on /proc/driver holding that file, seen by nothing else.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NVML_SIM_")}
     env["NVML_SIM_SCENARIO"] = str(scenario)
     env["LD_LIBRARY_PATH"] = str(driver / LIB_DIR)
-    proc = subprocess.run(
-        [str(NVIDIA_CTK), "cdi", "generate", "--driver-root", str(driver), "--dev-root", str(driver),
-         "--library-search-path", str(driver / LIB_DIR), "--device-name-strategy", strategy,
-         "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
-    )
+    argv = [str(NVIDIA_CTK), "cdi", "generate", "--driver-root", str(driver), "--dev-root", str(driver),
+            "--library-search-path", str(driver / LIB_DIR), "--device-name-strategy", strategy, "--output", str(out)]
+    if minors:
+        env["NDE_MIG_MINORS"] = minors
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+                'mount -t tmpfs none /proc/driver; mkdir /proc/driver/nvidia-caps; '
+                'printf %s "$NDE_MIG_MINORS" > /proc/driver/nvidia-caps/mig-minors; exec "$@"', "sh", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and out.is_file(), f"nvidia-ctk cdi generate failed ({proc.returncode}):\n{proc.stderr}"
     return proc.stderr
 
