@@ -366,6 +366,3 @@ def edits_for(
     return CdiEdits(env=env, devices=tuple(nodes.values()), mounts=tuple(mount_list),
                     specs=tuple(s.path for s in used))
 
-
-def readable_dirs(dirs: Sequence[str]) -> list[str]:
-    return [d for d in dirs if os.path.isdir(d) and os.access(d, os.R_OK | os.X_OK)]

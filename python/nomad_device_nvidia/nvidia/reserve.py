@@ -119,9 +119,9 @@ def device_nodes(devices: Sequence[GpuDevice], config: ReserveConfig) -> list[De
 
 
 def reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservation:
-    visible = ",".join(d.id for d in devices)
     if config.cdi:
         return cdi_reservation(devices, config)
+    visible = ",".join(d.id for d in devices)
     envs = {NVIDIA_VISIBLE_DEVICES: visible}
     if config.cuda_visible_devices:
         envs[CUDA_VISIBLE_DEVICES] = visible
