@@ -12,7 +12,7 @@ export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test check venv build native sim harness test-rust test-python lint bench bench-ci wheel e2e transcript clean \
+.PHONY: demo test check venv build native sim harness cdi-tools test-rust test-python lint bench bench-ci wheel e2e transcript clean \
 	launcher nomad cluster test-cluster test-aarch64 soak
 
 # Only what the demo runs: the plugin, the simulated driver and Nomad's launcher
@@ -50,7 +50,7 @@ $(VENV)/.deps-stamp: requirements-dev.txt $(VENV)/.run-stamp
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-build: native sim harness
+build: native sim harness cdi-tools
 
 # The extension and the package, installed editable into .venv
 # (.venv/bin/nomad-device-nvidia is then the plugin binary).
@@ -76,6 +76,13 @@ harness:
 
 launcher:
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin launcher
+
+# CDI mode's peers (tests/test_cdi.py): NVIDIA's nvidia-ctk, pinned, which writes
+# the spec, and tests/cdicheck, which reads it with the CDI library runtimes use.
+NVIDIA_CTK_VERSION := v1.20.2
+cdi-tools:
+	GOBIN=$(BUILD)/bin go install github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-ctk@$(NVIDIA_CTK_VERSION)
+	cd tests/cdicheck && go vet . && go build -o $(BUILD)/bin/cdicheck .
 
 nomad:
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin nomad
@@ -125,7 +132,7 @@ wheel: venv
 	bash scripts/build_wheel.sh $(CURDIR)/dist
 
 e2e: build venv
-	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py tests/test_sharing_e2e.py
+	$(VPY) -m pytest -m e2e tests/test_wheel.py tests/test_agent_e2e.py tests/test_sharing_e2e.py tests/test_cdi_docker_e2e.py
 
 transcript: build venv
 	bash scripts/e2e_transcript.sh

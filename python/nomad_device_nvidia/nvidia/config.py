@@ -58,6 +58,10 @@ class ReserveConfig:
     gds: bool = False
     mofed: bool = False
     gdrcopy: bool = False
+    # CDI mode (nvidia/cdi.py): the device nodes, mounts and env of NVIDIA's CDI
+    # spec instead of NVIDIA_VISIBLE_DEVICES, so no nvidia container runtime is needed.
+    cdi: bool = False
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 
 
 @dataclass(frozen=True)
@@ -331,9 +335,30 @@ def _reserve(key: str, value: Any) -> ReserveConfig:
         gds=r.get("gds", _bool, d.gds),
         mofed=r.get("mofed", _bool, d.mofed),
         gdrcopy=r.get("gdrcopy", _bool, d.gdrcopy),
+        cdi=r.get("cdi", _bool, d.cdi),
+        cdi_spec_dirs=r.get("cdi_spec_dirs", _spec_dirs, d.cdi_spec_dirs),
     )
     r.reject_unknown()
+    _check_cdi(key, cfg)
     return cfg
+
+
+def _spec_dirs(key: str, value: Any) -> tuple[str, ...]:
+    dirs = [_absolute_path(key, d) for d in _str_list(key, value)]
+    if not dirs:
+        raise ConfigError(key, "must name at least one directory")
+    return tuple(dict.fromkeys(dirs))
+
+
+def _check_cdi(key: str, cfg: ReserveConfig) -> None:
+    if not cfg.cdi:
+        return
+    if cfg.device_nodes:
+        raise ConfigError(f"{key}.device_nodes", "cannot be true with cdi = true: the CDI spec lists the device nodes")
+    readable = [d for d in cfg.cdi_spec_dirs if os.path.isdir(d) and os.access(d, os.R_OK | os.X_OK)]
+    if not readable:
+        raise ConfigError(f"{key}.cdi_spec_dirs", f"cdi = true, but none of {list(cfg.cdi_spec_dirs)} is a readable "
+                          "directory (write the spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
 
 
 def _shares(key: str, value: Any) -> int:
@@ -486,6 +511,8 @@ def config_spec() -> hclspec.Spec:
                         "gds": a("gds", "bool", rs.gds),
                         "mofed": a("mofed", "bool", rs.mofed),
                         "gdrcopy": a("gdrcopy", "bool", rs.gdrcopy),
+                        "cdi": a("cdi", "bool", rs.cdi),
+                        "cdi_spec_dirs": a("cdi_spec_dirs", "list(string)", list(rs.cdi_spec_dirs)),
                     }
                 ),
             ),

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 
+from nomad_device_nvidia.nvidia import cdi
 from nomad_device_nvidia.nvidia.config import ReserveConfig
 from nomad_device_nvidia.nvidia.fingerprint import GpuDevice
 from nomad_device_nvidia.nvidia.grouping import Offered
@@ -118,6 +119,8 @@ def device_nodes(devices: Sequence[GpuDevice], config: ReserveConfig) -> list[De
 
 
 def reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservation:
+    if config.cdi:
+        return cdi_reservation(devices, config)
     visible = ",".join(d.id for d in devices)
     envs = {NVIDIA_VISIBLE_DEVICES: visible}
     if config.cuda_visible_devices:
@@ -129,3 +132,18 @@ def reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservat
             envs[env] = "enabled"
     nodes = tuple(device_nodes(devices, config)) if config.device_nodes else ()
     return Reservation(envs=envs, devices=nodes)
+
+
+def cdi_name(dev: GpuDevice) -> str:
+    """The device's name under nvidia-ctk's index strategy: "2", or "2:1" for a MIG device."""
+    gpu, mig = dev.slot
+    return f"{gpu}:{mig}" if mig >= 0 else str(gpu)
+
+
+def cdi_reservation(devices: Sequence[GpuDevice], config: ReserveConfig) -> Reservation:
+    """The CDI spec's edits for the devices, and no NVIDIA_VISIBLE_DEVICES (cdi.py says why)."""
+    edits = cdi.edits_for([(d.id, cdi_name(d)) for d in devices], config.cdi_spec_dirs)
+    envs = dict(edits.env)
+    if config.cuda_visible_devices:
+        envs[CUDA_VISIBLE_DEVICES] = ",".join(d.id for d in devices)
+    return Reservation(envs=envs, mounts=edits.mounts, devices=edits.devices)
