@@ -178,10 +178,11 @@ def _swap_under_running_plugin(inst: InstalledWheel, index: Path, tmp: Path, run
         upgraded.touch()
         h.wait_for("probe", step=13)
 
-        # The extension the process runs is the one it started with, now deleted; no other is mapped.
+        # The extension the process runs is the one it started with, now deleted (maps names
+        # a deleted file by its last path, which may be pip's stash); no other is mapped.
         maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
         old_inodes = {int(f.split(":")[0]) for f in old_files}
-        ours = {(int(ln.split()[4]), ln.endswith("(deleted)")) for ln in maps if "/nomad_device_nvidia/" in ln}
+        ours = {(int(ln.split()[4]), ln.endswith("(deleted)")) for ln in maps if "_native.abi3.so" in ln}
         assert ours, f"no extension of the package mapped in {pid}"
         assert all(ino in old_inodes and deleted for ino, deleted in ours), \
             f"the running plugin mapped a file of {to}: {ours}"
@@ -245,3 +246,21 @@ def test_pip_rollback_under_a_running_plugin(installed: InstalledWheel, wheels: 
     if _installed_version(installed) != new:  # run alone: upgrade first
         _pip_install(installed, index, "-U", "nomad-device-nvidia")
     _swap_under_running_plugin(installed, index, tmp_path, new, old, [f"nomad-device-nvidia=={old}"])
+
+
+def test_the_check_catches_a_plugin_that_imports_late(wheels: dict[str, Path], index: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    # The control: the same wheel with the preload call taken out of the installed cli.py,
+    # which is the plugin as it was before it had one, must fail the check above.
+    old, new = list(wheels)
+    inst = install_wheel(wheels[old], tmp_path_factory.mktemp("late") / "venv")
+    site = _site_packages(inst)
+    (site / "zz_nde_test_open_trace.pth").write_text(_tracer(site / "nomad_device_nvidia"))
+    cli = site / "nomad_device_nvidia" / "cli.py"
+    text = cli.read_text()
+    assert text.count("        preload()\n") == 1, "cli.py changed: update this control"
+    cli.write_text(text.replace("        preload()\n", ""))
+    for pyc in (site / "nomad_device_nvidia" / "__pycache__").glob("cli.*.pyc"):
+        pyc.unlink()
+    with pytest.raises(AssertionError, match=f"the {old} plugin read files of {new} after the swap"):
+        _swap_under_running_plugin(inst, index, tmp_path, old, new, ["-U", "nomad-device-nvidia"])
