@@ -219,7 +219,9 @@ def test_preload_loads_everything_a_serving_plugin_imports_late() -> None:
     modules = set(json.loads(res.stdout))
     assert {"decimal", "shutil", "json", "nomad_device_nvidia.nvidia.stats_native",
             "nomad_device_nvidia.nvidia.stats_python"} <= modules, "the import scan found too little"
-    missing = {m: f"imported late by {lazy[m]}" for m in sorted(modules) if m not in loaded}
+    # Imported late, but only on the way to the handshake line, never once serving.
+    before_serving = {"grp": "the socket directory's group (handshake.private_dir)"} | {m: "skipped" for m in skip}
+    missing = {m: f"imported late by {lazy[m]}" for m in sorted(modules) if m not in loaded and m not in before_serving}
     assert missing == {}
     # ...and nothing the serving process never needs.
     assert not [m for m in skip | {"ssl", "cryptography", "hcl", "argparse"} if m in loaded]
