@@ -88,7 +88,8 @@ def test_plugin_info_reports_the_cargo_version() -> None:
     assert HARNESS.is_file(), f"no Go harness at {HARNESS}: run `make harness`"
     res = subprocess.run([str(HARNESS), "info", "--plugin", str(PLUGIN)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    info = next(json.loads(ln) for ln in res.stdout.splitlines() if '"event":"info"' in ln.replace(" ", ""))
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    info = next(e for e in events if e["event"] == "info")
     assert (info["name"], info["plugin_version"]) == ("nvidia-gpu", project_version()), info
 
 

@@ -140,8 +140,15 @@ class Harness:
             return ev
 
     def finish(self) -> int:
-        rc = self.proc.wait(timeout=600)
+        """Its exit code, once it ended (it goes on to Shutdown by itself once the wait steps are met)."""
+        try:
+            rc = self.proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(timeout=60)
         self._reader.join(timeout=60)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return rc
 
     def stderr(self) -> str:
@@ -192,13 +199,10 @@ def _swap_under_running_plugin(inst: InstalledWheel, index: Path, tmp: Path, run
         assert any("/cli." in path for _, path in mine), f"the tracer saw none of the plugin's start: {mine[:5]}"
         late = [path for ident, path in mine if ident not in old_files]
         assert late == [], f"the {running} plugin read files of {to} after the swap"
-        checked.touch()
-        rc = h.finish()
     finally:
         upgraded.touch()
         checked.touch()
-        if h.proc.poll() is None:
-            h.proc.kill()
+        rc = h.finish()
     by: dict[str, list[dict[str, Any]]] = {}
     for ev in h.events:
         by.setdefault(ev["event"], []).append(ev)
@@ -221,7 +225,9 @@ def _swap_under_running_plugin(inst: InstalledWheel, index: Path, tmp: Path, run
     # The next launch is the new version.
     res = subprocess.run([str(HARNESS), "info", "--plugin", str(inst.binary)], env=inst.env(), capture_output=True,
                          text=True, timeout=120)
-    info = next(json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"event":"info"'))
+    events = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    info = next((e for e in events if e["event"] == "info"), None)
+    assert info is not None, res.stdout + res.stderr
     assert info["plugin_version"] == to, info
 
 
