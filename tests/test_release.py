@@ -226,3 +226,26 @@ def test_preload_loads_everything_a_serving_plugin_imports_late() -> None:
     assert missing == {}
     # ...and nothing the serving process never needs.
     assert not [m for m in skip | {"ssl", "cryptography", "hcl", "argparse"} if m in loaded]
+
+
+# --- the workflows -------------------------------------------------------------------------------------------------
+
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def test_every_action_is_pinned_by_commit_with_its_release_named() -> None:
+    # actionlint (make lint) checks the workflows' syntax and expressions; this, the pins.
+    uses = [(wf.name, m["ref"], m["rest"]) for wf in sorted(WORKFLOWS.glob("*.yml"))
+            for m in re.finditer(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$", wf.read_text(), re.M)]
+    assert {name for name, _, _ in uses} == {"ci.yml", "release.yml"}
+    bad = [(name, ref, rest) for name, ref, rest in uses
+           if not re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}", ref)
+           or not re.fullmatch(r"\s+# v\d+(\.\d+)*", rest)]
+    assert bad == [], "pin each action by its full commit SHA, with `# vX.Y.Z` after it"
+
+
+def test_the_release_workflow_runs_the_checked_scripts() -> None:
+    text = (WORKFLOWS / "release.yml").read_text()
+    assert 'scripts/check_version.py --tag "$GITHUB_REF_NAME"' in text
+    assert 'scripts/release_notes.py "$GITHUB_REF_NAME"' in text
+    assert "id-token: write" in text and "pypa/gh-action-pypi-publish@" in text
