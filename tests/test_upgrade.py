@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,3 +271,20 @@ def test_the_check_catches_a_plugin_that_imports_late(wheels: dict[str, Path], i
         pyc.unlink()
     with pytest.raises(AssertionError, match=f"the {old} plugin read files of {new} after the swap"):
         _swap_under_running_plugin(inst, index, tmp_path, old, new, ["-U", "nomad-device-nvidia"])
+
+
+def test_version_checker_on_the_built_artifacts(wheels: dict[str, Path], tmp_path: Path) -> None:
+    # What the release workflow runs on its dist/: the real wheel and sdist of each tree
+    # (copied: a developer's dist/ may hold other versions too).
+    old, new = list(wheels)
+    for version, repo in ((old, REPO), (new, REPO / "build" / "upgrade" / new / "src")):
+        dist = tmp_path / version
+        dist.mkdir()
+        for f in (wheels[version], wheels[version].parent / f"nomad_device_nvidia-{version}.tar.gz"):
+            (dist / f.name).symlink_to(f)
+        res = subprocess.run([sys.executable, str(REPO / "scripts" / "check_version.py"), "--repo", str(repo),
+                              "--dist", str(dist)], capture_output=True, text=True, timeout=120)
+        assert (res.returncode, res.stdout, res.stderr) == (0, f"{version}\n", ""), res.stderr
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "check_version.py"), "--dist", str(tmp_path / new)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and f"says {old}" in res.stderr, res.stderr
