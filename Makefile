@@ -95,11 +95,20 @@ test-rust: sim
 test-python: venv
 	$(VPY) -m pytest tests
 
-lint: venv
+# actionlint checks the workflows; built from the Go module proxy at this version, once.
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(BUILD)/tools/actionlint-$(ACTIONLINT_VERSION)
+$(ACTIONLINT):
+	mkdir -p $(BUILD)/tools/.gobin
+	GOBIN=$(BUILD)/tools/.gobin go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+	mv -f $(BUILD)/tools/.gobin/actionlint $@
+
+lint: venv $(ACTIONLINT)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VPY) -m mypy
 	$(VPY) -m mypy.stubtest nomad_device_nvidia._native
+	$(ACTIONLINT) .github/workflows/ci.yml .github/workflows/release.yml
 
 # All sizes (8 to 4,096 devices), results in build/bench.json; plot with benches/plot.py.
 bench: build venv

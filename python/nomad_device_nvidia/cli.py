@@ -75,6 +75,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Upgrade safety: `pip install -U` (or an apt upgrade of Python) replaces files under
+# a running plugin, and a module imported after that would be the new version's, beside
+# the old ones already loaded. So the serving process loads everything it can ever
+# import before the plugin serves its first call: every module of this package but the
+# ones below, and the standard and third-party modules our code imports only where a
+# path first runs. The .so is mapped at the first import of the package, long before.
+# Left out: the operator commands (other processes) and AutoMTLS, set up before the
+# handshake line or never. tests/test_release.py checks this list against the code.
+PRELOAD_SKIP = ("nomad_device_nvidia.probe", "nomad_device_nvidia.bench", "nomad_device_nvidia.sdk.tls")
+PRELOAD_EXTRA = ("decimal", "json", "shutil", "google.protobuf.empty_pb2")
+
+
+def preload() -> list[str]:
+    """Import every module the serving process can need; returns their names."""
+    import importlib
+    import pkgutil
+
+    import nomad_device_nvidia
+
+    names = [m.name for m in pkgutil.walk_packages(nomad_device_nvidia.__path__, "nomad_device_nvidia.")
+             if m.name not in PRELOAD_SKIP]
+    names += PRELOAD_EXTRA
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any heavy import: the agent may die while we start, and the
     # parent-death watch must compare against the process that launched us.
@@ -110,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level)
 
     def make() -> NvidiaDevicePlugin:
-        # Imported after the handshake line: Nomad connects while this loads.
+        # Imported after the handshake line: Nomad connects while this loads. Every
+        # plugin call waits for make(), so no plugin code runs before preload() is done.
         from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 
+        preload()
         return NvidiaDevicePlugin(nvml_library=args.nvml_library, simulate=args.simulate)
 
     return int(serve(make, network=args.listen, parent_pid=parent_pid, stops=stops))

@@ -75,6 +75,59 @@ def ensure_wheel(arch: str = HOST_ARCH) -> Path:
     return whl
 
 
+def next_patch(version: str) -> str:
+    major, minor, patch = version.split(".")[:3]
+    return f"{major}.{minor}.{int(patch) + 1}"
+
+
+def _bump_tree(src: Path, old: str, new: str) -> None:
+    """Set the version in a copy of the tree: Cargo.toml's one line and the workspace crates in Cargo.lock."""
+    cargo = src / "Cargo.toml"
+    text, n = re.subn(rf'^version = "{re.escape(old)}"$', f'version = "{new}"', cargo.read_text(), count=1,
+                      flags=re.M)
+    assert n == 1, f"no version = {old!r} line in {cargo}"
+    cargo.write_text(text)
+    lock = src / "Cargo.lock"
+    crates = re.findall(r'^name = "([^"]+)"$', "".join((src / m / "Cargo.toml").read_text().split("[lib]")[0]
+                                                          for m in ("src_rust/native", "src_rust/nvml_sys",
+                                                                    "src_rust/nvml_sim", "src_rust/stats_core")),
+                        re.M)
+    text = lock.read_text()
+    for crate in crates:
+        text, n = re.subn(rf'(name = "{re.escape(crate)}"\nversion = )"{re.escape(old)}"', rf'\1"{new}"', text)
+        assert n == 1, f"{crate} {old} not in {lock}"
+    lock.write_text(text)
+
+
+def ensure_next_wheel(arch: str = HOST_ARCH) -> tuple[str, Path]:
+    """(version, wheel) of this tree with the patch version one higher, for the upgrade test:
+    built by scripts/build_wheel.sh from a copy of the checkout (its tracked and untracked,
+    not ignored files) that differs only in the version, into build/upgrade/<version>/dist,
+    and built again only when the checkout changed after it (as ensure_wheel decides)."""
+    version = next_patch(project_version())
+    root = REPO / "build" / "upgrade" / version
+    dist = root / "dist"
+    whl = max(dist.glob(f"nomad_device_nvidia-{version}-*_{arch}.whl"), key=lambda p: p.stat().st_mtime, default=None)
+    if whl is not None and whl.stat().st_mtime >= _newest_input():
+        return version, whl
+    src = root / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    _bump_tree(src, project_version(), version)
+    env = dict(os.environ, NOMAD_WHEEL_TARGETS=f"{arch}-unknown-linux-gnu", VIRTUAL_ENV=sys.prefix)
+    res = subprocess.run(["bash", str(src / "scripts" / "build_wheel.sh"), str(dist)], capture_output=True, text=True,
+                         timeout=1800, env=env)
+    assert res.returncode == 0, f"build_wheel.sh of {version} failed ({res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+    whl = max(dist.glob(f"nomad_device_nvidia-{version}-*_{arch}.whl"), key=lambda p: p.stat().st_mtime, default=None)
+    assert whl is not None, f"build_wheel.sh made no {version} wheel in {dist}"
+    return version, whl
+
+
 def clean_path() -> str:
     """PATH without any Rust or Go toolchain: the installed wheel must need neither."""
     keep = []

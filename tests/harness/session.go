@@ -3,7 +3,9 @@ package main
 import (
 	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -248,7 +250,9 @@ func runConfigs(args []string) error {
 	fs := newFlags("configs", &o)
 	cf := newConfigFlags(fs, &o)
 	var steps listFlag
-	fs.Var(&steps, "step", "hcl:PATH (encode as the agent does, then SetConfig), msgpack:BASE64 (SetConfig with these bytes), or probe (PluginInfo and the first fingerprint); repeatable, run in order")
+	fs.Var(&steps, "step", "hcl:PATH (encode as the agent does, then SetConfig), msgpack:BASE64 (SetConfig with these bytes), "+
+		"probe (PluginInfo and the first fingerprint), stats:N (Fingerprint and Stats open until N stats answers), "+
+		"reserve:N (Reserve the first N devices of the last fingerprint seen) or wait:PATH (until PATH exists); repeatable, run in order")
 	if err := parseFlags(fs, &o, args); err != nil {
 		return err
 	}
@@ -264,13 +268,22 @@ func runConfigs(args []string) error {
 	}
 	defer s.stop()
 	agent := agentConfig()
+	var seen []*device.DeviceGroup
 	for i, step := range steps {
+		if done, err := s.runStep(i+1, step, &seen, o.timeout); done || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		src, probe, err := parseStep(step)
 		if err != nil {
 			return err
 		}
 		if probe {
-			s.probe(i+1, o.timeout)
+			if groups := s.probe(i+1, o.timeout); groups != nil {
+				seen = groups
+			}
 			continue
 		}
 		data, ok, err := src.prepare(s.spec, cf.block(), i+1)
@@ -284,29 +297,97 @@ func runConfigs(args []string) error {
 	return nil
 }
 
+// runStep runs the configs steps that are not configs: stats:N, reserve:N and
+// wait:PATH (the test does something to the running plugin meanwhile, e.g.
+// upgrades its package, then creates PATH). done is false for other steps.
+func (s *started) runStep(step int, spec string, seen *[]*device.DeviceGroup, timeout time.Duration) (bool, error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "wait":
+		start := time.Now()
+		for {
+			if _, err := os.Stat(arg); err == nil {
+				emit("wait", fields{"step": step, "path": arg, "waited_ms": millis(time.Since(start))})
+				return true, nil
+			}
+			if time.Since(start) > timeout {
+				return true, atStage("wait", fmt.Errorf("step %d: %s did not appear within %s", step, arg, timeout))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	case "stats", "reserve":
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 1 {
+			return true, usageError{fmt.Sprintf("step %q: want %s:N with N >= 1", spec, kind)}
+		}
+		if kind == "reserve" {
+			var ids []string
+			for _, g := range *seen {
+				for _, d := range g.Devices {
+					if len(ids) < n {
+						ids = append(ids, d.ID)
+					}
+				}
+			}
+			if len(ids) < n {
+				return true, atStage("reserve", fmt.Errorf("step %d: %d devices seen, %d asked for", step, len(ids), n))
+			}
+			reserveAll(s.dev, []string{strings.Join(ids, ",")})
+			return true, nil
+		}
+		ev := fields{"step": step, "fingerprint_error": nil, "stats_error": nil}
+		st, err := openStreams(s.dev, 100*time.Millisecond, int64(n), nil, true)
+		if err != nil {
+			return true, err
+		}
+		if err := st.st.waitCount(int64(n), timeout); err != nil {
+			ev["stats_error"] = err.Error()
+		} else if errs := st.st.errs(); len(errs) > 0 {
+			ev["stats_error"] = errs[0]
+		}
+		if errs := st.fp.errs(); len(errs) > 0 {
+			ev["fingerprint_error"] = errs[0]
+		} else if groups := st.fp.lastGroups(); groups != nil {
+			*seen = groups
+		}
+		ev["stats"] = st.st.count.Load()
+		st.close(timeout)
+		emit("stats_step", ev)
+		return true, nil
+	}
+	return false, nil
+}
+
 // probe shows the plugin still serves and which config is in force: its info
-// and its first fingerprint response (or the error the stream answers).
-func (s *started) probe(step int, timeout time.Duration) {
-	ev := fields{"step": step, "info_error": nil, "fingerprint_error": nil, "groups": nil, "disabled": false}
-	if _, err := s.base.PluginInfo(); err != nil {
+// (with the version it reports) and its first fingerprint response (or the
+// error the stream answers); returns the groups of that response.
+func (s *started) probe(step int, timeout time.Duration) []*device.DeviceGroup {
+	ev := fields{"step": step, "info_error": nil, "fingerprint_error": nil, "groups": nil, "disabled": false,
+		"plugin_version": nil}
+	if info, err := s.base.PluginInfo(); err != nil {
 		ev["info_error"] = err.Error()
+	} else {
+		ev["plugin_version"] = info.PluginVersion
 	}
 	st, err := openStreams(s.dev, time.Second, -1, nil, true)
 	if err != nil {
 		ev["fingerprint_error"] = err.Error()
 		emit("probe", ev)
-		return
+		return nil
 	}
+	var groups []*device.DeviceGroup
 	if err := st.fp.waitCount(1, timeout); err != nil {
 		ev["fingerprint_error"] = err.Error()
 	} else if errs := st.fp.errs(); len(errs) > 0 {
 		ev["fingerprint_error"] = errs[0]
 		ev["disabled"] = strings.Contains(errs[0], device.ErrPluginDisabled.Error())
 	} else {
-		ev["groups"] = groupsJSON(st.fp.lastGroups())
+		groups = st.fp.lastGroups()
+		ev["groups"] = groupsJSON(groups)
 	}
 	st.close(timeout)
 	emit("probe", ev)
+	return groups
 }
 
 func runStreams(args []string) error {

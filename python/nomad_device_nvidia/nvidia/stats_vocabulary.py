@@ -7,8 +7,8 @@ file (src_rust/stats_core/build.rs), so the two engines cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -28,8 +28,10 @@ class GpmStat(Stat):
 def _load() -> dict[str, Any]:
     # Beside this file, in the source tree and in the installed wheel alike (a package
     # with a native extension is never imported from a zip); importlib.resources would
-    # only add import time.
-    doc: dict[str, Any] = json.loads(Path(__file__).with_name("stats_vocabulary.json").read_text(encoding="utf-8"))
+    # only add import time. Not pathlib: it brings urllib.parse and ipaddress, and the
+    # serving process loads this module whatever the engine (cli.preload).
+    with open(os.path.join(os.path.dirname(__file__), "stats_vocabulary.json"), encoding="utf-8") as f:
+        doc: dict[str, Any] = json.load(f)
     return doc
 
 
