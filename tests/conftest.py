@@ -27,6 +27,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_agent_e2e.py": ("agent", "slow"),
     "test_bench.py": ("sim", "slow"),
     "test_calls.py": ("inprocess",),
+    "test_cdi.py": ("sim",),
+    "test_cdi_docker_e2e.py": ("agent", "slow"),  # and a dockerd of its own
     "test_cli.py": ("sim",),
     "test_cluster.py": ("agent", "slow"),
     "test_conformance.py": ("sim",),
@@ -40,12 +42,16 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_gpu_check.py": ("sim",),
     "test_health_faults.py": ("sim", "slow"),
     "test_import_boundaries.py": ("inprocess",),
+    "test_install_doc.py": ("sim", "slow"),
     "test_limits.py": ("sim",),
+    "test_mps.py": ("sim",),
+    "test_mps_e2e.py": ("agent", "slow"),
     "test_nvidia_config.py": ("inprocess",),
     "test_nvidia_grouping.py": ("sim",),
     "test_nvidia_sim.py": ("sim",),
     "test_probe_config.py": ("sim",),
     "test_proto_fresh.py": ("inprocess",),
+    "test_release.py": ("sim",),
     "test_reserve_nvlink.py": ("inprocess",),
     "test_sdk_config.py": ("inprocess",),
     "test_sdk_logs.py": ("inprocess",),
@@ -58,6 +64,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_stats_end_to_end.py": ("sim",),
     "test_stats_engines.py": ("sim",),
     "test_transport.py": ("sim",),
+    "test_upgrade.py": ("sim", "slow"),
     "test_wheel.py": ("sim", "slow"),
 }
 STARTS = ("inprocess", "sim", "agent", "qemu")
