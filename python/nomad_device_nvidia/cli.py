@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 # Left out: the operator commands (other processes) and AutoMTLS, set up before the
 # handshake line or never. tests/test_release.py checks this list against the code.
 PRELOAD_SKIP = ("nomad_device_nvidia.probe", "nomad_device_nvidia.bench", "nomad_device_nvidia.sdk.tls")
-PRELOAD_EXTRA = ("decimal", "json", "shutil", "google.protobuf.empty_pb2")
+PRELOAD_EXTRA = ("decimal", "json", "shutil", "google.protobuf.empty_pb2", "yaml")
+# Imported when present (tomllib is 3.11+; driver.py reads scenarios without it on 3.10).
+PRELOAD_OPTIONAL = ("tomllib",)
 
 
 def preload() -> list[str]:
@@ -99,6 +101,12 @@ def preload() -> list[str]:
     names += PRELOAD_EXTRA
     for name in names:
         importlib.import_module(name)
+    for name in PRELOAD_OPTIONAL:
+        try:
+            importlib.import_module(name)
+            names.append(name)
+        except ImportError:
+            pass
     return names
 
 
