@@ -74,6 +74,12 @@ test-rust: sim
 test-python: venv
 	$(VPY) -m pytest tests
 
+# NVIDIA's real libnvidia-ml (Debian non-free) and nvml.h (PyPI) into ~/.cache/nomad-device-nvidia/nvidia
+# (docs/nvidia-files.md). The tests that need them fetch them too; this only does it up front.
+.PHONY: nvidia-files
+nvidia-files:
+	$(PY) scripts/nvidia_files.py
+
 lint: venv
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
