@@ -132,6 +132,9 @@ def test_optional_functions_a_branch_lacks_are_said(exports: dict[int, set[str]]
 def test_the_committed_symbol_lists_are_the_real_libraries() -> None:
     """src_rust/nvml_sim/branches/<branch>.txt is what `nvidia_files.py symbols` writes today."""
     nf = script()
+    committed_branches = sorted(int(p.stem) for p in nf.BRANCHES_DIR.glob("*.txt"))
+    fetched = sorted(lib.branch for lib in manifest().libraries)
+    assert committed_branches == fetched, "run python scripts/nvidia_files.py symbols (and remove stale lists)"
     for lib in manifest().libraries:
         committed = nf.BRANCHES_DIR / f"{lib.branch}.txt"
         assert committed.is_file(), f"{committed} missing: run python scripts/nvidia_files.py symbols"

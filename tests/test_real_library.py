@@ -22,7 +22,10 @@ import private_dev
 from conftest import HarnessRun
 from nvidia_real import manifest
 
-BRANCHES = [535, 550, 555]
+ROOT = Path(__file__).resolve().parent.parent
+# The branches the project has symbol lists of (what `scripts/nvidia_files.py symbols` wrote
+# from the fetched libraries; tests/test_nvml_symbols.py checks they still match).
+BRANCHES = sorted(int(p.stem) for p in (ROOT / "src_rust" / "nvml_sim" / "branches").glob("*.txt"))
 
 
 def harness_in_private_dev(harness_bin: Path, *args: str | Path) -> HarnessRun:
@@ -41,7 +44,7 @@ def test_real_library_without_the_driver(harness_bin: Path, plugin_bin: Path, tm
     libs = {lib.branch: lib for lib in manifest().libraries}
     if branch not in libs:
         pytest.fail(f"branch {branch} was not fetched (have {sorted(libs)}): Debian's archive changed; "
-                    "update BRANCHES to what scripts/nvidia_files.py fetches", pytrace=False)
+                    "rewrite the lists with `python scripts/nvidia_files.py symbols`", pytrace=False)
     lib = libs[branch]
     config = tmp_path / "client.hcl"
     config.write_text(f'plugin "nomad-device-nvidia" {{\n  config {{\n    nvml_library = "{lib.path}"\n  }}\n}}\n')
