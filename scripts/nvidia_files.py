@@ -134,7 +134,7 @@ class Apt:
     def update(self) -> None:
         if not Path(KEYRING).exists():
             raise FetchError(f"apt: Debian's archive keyring {KEYRING} is missing (package debian-archive-keyring)")
-        _run("apt-get update (private sources: Debian non-free)", ["apt-get", *self.options(), "-q", "update"])
+        _run("apt-get update (private sources: Debian non-free)", ["apt-get", *self.options(), "-q", "update", "--error-on=any"])
 
     def packages(self) -> list[str]:
         out = _run("apt-cache search", ["apt-cache", *self.options(), "search", "--names-only", r"^libnvidia-.*ml1$"])
