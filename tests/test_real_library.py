@@ -75,3 +75,16 @@ def test_real_library_without_the_driver(harness_bin: Path, plugin_bin: Path, tm
 
     down = run.one("shutdown")
     assert down["exited"] and down["graceful"] and down["exit_code"] == 0, down
+
+
+def test_the_nvml_line_names_library_driver_and_branch(run_harness: Any, plugin_bin: Path, tmp_path: Path) -> None:
+    """Once NVML is up, the plugin's line says which library it loaded (here the simulator)."""
+    scenario = ROOT / "scenarios" / "1gpu.toml"
+    sim = ROOT / "build" / "sim" / "libnvidia-ml.so.1"
+    config = tmp_path / "client.hcl"
+    config.write_text(f'plugin "nomad-device-nvidia" {{\n  config {{\n    simulate = "{scenario}"\n'
+                      f'    nvml_library = "{sim}"\n  }}\n}}\n')
+    run = run_harness("session", "--plugin", plugin_bin, "--config", config, "--name", "nomad-device-nvidia",
+                      "--logs").ok()
+    up = [str(e.get("@message")) for e in plugin_lines(run) if str(e.get("@message", "")).startswith("NVML initialised")]
+    assert up == [f"NVML initialised: 1 devices; simulated library {sim.resolve()} (driver 550.90.07, branch 550)"], up
