@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def script() -> ModuleType:
 
 
 @functools.cache
-def _fetch() -> tuple[object | None, str]:
+def _fetch() -> tuple[Any, str]:
     # A subprocess, so the fetch's apt/pip output never mixes into pytest's and its
     # lock is held by a process that exits even if this one is killed.
     proc = subprocess.run([sys.executable, str(SCRIPT), "fetch"], capture_output=True, text=True, timeout=900)
@@ -43,7 +44,7 @@ def _fetch() -> tuple[object | None, str]:
     return manifest, ""
 
 
-def manifest():  # type: ignore[no-untyped-def]
+def manifest() -> Any:
     """The fetched files (scripts/nvidia_files.py's Manifest); fails the test when they cannot be fetched."""
     got, why = _fetch()
     if got is None:
