@@ -132,8 +132,11 @@ class Apt:
         return out
 
     def update(self) -> None:
+        if not Path(KEYRING).exists() and os.geteuid() == 0:
+            # The one host package this needs (Ubuntu, say, lacks it); as tests/e2e/aarch64.py installs its tools.
+            _run("apt-get install debian-archive-keyring", ["apt-get", "install", "-y", "-q", "debian-archive-keyring"])
         if not Path(KEYRING).exists():
-            raise FetchError(f"apt: Debian's archive keyring {KEYRING} is missing (package debian-archive-keyring)")
+            raise FetchError(f"apt: Debian's archive keyring {KEYRING} is missing (install debian-archive-keyring as root)")
         _run("apt-get update (private sources: Debian non-free)", ["apt-get", *self.options(), "-q", "update", "--error-on=any"])
 
     def packages(self) -> list[str]:
