@@ -95,6 +95,12 @@ test-rust: sim
 test-python: venv
 	$(VPY) -m pytest tests
 
+# NVIDIA's real libnvidia-ml (Debian non-free) and nvml.h (PyPI) into ~/.cache/nomad-device-nvidia/nvidia
+# (docs/nvidia-files.md). The tests that need them fetch them too; this only does it up front.
+.PHONY: nvidia-files
+nvidia-files:
+	$(PY) scripts/nvidia_files.py
+
 # actionlint checks the workflows; built from the Go module proxy at this version, once.
 ACTIONLINT_VERSION := v1.7.12
 ACTIONLINT := $(BUILD)/tools/actionlint-$(ACTIONLINT_VERSION)

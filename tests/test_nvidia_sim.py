@@ -395,7 +395,10 @@ def test_init_failure_keeps_the_stream_open_with_no_devices_and_one_log_line(tmp
     assert len(lines) == 1 and "retrying with backoff" in lines[0], log
 
 
-NO_NVML_LINE = "no libnvidia-ml.so.1 on this machine (no NVIDIA driver); no NVIDIA devices will be reported"
+NO_NVML_LINE = (
+    "no libnvidia-ml.so.1 on this machine (no NVIDIA driver installed; the dynamic loader searched"
+    " LD_LIBRARY_PATH (unset), /etc/ld.so.cache, /lib and /usr/lib); no NVIDIA devices will be reported"
+)
 
 
 def test_no_nvml_library_at_all() -> None:

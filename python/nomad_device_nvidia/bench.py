@@ -47,6 +47,7 @@ class Report:
     simulated: bool
     devices: int
     extended: bool
+    library: str = ""  # which NVML library, for a person (path, driver version, branch)
     engines: list[EngineRun] = field(default_factory=list)
     workers: dict[str, float] = field(default_factory=dict)  # worker count -> median tick ms
     nvml_us_per_call: dict[str, float] = field(default_factory=dict)
@@ -203,7 +204,7 @@ def _call_costs(uuid: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> Report:
     import pynvml
 
-    from nomad_device_nvidia.nvidia import grouping
+    from nomad_device_nvidia.nvidia import diagnosis, grouping
     from nomad_device_nvidia.nvidia.driver import NvmlLoadError, load_nvml
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -216,14 +217,16 @@ def run(args: argparse.Namespace) -> Report:
     except NvmlLoadError as exc:
         raise BenchError(str(exc)) from None
     except pynvml.NVMLError as exc:
-        raise BenchError(f"NVML failed to initialise: {exc} (is there an NVIDIA driver? try --simulate)") from None
+        why = (diagnosis.not_found() if exc.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
+               else diagnosis.init_failed(exc, source.path))
+        raise BenchError(f"{why} (to measure without a GPU: try --simulate)") from None
     try:
         tracked = _pick(grouping.tracked_on_this_node(), args.devices)
         if not tracked:
             raise BenchError("no NVIDIA devices on this node")
         driver = str(pynvml.nvmlSystemGetDriverVersion())
         report = Report(driver=driver, simulated=source.simulated, devices=len(tracked),
-                        extended=args.extended)
+                        extended=args.extended, library=diagnosis.library(source.path, driver, source.simulated))
         for kind in engines:
             report.engines.append(_run_engine(kind, tracked, args.extended, args.duration))
         if "native" in engines:
@@ -238,6 +241,7 @@ def render(report: Report) -> str:
     lines = [
         f"driver {report.driver}{' (SIMULATED)' if report.simulated else ''}, {report.devices} devices"
         f"{', extended stats' if report.extended else ''}",
+        f"NVML: {report.library}",
         "",
         f"{'engine':<8} {'ticks/s':>10} {'CPU us/device/tick':>19} {'tick ms (median)':>17} {'tick ms (p99)':>14}",
     ]

@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.sdk import ConfigError, DeviceGroup, PluginDisabled, StatObject, StatValue
+
+if TYPE_CHECKING:
+    from nomad_device_nvidia.nvidia.plugin import NvidiaDevicePlugin
 
 PLUGIN_BLOCK_NAMES = ("nomad-device-nvidia", "nvidia-gpu")
 
@@ -158,8 +162,9 @@ def decode_stats(payload: bytes) -> dict[str, dict[str, str]]:
     return out
 
 
-def _as_json(groups: Sequence[DeviceGroup], stats: Mapping[str, Mapping[str, str]]) -> str:
-    return json.dumps({"groups": [{
+def _as_json(groups: Sequence[DeviceGroup], stats: Mapping[str, Mapping[str, str]], library: str = "",
+             why_none: str = "") -> str:
+    return json.dumps({"nvml": {"library": library, "why_no_devices": why_none}, "groups": [{
         "vendor": g.vendor, "type": g.device_type, "name": g.name,
         "attributes": {k: {"value": a.value, "unit": a.unit} for k, a in sorted(g.attributes.items())},
         "devices": [{"id": d.id, "healthy": d.healthy, "health_description": d.health_description,
@@ -195,6 +200,9 @@ def _probe(args: argparse.Namespace) -> int:
         config["simulate"] = str(Path(args.simulate).resolve())
     if args.nvml_library:
         config["nvml_library"] = str(Path(args.nvml_library).resolve())
+    # The watch's state lines are for a long-running plugin ("retrying with backoff");
+    # a one-shot probe says why it found nothing itself, once, at the end.
+    logging.getLogger("nomad_device_nvidia.nvidia.device_watch").addFilter(lambda record: False)
     plugin = NvidiaDevicePlugin()
     plugin.set_config(config)
     stop = threading.Event()
@@ -210,10 +218,39 @@ def _probe(args: argparse.Namespace) -> int:
                 from nomad_device_nvidia.sdk.convert import stats_bytes
 
                 stats = decode_stats(stats_bytes(sample))
+        why_none = "" if groups else why_no_devices(plugin)
+        inventory = plugin.watch.inventory
+        library = plugin.watch.library(inventory.driver_version) if inventory is not None else ""
     except PluginDisabled:
         raise ProbeError("the plugin is disabled by its config (enabled = false)") from None
     finally:
         stop.set()
         plugin.shutdown()
-    sys.stdout.write(_as_json(groups, stats) + "\n" if args.json else render_table(groups, stats))
-    return 0 if groups else 1
+    if args.json:
+        sys.stdout.write(_as_json(groups, stats, library, why_none) + "\n")
+    else:
+        sys.stdout.write((f"NVML: {library}\n\n" if groups else "") + render_table(groups, stats))
+    if not groups:
+        # A one-shot command: it says why, and nothing about retrying.
+        print(f"nomad-device-nvidia probe: no devices: {why_none}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def why_no_devices(plugin: NvidiaDevicePlugin) -> str:
+    """Why the plugin offers no device, in words for a person."""
+    from nomad_device_nvidia.nvidia import grouping
+
+    watch = plugin.watch
+    if watch.reason:
+        return watch.reason
+    inventory = watch.inventory
+    if inventory is None:
+        return "NVML did not answer within the call timeout"
+    library = watch.library(inventory.driver_version)
+    if not inventory.devices:
+        return f"NVML found no GPUs ({library})"
+    ignored = plugin.config.ignored_gpu_ids
+    if not any(grouping.is_visible(d, ignored) for d in inventory.devices):
+        return f"every GPU is ignored by the config's ignored_gpu_ids ({len(inventory.devices)} found; {library})"
+    return f"no device is offered ({library})"

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import pynvml
 
+from nomad_device_nvidia.nvidia import diagnosis
 from nomad_device_nvidia.nvidia import fingerprint as fp
 from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, format_duration
@@ -110,6 +111,7 @@ class DeviceWatch:
         self._lock = threading.Lock()
         self._state = NvmlState.NOT_READY
         self._said = ""  # the last state line logged
+        self._reason = ""  # why there is no NVML (the last such line, without what the watch does next)
         self._announced = -1  # the NVML epoch whose coming up was logged
         self._inventory: fp.Inventory | None = None
         self._events: EventWatcher | None = None
@@ -133,6 +135,15 @@ class DeviceWatch:
     @property
     def epoch(self) -> int:
         return self._session.epoch
+
+    @property
+    def reason(self) -> str:
+        """Why NVML is not ready (empty once it is): what `probe` tells a person."""
+        return "" if self._state is NvmlState.READY else self._reason
+
+    def library(self, driver_version: str) -> str:
+        """The library in use, for a person (path, driver version, branch)."""
+        return diagnosis.library(self._session.library_path, driver_version, self._session.simulated)
 
     @property
     def inventory(self) -> fp.Inventory | None:
@@ -300,6 +311,7 @@ class DeviceWatch:
             raise
         except NvmlAbsent as exc:
             level = logging.ERROR if library or simulate else logging.INFO
+            self._reason = str(exc)
             self._set_state(
                 NvmlState.ABSENT,
                 f"{exc}; no NVIDIA devices will be reported (checking again every "
@@ -310,6 +322,7 @@ class DeviceWatch:
         except (NvmlUnavailable, CallTimeout) as exc:
             delay = backoff.delay(cfg.fingerprint_period)
             reason = str(exc) if isinstance(exc, NvmlUnavailable) else f"NVML failed to initialise: {exc}"
+            self._reason = reason
             self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff", logging.WARNING)
             return delay
         # Not logged yet: "NVML initialised" is said by the first scan that finds the
@@ -354,7 +367,10 @@ class DeviceWatch:
         self._scans += 1
         if self._announced != self._session.epoch:
             self._announced = self._session.epoch
-            self._say(logging.INFO, f"NVML initialised: {len(inventory.devices)} devices")
+            self._say(
+                logging.INFO,
+                f"NVML initialised: {len(inventory.devices)} devices; {self.library(inventory.driver_version)}",
+            )
         for dev in inventory.devices:
             failure = inventory.failures.get(dev.id)
             if failure is not None:

@@ -15,12 +15,11 @@ import threading
 
 import pynvml
 
+from nomad_device_nvidia.nvidia import diagnosis
 from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner
 
 log = logging.getLogger(__name__)
 
-#: The one line logged on a node without NVML.
-NO_LIBRARY = "no libnvidia-ml.so.1 on this machine (no NVIDIA driver)"
 
 # Errors that say the driver itself is gone or was replaced, not one GPU.
 DRIVER_GONE_CODES = frozenset(
@@ -51,6 +50,9 @@ class NvmlSession:
         self._initialised = False
         self._closed = False
         self._epoch = 0
+        #: The library loaded (None: none found, or not tried yet) and whether it is the simulator.
+        self.library_path: str | None = None
+        self.simulated = False
 
     @property
     def initialised(self) -> bool:
@@ -82,12 +84,13 @@ class NvmlSession:
                 if source.path is not None:
                     # Kept only once a library was found: one installed later is then loaded.
                     self._loaded_with = (library, simulate)
+                self.library_path, self.simulated = source.path, source.simulated
             try:
                 runner.call(SYSTEM, pynvml.nvmlInit)
             except pynvml.NVMLError as exc:
                 if exc.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND:
-                    raise NvmlAbsent(NO_LIBRARY) from exc
-                raise NvmlUnavailable(f"NVML failed to initialise: {exc}") from exc
+                    raise NvmlAbsent(diagnosis.not_found()) from exc
+                raise NvmlUnavailable(diagnosis.init_failed(exc, self.library_path)) from exc
             self._initialised = True
             self._epoch += 1
             return True

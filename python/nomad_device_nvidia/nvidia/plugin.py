@@ -109,6 +109,11 @@ class NvidiaDevicePlugin(DevicePlugin):
     def config(self) -> NvidiaConfig:
         return self._config
 
+    @property
+    def watch(self) -> DeviceWatch:
+        """NVML's state and the last scan, for `probe` to say why nothing is offered."""
+        return self._watch
+
     def shutdown(self) -> None:
         with self._lock:
             self._closed = True

@@ -204,6 +204,19 @@ stats.gpm_nvlink_rx_mibps = { kind = "counter", value = 10, step = 5 }
         metrics(b, a, &[NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC]).unwrap(),
         vec![Ok(25.0)]
     );
+    // nvml.h 13.5's whole array (477 slots) is accepted and answered to the last slot;
+    // one more than the header's bound is not.
+    let full = vec![NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC; 477];
+    assert_eq!(metrics(b, a, &full).unwrap(), vec![Ok(25.0); 477]);
+    let mut get: Box<nvmlGpmMetricsGet_t> = Box::new(unsafe { std::mem::zeroed() });
+    get.version = NVML_GPM_METRICS_GET_VERSION;
+    get.numMetrics = 478;
+    get.sample1 = b;
+    get.sample2 = a;
+    assert_eq!(
+        unsafe { nvmlGpmMetricsGet(&mut *get) },
+        NVML_ERROR_INVALID_ARGUMENT
+    );
     // Bad arguments.
     assert_eq!(
         unsafe { nvmlGpmMetricsGet(std::ptr::null_mut()) },

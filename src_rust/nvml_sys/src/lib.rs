@@ -751,7 +751,7 @@ pub const NVML_GPM_METRIC_PCIE_TX_PER_SEC: c_uint = 20;
 pub const NVML_GPM_METRIC_PCIE_RX_PER_SEC: c_uint = 21;
 pub const NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: c_uint = 60;
 pub const NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: c_uint = 61;
-pub const NVML_GPM_METRIC_MAX: usize = 333;
+pub const NVML_GPM_METRIC_MAX: usize = 477;
 
 pub const NVML_GPM_METRICS_GET_VERSION: c_uint = 1;
 pub const NVML_GPM_SUPPORT_VERSION: c_uint = 1;
@@ -1038,7 +1038,8 @@ mod layout_tests {
             offset_of!(nvmlGpmMetricsGet_t, metrics),
             NVML_GPM_METRICS_GET_HEADER
         );
-        assert_eq!(size_of::<nvmlGpmMetricsGet_t>(), 24 + 40 * 333);
+        // nvml.h 13.5: 477 metric slots, 19,104 bytes.
+        assert_eq!(size_of::<nvmlGpmMetricsGet_t>(), 19_104);
         assert_eq!(size_of::<nvmlGpmSupport_t>(), 8);
     }
 
@@ -1125,7 +1126,7 @@ mod layout_tests {
         assert_eq!(NVML_FI_DEV_ECC_SBE_VOL_TOTAL, 3);
         assert_eq!(NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, 83);
         assert_eq!(NVML_FI_DEV_POWER_INSTANT, 186);
-        assert_eq!(NVML_FI_MAX, 303);
+        assert_eq!(NVML_FI_MAX, 310);
     }
 
     #[test]

@@ -72,9 +72,9 @@ struct Buffers {
 }
 
 thread_local! {
-    // The nvmlGpmMetricsGet argument (13 KB for the whole metric array) is
-    // one per worker thread, not one per device: 4,096 devices would hold
-    // 53 MB of them.
+    // The nvmlGpmMetricsGet argument (19 KB: the header's whole 477-slot metric
+    // array, which a driver may clear in full) is one per worker thread, not one
+    // per device: 4,096 devices would hold 78 MB of them.
     static GET: RefCell<Box<nvmlGpmMetricsGet_t>> =
         // SAFETY: all-zero is a valid nvmlGpmMetricsGet_t (null pointers, zeros).
         RefCell::new(Box::new(unsafe { std::mem::zeroed() }));
