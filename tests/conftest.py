@@ -18,8 +18,9 @@ import pytest
 
 # --- Tiers: what each test file starts, as markers (`make check` runs the quick ones) ---
 
-# inprocess: this process alone, no NVML library; sim: the simulated driver, loaded here or
-# in plugin, harness or Python processes the test starts; agent: a real `nomad agent`;
+# inprocess: this process alone, no NVML library; sim: the simulated driver (or NVIDIA's
+# fetched library), loaded here or in plugin, harness, compiler or Python processes the test
+# starts; agent: a real `nomad agent`;
 # qemu: arm64 code under qemu-user; slow: over ~15 s warm, or builds a wheel or a node.
 # A new test file gets a line here: collection fails for one that has none.
 TIERS: dict[str, tuple[str, ...]] = {
@@ -47,11 +48,16 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_mps.py": ("sim",),
     "test_mps_e2e.py": ("agent", "slow"),
     "test_nvidia_config.py": ("inprocess",),
+    "test_nvidia_files.py": ("sim",),
     "test_nvidia_grouping.py": ("sim",),
     "test_nvidia_sim.py": ("sim",),
+    "test_nvml_abi.py": ("sim",),  # gcc and rustc on nvml.h and nvml_sys
+    "test_nvml_symbols.py": ("sim",),
     "test_probe_config.py": ("sim",),
+    "test_probe_diagnostics.py": ("sim",),
     "test_proto_fresh.py": ("inprocess",),
     "test_release.py": ("sim",),
+    "test_real_library.py": ("sim",),  # NVIDIA's fetched library, in a private /dev
     "test_reserve_nvlink.py": ("inprocess",),
     "test_sdk_config.py": ("inprocess",),
     "test_sdk_logs.py": ("inprocess",),
