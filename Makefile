@@ -26,12 +26,15 @@ test: build
 	$(MAKE) test-python
 	$(MAKE) bench-ci
 
-# The inner loop, under a minute warm on 2 cores: lint, the Rust unit tests, and the
-# tests that start no agent, no qemu and nothing slow (markers: tests/conftest.py TIERS).
+# The inner loop, about a minute warm on 2 cores: lint, the Rust unit tests, and the
+# tests that start no agent, no qemu and nothing slow (markers: tests/conftest.py TIERS),
+# six at a time (most of their time is spent waiting on the plugins they drive).
+# `make test` runs every test, one at a time.
+CHECK_WORKERS ?= 6
 check: venv native sim $(BUILD)/bin/harness
 	$(MAKE) lint
 	cargo test --release -q --workspace --exclude nomad-device-nvidia-native --lib
-	$(VPY) -m pytest tests -q -m "(inprocess or sim) and not slow" --timeout=120
+	$(VPY) -m pytest tests -q -m "(inprocess or sim) and not slow" --timeout=120 -n $(CHECK_WORKERS)
 
 # The Go binaries the quick tests drive, rebuilt when the harness changes (not the agent).
 $(BUILD)/bin/harness: $(wildcard tests/harness/*.go) tests/harness/go.mod tests/harness/go.sum
