@@ -4,6 +4,7 @@
 //! would load the real driver. See docs/simulated-driver.md.
 
 pub mod api;
+pub mod errors;
 pub mod events;
 pub mod fabric;
 pub mod fns;
