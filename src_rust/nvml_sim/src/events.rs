@@ -107,7 +107,7 @@ impl EventSet {
                 first = false;
                 let every = self.sim.choices.event_wait_early_timeout_every as usize;
                 let n = self.blocking_waits.fetch_add(1, Ordering::Relaxed) + 1;
-                if every > 0 && n % every == 0 {
+                if every > 0 && n.is_multiple_of(every) {
                     return Ok(None);
                 }
             }

@@ -332,9 +332,11 @@ impl Choices {
         let not_a_mig_device = match c.not_a_mig_device.as_deref() {
             None | Some("INVALID_ARGUMENT") => NVML_ERROR_INVALID_ARGUMENT,
             Some("NOT_SUPPORTED") => NVML_ERROR_NOT_SUPPORTED,
-            Some(o) => return Err(format!(
+            Some(o) => {
+                return Err(format!(
                 "choices.not_a_mig_device: {o:?} is not \"INVALID_ARGUMENT\" or \"NOT_SUPPORTED\""
-            )),
+            ))
+            }
         };
         let gpm_close_samples = match c.gpm_close_samples.as_deref() {
             None | Some("zero") => Ok(()),
