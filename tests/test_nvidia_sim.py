@@ -266,14 +266,16 @@ def test_xid_marks_only_its_device_ignored_xids_do_not_and_reserve_refuses(tmp_p
         model = "h100-sxm5-80gb"
         count = 3
 
+        # Events due before the plugin registered its GPUs are not recorded
+        # (nvml.h): these come due a while after it starts.
         [[events]]
         gpu = 0
-        at_s = 0.5
+        at_s = 1.5
         xid = 13
 
         [[events]]
         gpu = 2
-        at_s = 1.0
+        at_s = 2.0
         xid = 48
         """,
     )
@@ -307,13 +309,13 @@ def test_xid_cleared_by_reset(tmp_path: Path) -> None:
 
         [[events]]
         gpu = 1
-        at_s = 0.5
+        at_s = 1.5
         xid = 79
 
         [[faults]]
         kind = "lost"
         gpu = 1
-        after_s = 1.5
+        after_s = 3.0
         recover_after_s = 1.0
         """,
     )
@@ -340,7 +342,7 @@ def test_xid_on_a_mig_gpu_marks_its_instances_only(tmp_path: Path) -> None:
 
         [[events]]
         gpu = 0
-        at_s = 0.5
+        at_s = 1.5
         xid = 94
         """,
     )
@@ -613,7 +615,7 @@ def test_double_bit_ecc_event(tmp_path: Path) -> None:
 
         [[events]]
         gpu = 1
-        at_s = 0.5
+        at_s = 1.5
         type = "double_bit_ecc"
         """,
     )

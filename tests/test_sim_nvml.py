@@ -562,8 +562,9 @@ print(json.dumps({"codes": codes, "count": n.nvmlDeviceGetCount()}))
 def test_event_wait_error_window(tmp_path: Path) -> None:
     scenario_text = (
         'name = "waits"\n[[gpus]]\nmodel = "h100-sxm5-80gb"\n'
-        '[[faults]]\nkind = "event_wait_error"\nerror = "UNKNOWN"\nrecover_after_s = 0.5\n'
-        "[[events]]\ngpu = 0\nat_s = 0.0\nxid = 79\n"
+        '[[faults]]\nkind = "event_wait_error"\nerror = "UNKNOWN"\nrecover_after_s = 2.0\n'
+        # Due in the window, after the registration (events before it are not recorded).
+        "[[events]]\ngpu = 0\nat_s = 1.0\nxid = 79\n"
     )
     code = r"""
 es = n.nvmlEventSetCreate()

@@ -118,9 +118,9 @@ def scenario(draw: st.DrawFn) -> str:
         gpu = draw(st.sampled_from(whole))
         lines += ["[[faults]]", 'kind = "lost"', f"gpu = {gpu}", f"after_calls = {draw(st.integers(8, 40))}"]
     for _ in range(draw(st.integers(0, 3))):
-        # Events due at 0 s: waiting in both engines' event sets by their first
-        # tick, so the XID counts do not depend on timing. Non-XID events must
-        # not be counted.
+        # Events due at 0 s, before either engine registers its GPUs: nvml.h
+        # records none of them, so both engines must count 0 whatever the timing
+        # (XIDs that are counted: tests/test_sim_strict.py, test_stats_engines.py).
         kind = draw(st.sampled_from(["xid", "xid", "pstate"]))
         gpu = draw(st.integers(0, gpu_count - 1))
         lines += ["[[events]]", f"gpu = {gpu}", "at_s = 0.0", f'type = "{kind}"', f"xid = {draw(st.integers(1, 150))}"]

@@ -20,9 +20,9 @@ from stats_sim import decode, nvml_session, tracked_devices, value_form
 from nomad_device_nvidia.nvidia import stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
 from nomad_device_nvidia.nvidia.grouping import share_ids
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
 from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
-from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+from nomad_device_nvidia.nvidia.stats_python import GPM_MIN_INTERVAL, PythonStatsEngine
 
 STANDARD = {s.name: s for s in stats_vocabulary.STANDARD}
 
@@ -181,7 +181,11 @@ def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
         engine = make_stats_engine(kind, extended=True)
         try:
             engine.track(devices)
-            ticks = [decode(engine.collect()) for _ in range(4)]
+            ticks = []
+            for _ in range(4):
+                # nvml.h: GPM samples more than 100 ms apart; the engines take none sooner.
+                time.sleep(GPM_MIN_INTERVAL + 0.05)
+                ticks.append(decode(engine.collect()))
         finally:
             engine.close()
     names = {s.name: s for s in stats_vocabulary.GPM_STATS}
@@ -226,22 +230,23 @@ def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
 
 # MIXED's GPUs (0 and 1 whole, 2 in MIG mode) with events.
 XIDS = MIXED + """
-# Due at 0 s: waiting in every set by the first tick, whatever the timing.
+# Due a while after the engines' first tick registered the GPUs: nvml.h records
+# no event from before the registration.
 [[events]]
 gpu = 0
-at_s = 0.0
+at_s = 3.0
 xid = 79
 [[events]]
 gpu = 0
-at_s = 0.0
+at_s = 3.0
 xid = 48
 [[events]]
 gpu = 2
-at_s = 0.0
+at_s = 3.0
 xid = 13
 [[events]]
 gpu = 1
-at_s = 0.0
+at_s = 3.0
 type = "pstate"
 [[events]]
 gpu = 1
@@ -266,14 +271,22 @@ def test_extended_stats_count_xids_in_both_engines(tmp_path: Path) -> None:
         try:
             for engine in engines:
                 engine.track([*devices, ghost])
+                engine.collect()  # registers the GPUs on the engine's set
+
+            def counts(engine: StatsEngine) -> dict[str, object]:
+                return {
+                    device_id: value_form(ds.stats.nested["XID"].attributes["XID count"])
+                    for g in decode(engine.collect()).groups
+                    for device_id, ds in g.instance_stats.items()
+                }
+
+            want = {**expected, "GPU-ghost": "N/A"}
+            limit = time.monotonic() + 60  # only catches a hang
+            while time.monotonic() < limit and any(counts(e) != want for e in engines):
+                time.sleep(0.2)
             for _ in range(2):  # counts stay: no new XIDs came due
                 for engine in engines:
-                    got = {
-                        device_id: value_form(ds.stats.nested["XID"].attributes["XID count"])
-                        for g in decode(engine.collect()).groups
-                        for device_id, ds in g.instance_stats.items()
-                    }
-                    assert got == {**expected, "GPU-ghost": "N/A"}
+                    assert counts(engine) == want
             plain = make_stats_engine("native")
             plain.track(devices)
             assert all(not ds.stats.nested for g in decode(plain.collect()).groups for ds in g.instance_stats.values())

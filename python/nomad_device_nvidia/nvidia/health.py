@@ -484,7 +484,18 @@ class EventWatcher:
 
         def register(uuid: str, c: Calls) -> Any:
             handle = c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
-            c(pynvml.nvmlDeviceRegisterEvents, handle, _EVENT_TYPES, event_set)
+            try:
+                c(pynvml.nvmlDeviceRegisterEvents, handle, _EVENT_TYPES, event_set)
+            except pynvml.NVMLError as exc:
+                # nvml.h: NOT_SUPPORTED when some requested type is not (a GPU without
+                # ECC has no double-bit events), and then none is registered: ask
+                # again for the ones it has, XIDs above all. A mask of 0 is invalid.
+                if exc.value != pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    raise
+                types = _EVENT_TYPES & int(c(pynvml.nvmlDeviceGetSupportedEventTypes, handle))
+                if not types:
+                    raise
+                c(pynvml.nvmlDeviceRegisterEvents, handle, types, event_set)
             return handle
 
         jobs = []

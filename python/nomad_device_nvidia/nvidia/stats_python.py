@@ -58,6 +58,8 @@ GPM_METRIC_IDS: tuple[int, ...] = tuple(getattr(pynvml, s.nvml_metric) for s in 
 _GPM_PERCENT = tuple(s.scale == "percent" for s in GPM_STATS)
 _NOT_MIG = (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 _NO_GPM = (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+# nvml.h: GPM samples should be more than 100 ms apart (as gpm.rs's MIN_INTERVAL).
+GPM_MIN_INTERVAL = 0.1
 
 MIB = 1 << 20
 # Field IDs of the batched read (NVML_FI_DEV_*).
@@ -153,7 +155,9 @@ class GpmReader:
     (src_rust/stats_core/src/gpm.rs), with the same NVML calls in the same order:
     the support query until it answers, the MIG parent and GPU instance lookups
     until they answer, then each tick one sample and the metrics between it and
-    the previous tick's (the first tick has no interval: N/A)."""
+    the previous tick's (the first tick has no interval: N/A). A tick within
+    GPM_MIN_INTERVAL of the last sample (nvml.h: samples closer than 100 ms read one
+    snapshot of the counters twice) takes none and repeats the last readings."""
 
     def __init__(self) -> None:
         self.supported: bool | None = None  # None: the query has not answered yet
@@ -161,6 +165,8 @@ class GpmReader:
         self._resolved = False
         self._samples: list[Any] = []
         self._last: int | None = None
+        self._last_at: float | None = None  # monotonic, after the last sample's call returned
+        self._last_out: list[Reading] | None = None
 
     def read(self, c: Calls, h: Any) -> list[Reading] | None:
         """This tick's readings in GPM_STATS order; None for a device without GPM."""
@@ -192,6 +198,9 @@ class GpmReader:
                 self._samples = [c(pynvml.nvmlGpmSampleAlloc), c(pynvml.nvmlGpmSampleAlloc)]
             except pynvml.NVMLError:
                 return na
+        if self._last_at is not None and self._last_out is not None:
+            if time.monotonic() - self._last_at <= GPM_MIN_INTERVAL:
+                return list(self._last_out)
         cur = 0 if self._last is None else 1 - self._last
         try:
             if self._mig is None:
@@ -200,7 +209,12 @@ class GpmReader:
                 c(pynvml.nvmlGpmMigSampleGet, self._mig[0], self._mig[1], self._samples[cur])
         except pynvml.NVMLError:
             return na  # the last good sample stays: the next interval starts there
-        prev, self._last = self._last, cur
+        prev, self._last, self._last_at = self._last, cur, time.monotonic()
+        self._last_out = out = self._metrics(c, prev, cur)
+        return list(out)
+
+    def _metrics(self, c: Calls, prev: int | None, cur: int) -> list[Reading]:
+        na: list[Reading] = [None] * len(GPM_STATS)
         if prev is None:
             return na
         get = _metrics_get()
@@ -224,6 +238,7 @@ class GpmReader:
 
     def free(self, c: Calls) -> None:
         samples, self._samples, self._last = self._samples, [], None
+        self._last_at = self._last_out = None
         for s in samples:
             try:
                 c(pynvml.nvmlGpmSampleFree, s)
@@ -245,8 +260,9 @@ class XidCounter:
         try:
             gpu = c(pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, handle)
         except pynvml.NVMLError as exc:
-            # INVALID_ARGUMENT: not a MIG instance, so the GPU itself.
-            if exc.value not in (pynvml.NVML_ERROR_INVALID_ARGUMENT, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+            # INVALID_ARGUMENT or NOT_SUPPORTED (nvml.h lists both): not a MIG
+            # instance, so the GPU itself.
+            if exc.value not in _NOT_MIG:
                 raise
             gpu = handle
         key = _address(gpu)

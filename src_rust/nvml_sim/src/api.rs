@@ -141,6 +141,18 @@ pub(crate) fn gpu_only(d: &Device) -> R {
     }
 }
 
+/// Queries nvml.h says are not supported on MIG-enabled GPUs (utilization, encoder
+/// and decoder utilization): neither a MIG device nor a GPU in MIG mode answers.
+#[inline]
+fn not_in_mig_mode(d: &Device) -> R {
+    gpu_only(d)?;
+    if d.mig_enabled {
+        Err(NVML_ERROR_NOT_SUPPORTED)
+    } else {
+        Ok(())
+    }
+}
+
 fn clamp_u32(v: f64) -> c_uint {
     v.clamp(0.0, u32::MAX as f64) as c_uint
 }
@@ -180,44 +192,10 @@ pub extern "C" fn nvmlShutdown() -> nvmlReturn_t {
     })
 }
 
+/// NVIDIA's texts (crate::errors), "Unknown Error" for codes without one.
 #[no_mangle]
 pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
-    let s: &'static CStr = match result {
-        NVML_SUCCESS => c"Success",
-        NVML_ERROR_UNINITIALIZED => c"Uninitialized",
-        NVML_ERROR_INVALID_ARGUMENT => c"Invalid Argument",
-        NVML_ERROR_NOT_SUPPORTED => c"Not Supported",
-        NVML_ERROR_NO_PERMISSION => c"Insufficient Permissions",
-        NVML_ERROR_ALREADY_INITIALIZED => c"Already Initialized",
-        NVML_ERROR_NOT_FOUND => c"Not Found",
-        NVML_ERROR_INSUFFICIENT_SIZE => c"Insufficient Size",
-        NVML_ERROR_INSUFFICIENT_POWER => c"Insufficient External Power",
-        NVML_ERROR_DRIVER_NOT_LOADED => c"Driver Not Loaded",
-        NVML_ERROR_TIMEOUT => c"Timeout",
-        NVML_ERROR_IRQ_ISSUE => c"Interrupt request issue",
-        NVML_ERROR_LIBRARY_NOT_FOUND => c"NVML Shared Library Not Found",
-        NVML_ERROR_FUNCTION_NOT_FOUND => c"Function Not Found",
-        NVML_ERROR_CORRUPTED_INFOROM => c"Corrupted infoROM",
-        NVML_ERROR_GPU_IS_LOST => c"GPU is lost",
-        NVML_ERROR_RESET_REQUIRED => c"GPU requires restart",
-        NVML_ERROR_OPERATING_SYSTEM => c"The operating system has blocked the request.",
-        NVML_ERROR_LIB_RM_VERSION_MISMATCH => c"RM has detected an NVML/RM version mismatch.",
-        NVML_ERROR_IN_USE => c"In use by another client",
-        NVML_ERROR_MEMORY => c"Insufficient Memory",
-        NVML_ERROR_NO_DATA => c"No data",
-        NVML_ERROR_VGPU_ECC_NOT_SUPPORTED => c"The requested vgpu operation is not available on target device, because ECC is enabled",
-        NVML_ERROR_INSUFFICIENT_RESOURCES => c"Insufficient resources",
-        NVML_ERROR_FREQ_NOT_SUPPORTED => c"Frequency not supported",
-        NVML_ERROR_ARGUMENT_VERSION_MISMATCH => c"Argument version mismatch",
-        NVML_ERROR_DEPRECATED => c"Deprecated",
-        NVML_ERROR_NOT_READY => c"Not ready",
-        NVML_ERROR_GPU_NOT_FOUND => c"GPU not found",
-        NVML_ERROR_INVALID_STATE => c"Invalid state",
-        NVML_ERROR_RESET_TYPE_NOT_SUPPORTED => c"Reset type not supported",
-        NVML_ERROR_UNKNOWN => c"Unknown Error",
-        _ => c"Unknown Error",
-    };
-    s.as_ptr()
+    crate::errors::text(result).as_ptr()
 }
 
 #[no_mangle]
@@ -755,7 +733,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     util: *mut nvmlUtilization_t,
 ) -> nvmlReturn_t {
     on_device(device, Fn::nvmlDeviceGetUtilizationRates, |s, _, d| {
-        gpu_only(d)?;
+        not_in_mig_mode(d)?;
         let gpu = clamp_u32(s.sample(d, Metric::UtilGpu)).min(100);
         let memory = clamp_u32(s.sample(d, Metric::UtilMemory)).min(100);
         put(util, nvmlUtilization_t { gpu, memory })
@@ -770,7 +748,7 @@ unsafe fn codec(
     period: *mut c_uint,
 ) -> nvmlReturn_t {
     on_device(device, f, |s, _, d| {
-        gpu_only(d)?;
+        not_in_mig_mode(d)?;
         if util.is_null() || period.is_null() {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
@@ -1420,7 +1398,9 @@ pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
         mig,
         Fn::nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
         |s, _, d| {
-            let m = d.mig.ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+            // nvml.h lists both INVALID_ARGUMENT and NOT_SUPPORTED for a handle
+            // that is not a MIG device's; the scenario picks which.
+            let m = d.mig.ok_or(s.choices.not_a_mig_device)?;
             put(device, device_handle(s, m.parent))
         },
     )
@@ -2079,6 +2059,25 @@ const SUPPORTED_EVENTS: c_ulonglong = nvmlEventTypeXidCriticalError
     | nvmlEventTypePState
     | nvmlEventTypeClock;
 
+/// nvml.h's nvmlEventMigConfigChange (not among nvml_sys's constants).
+const EVENT_MIG_CONFIG_CHANGE: c_ulonglong = 0x100;
+
+/// nvml.h's nvmlEventTypeAll: every bit that is an event type.
+const ALL_EVENT_TYPES: c_ulonglong = nvmlEventTypeSingleBitEccError
+    | nvmlEventTypeDoubleBitEccError
+    | nvmlEventTypePState
+    | nvmlEventTypeClock
+    | nvmlEventTypeXidCriticalError
+    | nvmlEventTypePowerSourceChange
+    | EVENT_MIG_CONFIG_CHANGE
+    | nvmlEventTypeSingleBitEccErrorStorm
+    | nvmlEventTypeDramRetirementEvent
+    | nvmlEventTypeDramRetirementFailure
+    | nvmlEventTypeNonFatalPoisonError
+    | nvmlEventTypeFatalPoisonError
+    | nvmlEventTypeGpuUnavailableError
+    | nvmlEventTypeGpuRecoveryAction;
+
 fn supported_events(d: &Device) -> c_ulonglong {
     if d.ecc {
         SUPPORTED_EVENTS
@@ -2121,7 +2120,13 @@ pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
         if !std::ptr::eq(es.sim, s) {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        if types == 0 || types & !supported_events(d) != 0 {
+        // nvml.h: an invalid mask (nothing, or a bit that is no nvmlEventType) is
+        // INVALID_ARGUMENT; a known type this GPU does not record is NOT_SUPPORTED,
+        // and then none of the requested types is registered.
+        if types == 0 || types & !ALL_EVENT_TYPES != 0 {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        if types & !supported_events(d) != 0 {
             return Err(NVML_ERROR_NOT_SUPPORTED);
         }
         es.register(i, types);

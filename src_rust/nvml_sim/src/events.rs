@@ -1,5 +1,6 @@
-//! Event sets: the scenario's timed events, delivered once to each set that has the
-//! event's GPU registered for its type when the event is due. A set created in a
+//! Event sets: the scenario's timed events, delivered once to each set that had the
+//! event's GPU registered for its type when the event came due (nvml.h: events that
+//! occurred before nvmlDeviceRegisterEvents are not recorded). A set created in a
 //! later session (after a shutdown and init) does not see events that came due
 //! before that session: a driver reload does not replay old XIDs.
 
@@ -14,7 +15,11 @@ use crate::sim::{Sim, SimEvent};
 
 pub struct EventSet {
     pub sim: &'static Sim,
-    registrations: Mutex<Vec<(usize, u64)>>,
+    /// (GPU, event types, machine time of the registration), one per call.
+    registrations: Mutex<Vec<(usize, u64, u64)>>,
+    /// Waits so far that found nothing ready and would have slept ([choices]
+    /// event_wait_early_timeout_every counts them).
+    blocking_waits: AtomicUsize,
     /// Index of the next scenario event this set has not yet seen.
     cursor: Mutex<usize>,
 }
@@ -34,6 +39,7 @@ pub fn create(sim: &'static Sim) -> nvmlEventSet_t {
     let set = Arc::new(EventSet {
         sim,
         registrations: Mutex::new(Vec::new()),
+        blocking_waits: AtomicUsize::new(0),
         cursor: Mutex::new(sim.events.partition_point(|e| e.at_ns < from)),
     });
     with_sets(|m| m.insert(id, set));
@@ -51,24 +57,28 @@ pub fn free(h: nvmlEventSet_t) -> bool {
 }
 
 impl EventSet {
+    /// Records `types` of `gpu` from now on.
     pub fn register(&self, gpu: usize, types: u64) {
+        let now = self.sim.elapsed_ns();
         let mut r = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
-        match r.iter_mut().find(|(g, _)| *g == gpu) {
-            Some((_, t)) => *t |= types,
-            None => r.push((gpu, types)),
-        }
+        r.push((gpu, types, now));
     }
 
+    /// Whether the set was recording the event's GPU and type when it came due.
     fn wants(&self, e: &SimEvent) -> bool {
         let r = self.registrations.lock().unwrap_or_else(|e| e.into_inner());
-        r.iter().any(|(g, t)| *g == e.gpu && t & e.event_type != 0)
+        r.iter()
+            .any(|&(g, t, since)| g == e.gpu && t & e.event_type != 0 && since <= e.at_ns)
     }
 
-    /// The next due event, waiting up to `timeout`; Ok(None) on timeout. Err is the
+    /// The next due event, waiting up to `timeout`; Ok(None) on timeout, which is
+    /// early (at once) for every Nth wait that finds nothing ready when the
+    /// scenario's `event_wait_early_timeout_every` is N. Err is the
     /// code the wait answers when the driver goes away or an event_wait_error window
     /// opens, before or during the wait; no event is taken then.
     pub fn wait(&self, timeout: Duration) -> Result<Option<SimEvent>, nvmlReturn_t> {
         let deadline = Instant::now() + timeout;
+        let mut first = true;
         loop {
             if let Some(code) = self.sim.wait_error() {
                 return Err(code);
@@ -92,6 +102,14 @@ impl EventSet {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
+            }
+            if first {
+                first = false;
+                let every = self.sim.choices.event_wait_early_timeout_every as usize;
+                let n = self.blocking_waits.fetch_add(1, Ordering::Relaxed) + 1;
+                if every > 0 && n.is_multiple_of(every) {
+                    return Ok(None);
+                }
             }
             // Asleep until the next thing that can end the wait, as a driver's wait
             // blocks: a registration made meanwhile needs no wake-up, since it only

@@ -7,7 +7,10 @@
 //! Every sample taken of a device advances that device's GPM sample number; a
 //! metric between two samples of one device is its generator's value at the
 //! later sample's number, so the values repeat from run to run whatever the
-//! time between the samples.
+//! time between the samples, as long as they are at least the driver's sample
+//! refresh (100 ms, nvml.h) apart. Closer samples read the same snapshot of
+//! the counters: the scenario's `[choices] gpm_close_samples` says whether
+//! the metrics are then 0 or the call fails.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 use std::ffi::CStr;
@@ -27,7 +30,12 @@ struct Taken {
     sim: usize,
     device: usize,
     n: u64,
+    /// The machine's clock when the sample was taken.
+    at_ns: u64,
 }
+
+/// nvml.h: samples should be more than 100 ms apart, the driver's refresh.
+const REFRESH_NS: u64 = 100_000_000;
 
 struct Sample {
     live: AtomicBool,
@@ -65,6 +73,7 @@ fn take(s: &Sim, i: usize, h: nvmlGpmSample_t) -> R {
             sim: s as *const Sim as usize,
             device: i,
             n,
+            at_ns: s.elapsed_ns(),
         });
     })
 }
@@ -251,6 +260,11 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(get: *mut nvmlGpmMetricsGet_t) -> nvm
         }
         let d = &s.devices[second.device];
         s.enter(d, Fn::nvmlGpmMetricsGet)?;
+        // Two reads of one snapshot: nothing moved between them.
+        let same_snapshot = second.at_ns.saturating_sub(first.at_ns) < REFRESH_NS;
+        if same_snapshot {
+            s.choices.gpm_close_samples?;
+        }
         // Through a raw pointer: the caller's array may be longer or shorter
         // than this header's; only the first `numMetrics` entries are touched.
         let entries = std::ptr::addr_of_mut!((*get).metrics) as *mut nvmlGpmMetric_t;
@@ -258,7 +272,11 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(get: *mut nvmlGpmMetricsGet_t) -> nvm
             let e = &mut *entries.add(k);
             match metric(e.metricId) {
                 Some((m, percent, short, long)) => {
-                    let v = d.gens[m as usize].at(d.seed, second.n);
+                    let v = if same_snapshot {
+                        0.0
+                    } else {
+                        d.gens[m as usize].at(d.seed, second.n)
+                    };
                     e.value = if percent {
                         v.clamp(0.0, 100.0)
                     } else {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod branches;
+pub mod errors;
 pub mod events;
 pub mod fabric;
 pub mod fns;

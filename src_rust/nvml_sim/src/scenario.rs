@@ -27,6 +27,26 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     #[serde(default)]
     pub events: Vec<Event>,
+    #[serde(default)]
+    pub choices: Choices,
+}
+
+/// `[choices]`: where nvml.h allows more than one answer, which one this driver
+/// gives, so the plugin can be tested against each.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choices {
+    /// Every Nth nvmlEventSetWait(_v2) on a set that finds nothing ready returns
+    /// NVML_ERROR_TIMEOUT at once, as an interrupt does (0 or unset: never early).
+    #[serde(default)]
+    pub event_wait_early_timeout_every: u32,
+    /// What nvmlDeviceGetDeviceHandleFromMigDeviceHandle answers for a handle that is
+    /// not a MIG device's: "INVALID_ARGUMENT" (default) or "NOT_SUPPORTED".
+    pub not_a_mig_device: Option<String>,
+    /// What nvmlGpmMetricsGet answers for two samples less than 100 ms apart (within
+    /// the driver's sample refresh): "zero" (default: SUCCESS, every metric 0) or
+    /// "error" (NVML_ERROR_INVALID_ARGUMENT).
+    pub gpm_close_samples: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

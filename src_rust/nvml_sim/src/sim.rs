@@ -302,6 +302,8 @@ pub struct Sim {
     pub system_hangs: Vec<HangFault>,
     pub driver_gone: Vec<Window>,
     pub event_wait_errors: Vec<Window>,
+    /// `[choices]`: the answer picked where nvml.h allows two.
+    pub choices: Choices,
     /// `now_ns()` when the machine's clock started: the first nvmlInit that read this
     /// scenario in this process. Later inits of the same scenario keep the clock.
     pub epoch_ns: AtomicU64,
@@ -312,6 +314,45 @@ pub struct Sim {
     pub session_ns: AtomicU64,
     /// Sessions begun so far in this process.
     pub sessions: AtomicU64,
+}
+
+/// The scenario's `[choices]`, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Choices {
+    /// 0: waits never return early.
+    pub event_wait_early_timeout_every: u32,
+    /// nvmlDeviceGetDeviceHandleFromMigDeviceHandle on a handle that is not a MIG device's.
+    pub not_a_mig_device: nvmlReturn_t,
+    /// nvmlGpmMetricsGet on samples closer than the refresh: Err(code), or Ok = zeros.
+    pub gpm_close_samples: Result<(), nvmlReturn_t>,
+}
+
+impl Choices {
+    fn build(c: &scenario::Choices) -> Result<Choices, String> {
+        let not_a_mig_device = match c.not_a_mig_device.as_deref() {
+            None | Some("INVALID_ARGUMENT") => NVML_ERROR_INVALID_ARGUMENT,
+            Some("NOT_SUPPORTED") => NVML_ERROR_NOT_SUPPORTED,
+            Some(o) => {
+                return Err(format!(
+                "choices.not_a_mig_device: {o:?} is not \"INVALID_ARGUMENT\" or \"NOT_SUPPORTED\""
+            ))
+            }
+        };
+        let gpm_close_samples = match c.gpm_close_samples.as_deref() {
+            None | Some("zero") => Ok(()),
+            Some("error") => Err(NVML_ERROR_INVALID_ARGUMENT),
+            Some(o) => {
+                return Err(format!(
+                    "choices.gpm_close_samples: {o:?} is not \"zero\" or \"error\""
+                ))
+            }
+        };
+        Ok(Choices {
+            event_wait_early_timeout_every: c.event_wait_early_timeout_every,
+            not_a_mig_device,
+            gpm_close_samples,
+        })
+    }
 }
 
 fn clock_base() -> &'static Instant {
@@ -1284,6 +1325,7 @@ impl Sim {
             });
         }
         events.sort_by_key(|e| e.at_ns);
+        let choices = Choices::build(&sc.choices)?;
 
         let by_uuid = devices
             .iter()
@@ -1319,6 +1361,7 @@ impl Sim {
             system_hangs,
             driver_gone,
             event_wait_errors,
+            choices,
             epoch_ns: AtomicU64::new(now_ns()),
             clock_started: AtomicBool::new(false),
             wall_epoch_s: AtomicU64::new(0),

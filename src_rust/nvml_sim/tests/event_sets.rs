@@ -42,6 +42,18 @@ fn drain(set: nvmlEventSet_t) -> Vec<(nvmlDevice_t, u64, u64)> {
     }
 }
 
+/// Waits (with a limit that only catches a hang) for the first event, then drains.
+fn first_and_drain(set: nvmlEventSet_t) -> Vec<(nvmlDevice_t, u64, u64)> {
+    let mut e: nvmlEventData_t = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { nvmlEventSetWait_v2(set, &mut e, 30_000) },
+        NVML_SUCCESS
+    );
+    let mut out = vec![(e.device, e.eventType, e.eventData)];
+    out.extend(drain(set));
+    out
+}
+
 #[test]
 fn each_event_reaches_every_set_registered_for_it() {
     let dir = std::env::temp_dir().join(format!("nvml-sim-event-sets-{}", std::process::id()));
@@ -55,15 +67,15 @@ model = "h100-sxm5-80gb"
 count = 2
 [[events]]
 gpu = 0
-at_s = 0.0
+at_s = 1.0
 xid = 79
 [[events]]
 gpu = 1
-at_s = 0.0
+at_s = 1.0
 xid = 48
 [[events]]
 gpu = 0
-at_s = 0.0
+at_s = 1.0
 type = "pstate"
 "#,
     )
@@ -83,16 +95,20 @@ type = "pstate"
     register(gpu1_only, gpu1, xid);
 
     // The first set to wait takes nothing away from the others.
+    // The events come due after every registration (events before it are not recorded).
     assert_eq!(
-        drain(health),
+        first_and_drain(health),
         vec![
             (gpu0, xid, 79),
             (gpu1, xid, 48),
             (gpu0, nvmlEventTypePState, 0)
         ]
     );
-    assert_eq!(drain(stats), vec![(gpu0, xid, 79), (gpu1, xid, 48)]);
-    assert_eq!(drain(gpu1_only), vec![(gpu1, xid, 48)]);
+    assert_eq!(
+        first_and_drain(stats),
+        vec![(gpu0, xid, 79), (gpu1, xid, 48)]
+    );
+    assert_eq!(first_and_drain(gpu1_only), vec![(gpu1, xid, 48)]);
     // Each set gets each event once.
     for set in [health, stats, gpu1_only] {
         assert!(drain(set).is_empty());

@@ -31,6 +31,12 @@ fn init(tag: &str, text: &str) {
     assert_eq!(nvmlInit_v2(), NVML_SUCCESS);
 }
 
+/// nvml.h: two GPM samples more than 100 ms apart (the driver's refresh); closer
+/// ones give no values (strict_answers.rs). The sleep is at least that long.
+fn refresh() {
+    std::thread::sleep(std::time::Duration::from_millis(150));
+}
+
 fn shutdown() {
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
 }
@@ -179,6 +185,7 @@ stats.gpm_nvlink_rx_mibps = { kind = "counter", value = 10, step = 5 }
     // Samples not taken yet.
     assert_eq!(metrics(a, b, &GPM_IDS), Err(NVML_ERROR_INVALID_ARGUMENT));
     for s in [a, b] {
+        refresh();
         assert_eq!(unsafe { nvmlGpmSampleGet(h, s) }, NVML_SUCCESS);
     }
     let got = metrics(a, b, &GPM_IDS).unwrap();
@@ -199,6 +206,7 @@ stats.gpm_nvlink_rx_mibps = { kind = "counter", value = 10, step = 5 }
     assert_eq!(unsafe { nvmlGpmSampleGet(other, c) }, NVML_SUCCESS);
     assert_eq!(metrics(a, c, &GPM_IDS), Err(NVML_ERROR_INVALID_ARGUMENT));
     // Sample 3 of GPU 0 into `a`: then (b, a) is the next interval.
+    refresh();
     assert_eq!(unsafe { nvmlGpmSampleGet(h, a) }, NVML_SUCCESS);
     assert_eq!(
         metrics(b, a, &[NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC]).unwrap(),
@@ -271,6 +279,7 @@ model = "gb200"
     // GPU instance ids are 1, 2 in list order.
     assert_eq!(unsafe { nvmlGpmMigSampleGet(gpu, 2, a) }, NVML_SUCCESS);
     // The same instance through its MIG device handle: its next sample.
+    refresh();
     assert_eq!(unsafe { nvmlGpmSampleGet(mig(gpu, 1), b) }, NVML_SUCCESS);
     assert_eq!(
         metrics(a, b, &[NVML_GPM_METRIC_SM_UTIL]).unwrap(),
@@ -278,6 +287,7 @@ model = "gb200"
     );
     // Instance 1 counts its own samples.
     assert_eq!(unsafe { nvmlGpmMigSampleGet(gpu, 1, a) }, NVML_SUCCESS);
+    refresh();
     assert_eq!(unsafe { nvmlGpmMigSampleGet(gpu, 1, b) }, NVML_SUCCESS);
     assert_eq!(
         metrics(a, b, &[NVML_GPM_METRIC_SM_UTIL]).unwrap(),

@@ -420,7 +420,7 @@ fn event_waits_fail_in_their_window_and_take_no_event() {
                 mig = [\"3g.20gb\", \"3g.20gb\"]\n\
                 [[faults]]\nkind = \"event_wait_error\"\nerror = \"GPU_IS_LOST\"\n\
                 after_s = 1.0\nrecover_after_s = 1.0\n\
-                [[events]]\ngpu = 1\nat_s = 0.0\nxid = 94\ngpu_instance = 2\ncompute_instance = 0\n\
+                [[events]]\ngpu = 1\nat_s = 0.5\nxid = 94\ngpu_instance = 2\ncompute_instance = 0\n\
                 [[events]]\ngpu = 0\nat_s = 1.5\nxid = 79\n";
     assert_eq!(init_with(&dir, "waits.toml", text), NVML_SUCCESS);
     let s = machine();
@@ -435,8 +435,9 @@ fn event_waits_fail_in_their_window_and_take_no_event() {
             );
         }
         let mut e: nvmlEventData_t = std::mem::zeroed();
-        // A MIG-attributed XID carries its GPU and compute instance ids.
-        assert_eq!(nvmlEventSetWait_v2(set, &mut e, 0), NVML_SUCCESS);
+        // A MIG-attributed XID carries its GPU and compute instance ids (due
+        // after the registration: events before it are not recorded).
+        assert_eq!(nvmlEventSetWait_v2(set, &mut e, 10_000), NVML_SUCCESS);
         assert_eq!(
             (e.device, e.eventData, e.gpuInstanceId, e.computeInstanceId),
             (gpu1, 94, 2, 0)

@@ -11,6 +11,12 @@
 //! instances are sampled with nvmlGpmMigSampleGet on their GPU and GPU
 //! instance id, both looked up once.
 //!
+//! nvml.h: samples should be more than 100 ms apart (the driver's sample
+//! refresh); closer ones read one snapshot twice, and the metrics between
+//! them mean nothing (zeros, or an error). A tick that comes sooner after the
+//! last sample (two Stats streams, a short interval) takes no sample and
+//! sends the last interval's readings again.
+//!
 //! The python engine (stats_python.py) makes the same calls in the same
 //! order: support query (until it answers), parent and GPU instance lookup
 //! (until they answer), sample, metrics.
@@ -19,6 +25,7 @@ use std::cell::RefCell;
 use std::os::raw::c_uint;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nvml_sys::*;
 
@@ -33,6 +40,9 @@ pub const GPM_STATS: usize = crate::vocabulary::GPM_STATS.len();
 pub const METRIC_IDS: [c_uint; GPM_STATS] = crate::vocabulary::GPM_METRIC_IDS;
 
 pub const NOT_AVAILABLE: GpmReadings = [Reading::NotAvailable; GPM_STATS];
+
+/// nvml.h: the interval between two samples should be greater than 100 ms.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A percentage as sent: two decimals. The python engine rounds the same
 /// way (floor of x * 100 + 0.5), so both send the same bits.
@@ -100,6 +110,10 @@ struct State {
     buffers: Option<Buffers>,
     /// The buffer holding the last sample taken.
     last: Option<usize>,
+    /// When the last sample's call returned (the driver took it before), and
+    /// the readings of the interval it ended.
+    last_at: Option<Instant>,
+    last_out: Option<GpmReadings>,
 }
 
 /// One device's GPM state; read by one worker at a time (the slot's busy flag).
@@ -141,6 +155,13 @@ impl Gpm {
         if st.buffers.is_none() {
             st.buffers = allocate(nvml, alloc);
         }
+        if let (Some(at), Some(out)) = (st.last_at, st.last_out) {
+            // Measured from after the last sample to before this one: the
+            // driver sees at least this much between them.
+            if at.elapsed() <= MIN_INTERVAL {
+                return Some(out);
+            }
+        }
         let target = st.target.expect("resolved above");
         let last = st.last;
         let Some(b) = st.buffers.as_ref() else {
@@ -164,11 +185,14 @@ impl Gpm {
             // The last good sample stays: the next interval starts there.
             return Some(NOT_AVAILABLE);
         }
+        let at = Instant::now();
         let out = match last {
             Some(prev) => metrics(nvml, b, prev, cur),
             None => NOT_AVAILABLE,
         };
         st.last = Some(cur);
+        st.last_at = Some(at);
+        st.last_out = Some(out);
         Some(out)
     }
 }

@@ -120,8 +120,9 @@ impl XidCounter {
         result
     }
 
-    /// The GPU a handle belongs to. NVML answers INVALID_ARGUMENT for a handle
-    /// that is not a MIG instance's: then it is the GPU itself.
+    /// The GPU a handle belongs to. For a handle that is not a MIG instance's
+    /// nvml.h lists INVALID_ARGUMENT and NOT_SUPPORTED (drivers answer either):
+    /// then it is the GPU itself.
     fn physical(&self, dev: Handle) -> Result<Handle, NvmlError> {
         let Some(parent_of) = self.nvml.parent_of_mig else {
             return Ok(dev);
@@ -130,7 +131,7 @@ impl XidCounter {
         // SAFETY: a handle NVML gave us and an out pointer to a live local.
         match unsafe { parent_of(dev.0, &mut gpu) } {
             NVML_SUCCESS => Ok(Handle(gpu)),
-            NVML_ERROR_INVALID_ARGUMENT => Ok(dev),
+            NVML_ERROR_INVALID_ARGUMENT | NVML_ERROR_NOT_SUPPORTED => Ok(dev),
             code => Err(self
                 .nvml
                 .call_error("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", code)),

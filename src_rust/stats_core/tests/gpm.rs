@@ -123,6 +123,8 @@ fn gpm_stats_for_gpus_and_mig_instances() {
         Reading::Int(256901), // 245000 MiB/s
     ];
     for tick in 0..3u32 {
+        // nvml.h: GPM samples more than 100 ms apart; the engine takes none sooner.
+        std::thread::sleep(stats_core::gpm::MIN_INTERVAL + std::time::Duration::from_millis(50));
         let got = gpm_of(&mut engine, &ids);
         assert_eq!(got[0], Some(gpu_values), "tick {tick}");
         assert_eq!(got[1], None, "A100: no GPM");

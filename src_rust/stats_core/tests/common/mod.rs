@@ -15,7 +15,9 @@ pub const TIMEOUT: Duration = Duration::from_millis(800);
 pub const SLACK: Duration = Duration::from_millis(1500);
 
 /// An XID 79 on GPU 0, waiting by the first tick.
-pub const XID_ON_GPU0: &str = "[[events]]\ngpu = 0\nat_s = 0.0\nxid = 79\n";
+/// Due at 2 s: after the first tick registered the GPUs (nvml.h records no
+/// event from before the registration), before the 8 s the hang tests' faults end.
+pub const XID_ON_GPU0: &str = "[[events]]\ngpu = 0\nat_s = 2.0\nxid = 79\n";
 
 /// A fault: GPU `gpu`'s next call of `function` blocks for `ms` milliseconds.
 pub fn hang_once(gpu: usize, function: &str, ms: u64) -> String {
