@@ -65,6 +65,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_sharing_e2e.py": ("agent", "slow"),
     "test_signals.py": ("sim", "slow"),
     "test_sim_nvml.py": ("sim",),
+    "test_sim_strict.py": ("sim",),
     "test_soak.py": ("sim", "slow"),
     "test_stats_differential.py": ("sim",),
     "test_stats_end_to_end.py": ("sim",),
