@@ -20,39 +20,20 @@ from typing import Any
 
 import pytest
 
-from e2e.agent import REPO, AgentError, NomadAgent, PluginSpec, attr_value
-from e2e.wheel import SCENARIOS, SIM_LIB
+from e2e.agent import REPO, AgentError, NomadAgent, attr_value
+from e2e.gpu_agent import PLUGIN, job, plugin_spec, running_agent, running_allocs, task_group
+from e2e.wheel import SCENARIOS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PLUGIN = "nomad-device-nvidia"
-PLUGIN_BIN = Path(os.environ.get("NOMAD_E2E_PLUGIN", REPO / ".venv" / "bin" / PLUGIN))
 SCENARIO = SCENARIOS / "8xh100-mig.toml"
 XID_GPU = int(os.environ.get("NOMAD_E2E_XID_GPU", "0"))  # a full (non-MIG) GPU of the scenario
 GIB = 1024
 
 
-def _plugin(scenario: Path) -> PluginSpec:
-    assert PLUGIN_BIN.is_file(), f"no plugin binary at {PLUGIN_BIN}: run `make native`"
-    assert SIM_LIB.is_file(), f"no simulated NVML at {SIM_LIB}: run `make sim`"
-    assert scenario.is_file(), f"no scenario at {scenario}"
-    return PluginSpec(PLUGIN, PLUGIN_BIN, {"simulate": str(scenario), "nvml_library": str(SIM_LIB),
-                                           "fingerprint_period": "5s"})
-
-
 def _start(name: str, scenario: Path) -> Iterator[NomadAgent]:
-    agent = NomadAgent(name, [_plugin(scenario)])
-    try:
-        agent.start()
-        agent.note(f"agent up: {agent.addr}, node {agent.node_id}",
-                   (agent.log_dir / "agent.hcl").read_text())
+    with running_agent(NomadAgent(name, [plugin_spec(scenario)])) as agent:
         yield agent
-    finally:
-        agent.stop()
-        agent.note("agent stopped (SIGINT); processes of ours still running then, killed: "
-                   + (", ".join(f"{pid}: {cmd[:120]}" for pid, cmd in agent.survivors.items()) or "none"))
-        plugins = {pid: cmd for pid, cmd in agent.survivors.items() if str(PLUGIN_BIN) in cmd}
-        assert not plugins, f"plugin processes still running after the agent stopped: {plugins}"
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +84,8 @@ GPU_JOB_FILE = Path(__file__).parent / "e2e" / "jobs" / "gpu-env.nomad.hcl"
 
 
 def _running_alloc(agent: NomadAgent, job: str, timeout: float = 90) -> dict[str, Any]:
-    def running() -> dict[str, Any] | None:
-        allocs = agent.job_allocs(job)
-        bad = [a for a in allocs if a["ClientStatus"] in ("failed", "lost")]
-        if bad:
-            full = agent.alloc(bad[0]["ID"])
-            raise AssertionError(f"allocation of {job} failed: {json.dumps(full.get('TaskStates'), indent=1)[:3000]}")
-        ok = [a for a in allocs if a["ClientStatus"] == "running"]
-        return agent.alloc(ok[0]["ID"]) if ok else None
-    return agent.wait_for(f"an allocation of job {job} to run", running, timeout)
+    (first, *_) = running_allocs(agent, job, timeout=timeout)
+    return agent.alloc(first["ID"])
 
 
 def _env_of(agent: NomadAgent, alloc_id: str, task: str) -> dict[str, str]:
@@ -251,31 +225,8 @@ def xid_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NomadAgent]:
 def _job_for(name: str, group: str, count: int) -> str:
     """A batch job printing its environment, asking for `count` devices of group `group`
     (by name; "" = any NVIDIA GPU)."""
-    return f"""
-job "{name}" {{
-  datacenters = ["*"]
-  type = "batch"
-  group "g" {{
-    restart {{
-      attempts = 0
-      mode     = "fail"
-    }}
-    task "t" {{
-      driver = "raw_exec"
-      config {{
-        command = "/usr/bin/env"
-      }}
-      resources {{
-        cpu    = 50
-        memory = 32
-        device {json.dumps("nvidia/gpu" + (f"/{group}" if group else ""))} {{
-          count = {count}
-        }}
-      }}
-    }}
-  }}
-}}
-"""
+    return job(name, task_group("g", command="/usr/bin/env", device="nvidia/gpu" + (f"/{group}" if group else ""),
+                                devices=count, cpu=50, memory=32), type_="batch")
 
 
 def test_unhealthy_gpu_is_not_used_for_new_placements(xid_agent: NomadAgent) -> None:

@@ -32,38 +32,18 @@ from typing import Any
 import pytest
 
 from e2e import cdi_node
-from e2e.agent import REPO, NomadAgent, PluginSpec, hcl_string
+from e2e.agent import REPO, NomadAgent, hcl_string
 from e2e.docker_host import DockerDaemon, ensure_docker
+from e2e.gpu_agent import BlocksAgent, plugin_spec, running_agent, running_allocs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PLUGIN = "nomad-device-nvidia"
-PLUGIN_BIN = Path(os.environ.get("NOMAD_E2E_PLUGIN", REPO / ".venv" / "bin" / PLUGIN))
 SCENARIO = REPO / "tests" / "scenarios" / "matrix-2gpu.toml"
 DRIVER_VERSION = "550.90.07"
 LIB = "/usr/lib/x86_64-linux-gnu"
 # Character devices Docker gives every container itself.
 DOCKER_OWN = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/console",
               "/dev/pts/ptmx"}
-
-
-class DockerAgent(NomadAgent):
-    """The agent with the plugin's reserve block and a docker driver on our daemon."""
-
-    def __init__(self, name: str, plugins: list[PluginSpec], plugin_block: str, docker_block: str) -> None:
-        super().__init__(name, plugins)
-        self._plugin_block = plugin_block
-        self._docker_block = docker_block
-
-    def _write_config(self, fresh: bool = True) -> Path:
-        path = super()._write_config(fresh)
-        text = path.read_text()
-        head = f'plugin "{PLUGIN}" {{\n  config {{\n'
-        assert head in text, text
-        text = text.replace(head, head + self._plugin_block) + self._docker_block
-        path.write_text(text)
-        (self.log_dir / "agent.hcl").write_text(text)
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +71,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def _agent(name: str, docker: DockerDaemon, node: Path, cdi: bool) -> Iterator[DockerAgent]:
-    assert PLUGIN_BIN.is_file(), f"no plugin binary at {PLUGIN_BIN}: run `make native`"
+def _agent(name: str, docker: DockerDaemon, node: Path, cdi: bool) -> Iterator[BlocksAgent]:
     plugin_block = (f"      reserve {{\n        cdi = {'true' if cdi else 'false'}\n"
                     f"        cdi_spec_dirs = [{hcl_string(str(node / 'cdi'))}]\n      }}\n")
     # No nvidia runtime in this Docker; the driver's nvidia_runtime stays at its default ("nvidia").
@@ -106,18 +85,9 @@ plugin "docker" {{
   }}
 }}
 """
-    spec = PluginSpec(PLUGIN, PLUGIN_BIN, {"simulate": str(SCENARIO), "nvml_library": str(cdi_node.SIM_LIB),
-                                           "fingerprint_period": "5s"})
-    a = DockerAgent(name, [spec], plugin_block, docker_block)
-    try:
-        a.start()
-        a.note(f"agent up: {a.addr}, node {a.node_id}", (a.log_dir / "agent.hcl").read_text())
+    with running_agent(BlocksAgent(name, [plugin_spec(SCENARIO)], plugin_blocks=plugin_block, tail=docker_block)) as a:
         a.wait_for("the docker driver and the simulated GPUs on the node", lambda: _ready(a), 120)
         yield a
-    finally:
-        a.stop()
-        plugins = {pid: cmd for pid, cmd in a.survivors.items() if str(PLUGIN_BIN) in cmd}
-        assert not plugins, f"plugin processes still running after the agent stopped: {plugins}"
 
 
 def _ready(a: NomadAgent) -> bool:
@@ -126,7 +96,7 @@ def _ready(a: NomadAgent) -> bool:
 
 
 @pytest.fixture(scope="module")
-def agent(docker: DockerDaemon, node: Path) -> Iterator[DockerAgent]:
+def agent(docker: DockerDaemon, node: Path) -> Iterator[BlocksAgent]:
     with _agent("cdi-docker", docker, node, cdi=True) as a:
         yield a
 
@@ -173,19 +143,12 @@ job "cdi-docker" {{
 
 
 def _running(agent: NomadAgent, job: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        allocs = agent.job_allocs(job)
-        bad = [a for a in allocs if a["ClientStatus"] in ("failed", "lost")]
-        if bad:
-            full = agent.alloc(bad[0]["ID"])
-            raise AssertionError(f"allocation of {job} failed: {json.dumps(full.get('TaskStates'), indent=1)[:4000]}")
-        ok = [a for a in allocs if a["ClientStatus"] == "running"]
-        return agent.alloc(ok[0]["ID"]) if ok else None
-    return agent.wait_for(f"an allocation of {job} to run", probe, 180)
+    (first, *_) = running_allocs(agent, job, timeout=180, width=4000)
+    return agent.alloc(first["ID"])
 
 
 def test_docker_task_gets_its_gpu_through_cdi_without_the_nvidia_runtime(
-    agent: DockerAgent, docker: DockerDaemon, node: Path
+    agent: BlocksAgent, docker: DockerDaemon, node: Path
 ) -> None:
     runtimes = agent.node()["Attributes"].get("driver.docker.runtimes", "")
     assert "runc" in runtimes and "nvidia" not in runtimes, runtimes

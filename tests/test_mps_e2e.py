@@ -18,7 +18,6 @@ several GPUs with different limits: tests/test_mps.py, through Nomad's client co
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,36 +27,16 @@ from typing import Any
 
 import pytest
 
-from e2e.agent import REPO, NomadAgent, PluginSpec, attr_value
+from e2e.agent import REPO, attr_value
+from e2e.gpu_agent import BlocksAgent, job, plugin_spec, running_agent, running_allocs, shell_group, task_output
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PLUGIN = "nomad-device-nvidia"
-PLUGIN_BIN = Path(os.environ.get("NOMAD_E2E_PLUGIN", REPO / ".venv" / "bin" / PLUGIN))
-SIM_LIB = REPO / "build" / "sim" / "libnvidia-ml.so.1"
 SCENARIO = REPO / "scenarios" / "1gpu.toml"
 STANDIN = REPO / "tests" / "mps_standin.py"
 SHARES = 4
 KEYS = ("NVIDIA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
         "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
-
-
-class MpsAgent(NomadAgent):
-    """The agent with the plugin's sharing and mps blocks."""
-
-    def __init__(self, name: str, plugins: list[PluginSpec], blocks: str) -> None:
-        super().__init__(name, plugins)
-        self._blocks = blocks
-
-    def _write_config(self, fresh: bool = True) -> Path:
-        path = super()._write_config(fresh)
-        text = path.read_text()
-        head = f'plugin "{PLUGIN}" {{\n  config {{\n'
-        assert head in text, text
-        text = text.replace(head, head + self._blocks)
-        path.write_text(text)
-        (self.log_dir / "agent.hcl").write_text(text)
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -80,60 +59,25 @@ def daemon(pipe: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 @pytest.fixture(scope="module")
-def agent(pipe: Path, daemon: subprocess.Popen[str]) -> Iterator[MpsAgent]:
-    assert PLUGIN_BIN.is_file(), f"no plugin binary at {PLUGIN_BIN}: run `make native`"
-    assert SIM_LIB.is_file(), f"no simulated NVML at {SIM_LIB}: run `make sim`"
+def agent(pipe: Path, daemon: subprocess.Popen[str]) -> Iterator[BlocksAgent]:
     blocks = (f"      sharing {{\n        shares = {SHARES}\n      }}\n"
               "      health {\n        probe_interval = \"500ms\"\n      }\n"
               "      mps {\n        enabled = true\n"
               f"        mps_pipe_directory = {json.dumps(str(pipe))}\n"
               f"        mps_log_directory = {json.dumps(str(pipe.parent / 'log'))}\n      }}\n")
-    spec = PluginSpec(PLUGIN, PLUGIN_BIN, {"simulate": str(SCENARIO), "nvml_library": str(SIM_LIB),
-                                           "fingerprint_period": "5s"})
-    a = MpsAgent("mps", [spec], blocks)
-    try:
-        a.start()
-        a.note(f"agent up: {a.addr}, node {a.node_id}", (a.log_dir / "agent.hcl").read_text())
+    with running_agent(BlocksAgent("mps", [plugin_spec(SCENARIO)], plugin_blocks=blocks)) as a:
         yield a
-    finally:
-        a.stop()
 
 
 SCRIPT = "".join(f'echo "{k}=${k}"; ' for k in KEYS) + "echo listed; exec sleep 3600"
 
 
-def _group(name: str, count: int, shares: int) -> str:
-    return f"""
-  group "{name}" {{
-    count = {count}
-    restart {{
-      attempts = 0
-      mode     = "fail"
-    }}
-    task "t" {{
-      driver = "raw_exec"
-      config {{
-        command = "/bin/sh"
-        args    = ["-c", {json.dumps(SCRIPT)}]
-      }}
-      resources {{
-        cpu    = 20
-        memory = 16
-        device "nvidia/gpu" {{
-          count = {shares}
-        }}
-      }}
-    }}
-  }}"""
-
-
 GROUPS = {"one": (2, 1), "two": (1, 2)}
-JOB = ('job "mps" {\n  datacenters = ["*"]\n  type = "service"'
-       + "".join(_group(n, c, s) for n, (c, s) in GROUPS.items()) + "\n}\n")
+JOB = job("mps", "".join(shell_group(n, SCRIPT, count=c, devices=s) for n, (c, s) in GROUPS.items()))
 
 
 @pytest.fixture(scope="module")
-def memory(agent: MpsAgent) -> int:
+def memory(agent: BlocksAgent) -> int:
     """The GPUs' memory in MiB as Nomad's API shows it, once the node has every share, `mps = "ready"`."""
     def ready() -> list[dict[str, Any]] | None:
         groups = agent.node_devices()
@@ -147,30 +91,15 @@ def memory(agent: MpsAgent) -> int:
 
 
 @pytest.fixture(scope="module")
-def placed(agent: MpsAgent, memory: int) -> list[dict[str, Any]]:
+def placed(agent: BlocksAgent, memory: int) -> list[dict[str, Any]]:
     ev = agent.wait_eval(agent.run_job(JOB))
     assert not ev.get("FailedTGAllocs"), f"not placed: {json.dumps(ev['FailedTGAllocs'], indent=1)}"
     want = sum(c for c, _ in GROUPS.values())
-
-    def running() -> list[dict[str, Any]] | None:
-        allocs = agent.job_allocs("mps")
-        bad = [a for a in allocs if a["ClientStatus"] in ("failed", "lost")]
-        if bad:
-            full = agent.alloc(bad[0]["ID"])
-            raise AssertionError(f"allocation failed: {json.dumps(full.get('TaskStates'), indent=1)[:3000]}")
-        ok = [a for a in allocs if a["ClientStatus"] == "running"]
-        return ok if len(ok) == want else None
-
     out = []
-    for a in agent.wait_for(f"{want} allocations running", running, 120):
+    for a in running_allocs(agent, "mps", want):
         full = agent.alloc(a["ID"])
         (dev,) = full["AllocatedResources"]["Tasks"]["t"]["Devices"]
-
-        def listed(alloc_id: str = a["ID"]) -> str | None:
-            text = agent.task_log(alloc_id, "t")
-            return text if "listed" in text.splitlines() else None
-
-        text = agent.wait_for(f"alloc {a['ID'][:8]} to print its environment", listed, 60)
+        text = task_output(agent, a["ID"])
         env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
         out.append({"group": a["TaskGroup"], "shares": sorted(dev["DeviceIDs"]), "env": env, "text": text})
     agent.note("job mps: every allocation's shares and what its task printed", "\n\n".join(
@@ -195,7 +124,7 @@ def test_raw_exec_tasks_get_the_mps_environment_and_their_shares_limits(
         assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == f"{gpu}={memory * shares // SHARES}M", x
 
 
-def test_a_killed_daemon_makes_the_gpus_unhealthy_in_nomad(agent: MpsAgent, placed: list[dict[str, Any]],
+def test_a_killed_daemon_makes_the_gpus_unhealthy_in_nomad(agent: BlocksAgent, placed: list[dict[str, Any]],
                                                            daemon: subprocess.Popen[str], pipe: Path) -> None:
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(timeout=30)

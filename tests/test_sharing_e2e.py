@@ -28,46 +28,26 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.agent import REPO, NomadAgent, PluginSpec, hcl_string
+from e2e import cdi_node
+from e2e.agent import REPO, NomadAgent, hcl_string
+from e2e.gpu_agent import BlocksAgent, job, plugin_spec, running_agent, running_allocs, shell_group, task_output
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PLUGIN = "nomad-device-nvidia"
-PLUGIN_BIN = Path(os.environ.get("NOMAD_E2E_PLUGIN", REPO / ".venv" / "bin" / PLUGIN))
-SIM_LIB = REPO / "build" / "sim" / "libnvidia-ml.so.1"
 SCENARIO = REPO / "tests" / "scenarios" / "matrix-2gpu.toml"
 SHARES = 4
 CONTROL = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 NVIDIA_MAJOR = 195
 
-_GPUS = r"""
-import ctypes, json, sys
-ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)
-import pynvml as n
-n.nvmlInit()
-out = []
-for i in range(n.nvmlDeviceGetCount()):
-    h = n.nvmlDeviceGetHandleByIndex(i)
-    out.append({"uuid": n.nvmlDeviceGetUUID(h), "minor": n.nvmlDeviceGetMinorNumber(h)})
-n.nvmlShutdown()
-print(json.dumps(out))
-"""
-
-
 def sim_gpus() -> dict[str, int]:
     """UUID -> minor number of the scenario's GPUs, as NVML reports them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NVML_SIM_")}
-    env["NVML_SIM_SCENARIO"] = str(SCENARIO)
-    out = subprocess.run([sys.executable, "-c", _GPUS, str(SIM_LIB)], capture_output=True, text=True, env=env,
-                         timeout=60, check=True)
-    return {g["uuid"]: g["minor"] for g in json.loads(out.stdout)}
+    return {g["uuid"]: g["minor"] for g in cdi_node.sim_gpus(SCENARIO)}
 
 
 def fake_dev(root: Path, minors: list[int]) -> Path:
@@ -103,54 +83,25 @@ def chroot_env() -> dict[str, str]:
     return {os.path.realpath(src): dst for src, dst in wanted.items()}
 
 
-class SharingAgent(NomadAgent):
-    """The agent with the plugin's sharing and reserve blocks and a small exec chroot."""
-
-    def __init__(self, name: str, plugins: list[PluginSpec], plugin_blocks: str, chroot: dict[str, str]) -> None:
-        super().__init__(name, plugins)
-        self._blocks = plugin_blocks
-        self._chroot = chroot
-
-    def _write_config(self, fresh: bool = True) -> Path:
-        path = super()._write_config(fresh)
-        text = path.read_text()
-        head = f'plugin "{PLUGIN}" {{\n  config {{\n'
-        client = "client {\n  enabled = true\n"
-        assert head in text and client in text, text
-        chroot = "".join(f"    {hcl_string(k)} = {hcl_string(v)}\n" for k, v in self._chroot.items())
-        text = text.replace(head, head + self._blocks).replace(client, client + f"  chroot_env {{\n{chroot}  }}\n")
-        path.write_text(text)
-        (self.log_dir / "agent.hcl").write_text(text)
-        return path
-
-
 @pytest.fixture(scope="module")
 def gpus() -> dict[str, int]:
-    assert SIM_LIB.is_file(), f"no simulated NVML at {SIM_LIB}: run `make sim`"
+    assert cdi_node.SIM_LIB.is_file(), f"no simulated NVML at {cdi_node.SIM_LIB}: run `make sim`"
     found = sim_gpus()
     assert len(found) == 2, found
     return found
 
 
 @pytest.fixture(scope="module")
-def agent(gpus: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharingAgent]:
+def agent(gpus: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlocksAgent]:
     assert os.geteuid() == 0, "the exec driver and the device nodes (mknod) need root"
-    assert PLUGIN_BIN.is_file(), f"no plugin binary at {PLUGIN_BIN}: run `make native`"
     dev = fake_dev(tmp_path_factory.mktemp("sharing"), sorted(gpus.values()))
     blocks = (f"      sharing {{\n        shares = {SHARES}\n      }}\n"
               "      reserve {\n        cuda_visible_devices = true\n        device_nodes = true\n"
               f"        dev_root = {hcl_string(str(dev))}\n      }}\n")
-    spec = PluginSpec(PLUGIN, PLUGIN_BIN, {"simulate": str(SCENARIO), "nvml_library": str(SIM_LIB),
-                                           "fingerprint_period": "5s"})
-    a = SharingAgent("sharing", [spec], blocks, chroot_env())
-    try:
-        a.start()
-        a.note(f"agent up: {a.addr}, node {a.node_id}", (a.log_dir / "agent.hcl").read_text())
+    chroot = "".join(f"    {hcl_string(k)} = {hcl_string(v)}\n" for k, v in chroot_env().items())
+    with running_agent(BlocksAgent("sharing", [plugin_spec(SCENARIO)], plugin_blocks=blocks,
+                                   client_blocks=f"  chroot_env {{\n{chroot}  }}\n")) as a:
         yield a
-    finally:
-        a.stop()
-        plugins = {pid: cmd for pid, cmd in a.survivors.items() if str(PLUGIN_BIN) in cmd}
-        assert not plugins, f"plugin processes still running after the agent stopped: {plugins}"
 
 
 SCRIPT = ('echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"; echo "NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES"; '
@@ -158,40 +109,15 @@ SCRIPT = ('echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"; echo "NVIDIA_VISIB
 
 
 def _group(name: str, driver: str, count: int, shares: int) -> str:
-    return f"""
-  group "{name}" {{
-    count = {count}
-    restart {{
-      attempts = 0
-      mode     = "fail"
-    }}
-    task "t" {{
-      driver = "{driver}"
-      config {{
-        command = "/bin/sh"
-        args    = ["-c", {json.dumps(SCRIPT)}]
-      }}
-      resources {{
-        cpu    = 20
-        memory = 16
-        device "nvidia/gpu" {{
-          count = {shares}
-        }}
-      }}
-    }}
-  }}"""
+    return shell_group(name, SCRIPT, driver=driver, count=count, devices=shares)
 
 
 GROUPS = {"raw": ("raw_exec", 3, 1), "exec": ("exec", 3, 1), "pair": ("raw_exec", 1, 2)}
-JOB = ('job "shares" {\n  datacenters = ["*"]\n  type = "service"'
-       + "".join(_group(n, d, c, s) for n, (d, c, s) in GROUPS.items()) + "\n}\n")
+JOB = job("shares", "".join(_group(n, d, c, s) for n, (d, c, s) in GROUPS.items()))
 
 
 def _task_output(agent: NomadAgent, alloc_id: str) -> dict[str, Any]:
-    def listed() -> str | None:
-        text = agent.task_log(alloc_id, "t")
-        return text if "listed" in text.splitlines() else None
-    text = agent.wait_for(f"alloc {alloc_id[:8]} to print its devices", listed, 60)
+    text = task_output(agent, alloc_id)
     env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("node="))
     nodes = sorted(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("node="))
     return {"cuda": env.get("CUDA_VISIBLE_DEVICES", ""), "nvidia": env.get("NVIDIA_VISIBLE_DEVICES", ""),
@@ -199,23 +125,14 @@ def _task_output(agent: NomadAgent, alloc_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def placed(agent: SharingAgent) -> list[dict[str, Any]]:
+def placed(agent: BlocksAgent) -> list[dict[str, Any]]:
     """The job's allocations, all running, each with its share IDs and what its task printed."""
     agent.wait_for("8 shares on the node", lambda: sum(len(g["Instances"]) for g in agent.node_devices()) == 8, 60)
     ev = agent.wait_eval(agent.run_job(JOB))
     assert not ev.get("FailedTGAllocs"), f"not placed: {json.dumps(ev['FailedTGAllocs'], indent=1)}"
     want = sum(c for _, c, _ in GROUPS.values())
 
-    def running() -> list[dict[str, Any]] | None:
-        allocs = agent.job_allocs("shares")
-        bad = [a for a in allocs if a["ClientStatus"] in ("failed", "lost")]
-        if bad:
-            full = agent.alloc(bad[0]["ID"])
-            raise AssertionError(f"allocation failed: {json.dumps(full.get('TaskStates'), indent=1)[:3000]}")
-        ok = [a for a in allocs if a["ClientStatus"] == "running"]
-        return ok if len(ok) == want else None
-
-    allocs = agent.wait_for(f"{want} allocations running", running, 120)
+    allocs = running_allocs(agent, "shares", want)
     out = []
     for a in allocs:
         full = agent.alloc(a["ID"])
@@ -270,9 +187,9 @@ def test_raw_exec_tasks_see_the_hosts_dev_and_their_cuda_devices(placed: list[di
         assert sorted(x["cuda"].split(",")) == _gpus_of(x["shares"]), x
 
 
-def test_a_ninth_share_is_not_placed(agent: SharingAgent, placed: list[dict[str, Any]]) -> None:
+def test_a_ninth_share_is_not_placed(agent: BlocksAgent, placed: list[dict[str, Any]]) -> None:
     assert len(placed) == 7
-    one_more = 'job "one-more" {\n  datacenters = ["*"]\n  type = "service"' + _group("g", "raw_exec", 1, 1) + "\n}\n"
+    one_more = job("one-more", _group("g", "raw_exec", 1, 1))
     ev = agent.wait_eval(agent.run_job(one_more))
     failed = ev.get("FailedTGAllocs") or {}
     agent.note(f"job one-more (one more share): evaluation {ev['Status']}", json.dumps(failed, indent=1)[:2000])

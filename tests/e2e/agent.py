@@ -108,6 +108,34 @@ def leftover_pids(root: Path) -> list[int]:
     return out
 
 
+def end_process(proc: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
+    """Send `sig` to a process started in its own session; SIGKILL its process group
+    when it has not exited after `grace` seconds."""
+    try:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def kill_pids(pids: list[int]) -> dict[int, str]:
+    """SIGKILL these processes; returns pid -> command line of each one found."""
+    killed = {}
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            killed[pid] = cmd
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return killed
+
+
 def attr_value(group: dict[str, Any], name: str) -> Any:
     """The value of a device group's attribute in Nomad's API (whichever typed field is set)."""
     a = group["Attributes"].get(name) or {}
@@ -261,23 +289,10 @@ plugin "raw_exec" {{
                     self.wait_for("allocations to stop", self._allocs_done, 30)
                 except Exception:  # noqa: BLE001 - best effort; the kills below are the guarantee
                     pass
-                self.proc.send_signal(signal.SIGINT)
-                try:
-                    self.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+            end_process(self.proc, signal.SIGINT, 20)
         finally:
             time.sleep(0.5)  # a plugin notices its parent's exit within a moment
-            for pid in self.leftover_pids():
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    self.survivors[pid] = cmd
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            self.survivors = kill_pids(self.leftover_pids())
             if self._log is not None:
                 self._log.close()
             shutil.rmtree(self.root, ignore_errors=True)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from e2e.agent import REPO, leftover_pids
+from e2e.agent import REPO, end_process, kill_pids, leftover_pids
 
 DOCKERD = Path("/usr/sbin/dockerd")
 # Debian's client, not whatever else is first on PATH.
@@ -159,21 +159,9 @@ class DockerDaemon:
     def stop(self) -> None:
         """Stop the daemon and everything it started; unmount and remove its root. Never raises."""
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-        except ProcessLookupError:
-            pass
+            end_process(self.proc, signal.SIGTERM, 30)
         finally:
-            for pid in leftover_pids(self.root):  # containerd and shims started under our exec root
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_pids(leftover_pids(self.root))  # containerd and shims started under our exec root
             self._unmount()
             shutil.rmtree(self.root, ignore_errors=True)
 

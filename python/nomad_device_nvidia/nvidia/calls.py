@@ -227,20 +227,26 @@ class CallRunner:
                    grace: float = 0.0) -> Job[T] | None:
         """Queue `work` on `lane` once it is free, waiting for it until time.monotonic()
         reaches `until` at most; None when it is still busy then, or its call is overdue."""
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise RunnerClosed("the plugin is shutting down")
-                busy = self._lanes.get(lane)
-                if busy is None:
-                    return self._enqueue(lane, work, grace)
-                now = time.monotonic()
-                if now >= until or busy.overdue(self._timeout, now):
-                    return None
-                self._freed.wait(min(until - now, _POLL_S))
+        def pause(busy: Job[object]) -> float | None:
+            now = time.monotonic()
+            if now >= until or busy.overdue(self._timeout, now):
+                return None
+            return min(until - now, _POLL_S)
+        return self._when_free(lane, work, grace, pause)
 
     def submit(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> Job[T]:
         """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue."""
+        def pause(busy: Job[object]) -> float:
+            self._check_overdue(busy)  # raises when the lane's call is stuck
+            return _POLL_S
+        job = self._when_free(lane, work, grace, pause)
+        assert job is not None  # this pause never gives up: it raises
+        return job
+
+    def _when_free(self, lane: Hashable, work: Callable[[Calls], T], grace: float,
+                   pause: Callable[[Job[object]], float | None]) -> Job[T] | None:
+        """Queue `work` on `lane` once it is free. While it is busy, `pause(the job holding
+        it)` says how long to wait before looking again, or None to give up (None back)."""
         with self._cond:
             while True:
                 if self._closed:
@@ -248,8 +254,10 @@ class CallRunner:
                 busy = self._lanes.get(lane)
                 if busy is None:
                     return self._enqueue(lane, work, grace)
-                self._check_overdue(busy)  # raises when the lane's call is stuck
-                self._freed.wait(_POLL_S)
+                wait = pause(busy)
+                if wait is None:
+                    return None
+                self._freed.wait(wait)
 
     def wait(self, job: Job[T]) -> T:
         """The job's result; CallTimeout as soon as one of its calls passes the deadline."""

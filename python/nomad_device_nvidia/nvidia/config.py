@@ -122,24 +122,8 @@ class NvidiaConfig:
 
         Raises ConfigError naming the offending key (dotted for nested blocks).
         """
-        d = cls()  # the defaults live in the field declarations only
-        r = _Reader(raw, "")
-        cfg = cls(
-            enabled=r.get("enabled", _bool, d.enabled),
-            ignored_gpu_ids=r.get("ignored_gpu_ids", _str_set, d.ignored_gpu_ids),
-            fingerprint_period=r.get("fingerprint_period", _duration_at_least(MIN_FINGERPRINT_PERIOD), d.fingerprint_period),
-            nvml_library=r.get("nvml_library", _existing_file, d.nvml_library),
-            simulate=r.get("simulate", _existing_file, d.simulate),
-            stats_engine=r.get("stats_engine", _choice(STATS_ENGINES), d.stats_engine),
-            extended_stats=r.get("extended_stats", _bool, d.extended_stats),
-            group_by=r.get("group_by", _group_by, d.group_by),
-            health=r.get("health", _health, d.health),
-            reserve=r.get("reserve", _reserve, d.reserve),
-            sharing=r.get("sharing", _sharing, d.sharing),
-            mps=r.get("mps", _mps, d.mps),
-        )
-        r.reject_unknown()
-        return cfg
+        blocks = {"health": _health, "reserve": _reserve, "sharing": _sharing, "mps": _mps}
+        return _block(cls, raw, "", {**_parsers(_TOP_KEYS), **blocks})
 
 
 class _Reader:
@@ -163,6 +147,21 @@ class _Reader:
         unknown = sorted(str(k) for k in self._raw if k not in self._seen)
         if unknown:
             raise ConfigError(self._prefix + unknown[0], f"unknown key (known keys: {', '.join(sorted(self._seen))})")
+
+
+B = TypeVar("B")
+
+
+def _block(cls: Callable[..., B], raw: Any, prefix: str, parsers: Mapping[str, Callable[[str, Any], Any]]) -> B:
+    """A config block as the dataclass `cls`: each key read with its parser, in this
+    order (the first bad key is the one named), an absent key its field's default
+    (the defaults live in the field declarations only); any other key refused.
+    Each key is its field's name."""
+    d = cls()
+    r = _Reader(raw, prefix)
+    cfg = cls(**{k: r.get(k, parse, getattr(d, k)) for k, parse in parsers.items()})
+    r.reject_unknown()
+    return cfg
 
 
 def _kind(value: Any) -> str:
@@ -287,16 +286,7 @@ def _xid_list(key: str, value: Any) -> frozenset[int]:
 
 
 def _health(key: str, value: Any) -> HealthConfig:
-    d = HealthConfig()
-    r = _Reader(value, key + ".")
-    cfg = HealthConfig(
-        enabled=r.get("enabled", _bool, d.enabled),
-        ignored_xids=r.get("ignored_xids", _xid_list, d.ignored_xids),
-        probe_interval=r.get("probe_interval", _duration_at_least(MIN_PROBE_INTERVAL), d.probe_interval),
-        call_timeout=r.get("call_timeout", _duration_at_least(MIN_CALL_TIMEOUT), d.call_timeout),
-    )
-    r.reject_unknown()
-    return cfg
+    return _block(HealthConfig, value, key + ".", _parsers(_HEALTH_KEYS))
 
 
 def _absolute_path(key: str, value: Any) -> str:
@@ -324,21 +314,7 @@ def _imex_channels(key: str, value: Any) -> tuple[int, ...]:
 
 
 def _reserve(key: str, value: Any) -> ReserveConfig:
-    d = ReserveConfig()
-    r = _Reader(value, key + ".")
-    cfg = ReserveConfig(
-        cuda_visible_devices=r.get("cuda_visible_devices", _bool, d.cuda_visible_devices),
-        device_nodes=r.get("device_nodes", _bool, d.device_nodes),
-        dev_root=r.get("dev_root", _absolute_path, d.dev_root),
-        mig_capabilities_root=r.get("mig_capabilities_root", _absolute_path, d.mig_capabilities_root),
-        imex_channels=r.get("imex_channels", _imex_channels, d.imex_channels),
-        gds=r.get("gds", _bool, d.gds),
-        mofed=r.get("mofed", _bool, d.mofed),
-        gdrcopy=r.get("gdrcopy", _bool, d.gdrcopy),
-        cdi=r.get("cdi", _bool, d.cdi),
-        cdi_spec_dirs=r.get("cdi_spec_dirs", _spec_dirs, d.cdi_spec_dirs),
-    )
-    r.reject_unknown()
+    cfg = _block(ReserveConfig, value, key + ".", _parsers(_RESERVE_KEYS))
     _check_cdi(key, cfg)
     return cfg
 
@@ -377,10 +353,7 @@ def _group_by(key: str, value: Any) -> tuple[str, ...]:
 
 
 def _sharing(key: str, value: Any) -> SharingConfig:
-    r = _Reader(value, key + ".")
-    cfg = SharingConfig(shares=r.get("shares", _shares, SharingConfig().shares))
-    r.reject_unknown()
-    return cfg
+    return _block(SharingConfig, value, key + ".", _parsers(_SHARING_KEYS))
 
 
 def _mps_directory(key: str, value: Any) -> str:
@@ -470,6 +443,62 @@ def _mps(key: str, value: Any) -> MpsConfig:
     return cfg
 
 
+# The plain keys of each block (a key is its field's name): the parser of the agent's
+# value and the key's HCL type. Reading the config and its schema both go by these,
+# so no key is read but missing from the schema, or the other way round. In reading
+# order: with several bad keys, the first is the one named.
+_Keys = Mapping[str, tuple[Callable[[str, Any], Any], str]]
+_TOP_KEYS: _Keys = {
+    "enabled": (_bool, "bool"),
+    "ignored_gpu_ids": (_str_set, "list(string)"),
+    "fingerprint_period": (_duration_at_least(MIN_FINGERPRINT_PERIOD), "string"),
+    "nvml_library": (_existing_file, "string"),
+    "simulate": (_existing_file, "string"),
+    "stats_engine": (_choice(STATS_ENGINES), "string"),
+    "extended_stats": (_bool, "bool"),
+    "group_by": (_group_by, "list(string)"),
+}
+_HEALTH_KEYS: _Keys = {
+    "enabled": (_bool, "bool"),
+    "ignored_xids": (_xid_list, "list(number)"),
+    "probe_interval": (_duration_at_least(MIN_PROBE_INTERVAL), "string"),
+    "call_timeout": (_duration_at_least(MIN_CALL_TIMEOUT), "string"),
+}
+_RESERVE_KEYS: _Keys = {
+    "cuda_visible_devices": (_bool, "bool"),
+    "device_nodes": (_bool, "bool"),
+    "dev_root": (_absolute_path, "string"),
+    "mig_capabilities_root": (_absolute_path, "string"),
+    "imex_channels": (_imex_channels, "list(number)"),
+    "gds": (_bool, "bool"),
+    "mofed": (_bool, "bool"),
+    "gdrcopy": (_bool, "bool"),
+    "cdi": (_bool, "bool"),
+    "cdi_spec_dirs": (_spec_dirs, "list(string)"),
+}
+_SHARING_KEYS: _Keys = {"shares": (_shares, "number")}
+
+
+def _parsers(keys: _Keys) -> dict[str, Callable[[str, Any], Any]]:
+    return {k: parse for k, (parse, _) in keys.items()}
+
+
+def _hcl_default(value: Any) -> Any:
+    """A field's default in the agent's form: sets sorted, tuples as lists, durations (the
+    config's only floats) as duration strings."""
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float):
+        return format_duration(value)
+    return value
+
+
+def _attrs(defaults: object, keys: _Keys) -> dict[str, hclspec.Spec]:
+    return {k: hclspec.attr(k, type_, _hcl_default(getattr(defaults, k))) for k, (_, type_) in keys.items()}
+
+
 def config_spec() -> hclspec.Spec:
     """The HCL schema, with a default for every key (the agent fills them in).
 
@@ -477,46 +506,13 @@ def config_spec() -> hclspec.Spec:
     """
     a = hclspec.attr
     d = NvidiaConfig()
-    h, rs, m = d.health, d.reserve, d.mps
+    m = d.mps
     return hclspec.obj(
         {
-            "enabled": a("enabled", "bool", d.enabled),
-            "ignored_gpu_ids": a("ignored_gpu_ids", "list(string)", sorted(d.ignored_gpu_ids)),
-            "fingerprint_period": a("fingerprint_period", "string", format_duration(d.fingerprint_period)),
-            "nvml_library": a("nvml_library", "string", d.nvml_library),
-            "simulate": a("simulate", "string", d.simulate),
-            "stats_engine": a("stats_engine", "string", d.stats_engine),
-            "extended_stats": a("extended_stats", "bool", d.extended_stats),
-            "group_by": a("group_by", "list(string)", list(d.group_by)),
-            "health": hclspec.block(
-                "health",
-                hclspec.obj(
-                    {
-                        "enabled": a("enabled", "bool", h.enabled),
-                        "ignored_xids": a("ignored_xids", "list(number)", sorted(h.ignored_xids)),
-                        "probe_interval": a("probe_interval", "string", format_duration(h.probe_interval)),
-                        "call_timeout": a("call_timeout", "string", format_duration(h.call_timeout)),
-                    }
-                ),
-            ),
-            "reserve": hclspec.block(
-                "reserve",
-                hclspec.obj(
-                    {
-                        "cuda_visible_devices": a("cuda_visible_devices", "bool", rs.cuda_visible_devices),
-                        "device_nodes": a("device_nodes", "bool", rs.device_nodes),
-                        "dev_root": a("dev_root", "string", rs.dev_root),
-                        "mig_capabilities_root": a("mig_capabilities_root", "string", rs.mig_capabilities_root),
-                        "imex_channels": a("imex_channels", "list(number)", list(rs.imex_channels)),
-                        "gds": a("gds", "bool", rs.gds),
-                        "mofed": a("mofed", "bool", rs.mofed),
-                        "gdrcopy": a("gdrcopy", "bool", rs.gdrcopy),
-                        "cdi": a("cdi", "bool", rs.cdi),
-                        "cdi_spec_dirs": a("cdi_spec_dirs", "list(string)", list(rs.cdi_spec_dirs)),
-                    }
-                ),
-            ),
-            "sharing": hclspec.block("sharing", hclspec.obj({"shares": a("shares", "number", d.sharing.shares)})),
+            **_attrs(d, _TOP_KEYS),
+            "health": hclspec.block("health", hclspec.obj(_attrs(d.health, _HEALTH_KEYS))),
+            "reserve": hclspec.block("reserve", hclspec.obj(_attrs(d.reserve, _RESERVE_KEYS))),
+            "sharing": hclspec.block("sharing", hclspec.obj(_attrs(d.sharing, _SHARING_KEYS))),
             "mps": hclspec.block(
                 "mps",
                 hclspec.obj(
