@@ -25,13 +25,23 @@ def rounds_for(engine: str, latency: str, size: int) -> int:
     return max(3, min(200, int(2.0 / (COST[engine, latency] * size))))
 
 
-def measure(benchmark: object, collect: Callable[[], bytes], devices: int, rounds: int) -> None:
+def measure(benchmark: object, collect: Callable[[], bytes], devices: int, rounds: int,
+            spacing: float = 0.0) -> None:
+    """Times `rounds` ticks; `spacing` seconds of sleep before each (untimed, no CPU)."""
     collect()  # warm up: handles resolved, threads started
+    walls: list[float] = []
+
+    def tick() -> bytes:
+        t0 = time.perf_counter()
+        out = collect()
+        walls.append(time.perf_counter() - t0)
+        return out
+
+    setup = (lambda: time.sleep(spacing)) if spacing else None
     cpu0 = time.process_time()
-    wall0 = time.perf_counter()
-    result = benchmark.pedantic(collect, rounds=rounds, iterations=1)  # type: ignore[attr-defined]
+    result = benchmark.pedantic(tick, setup=setup, rounds=rounds, iterations=1)  # type: ignore[attr-defined]
     cpu = time.process_time() - cpu0
-    wall = time.perf_counter() - wall0
+    wall = sum(walls)
     assert result
     extra = benchmark.extra_info  # type: ignore[attr-defined]
     extra["devices"] = devices
