@@ -5,20 +5,8 @@
 use nvml_sim::api::*;
 use nvml_sys::*;
 
-fn handle(i: u32) -> nvmlDevice_t {
-    let mut h = std::ptr::null_mut();
-    assert_eq!(
-        unsafe { nvmlDeviceGetHandleByIndex_v2(i, &mut h) },
-        NVML_SUCCESS
-    );
-    h
-}
-
-fn new_set() -> nvmlEventSet_t {
-    let mut set = std::ptr::null_mut();
-    assert_eq!(unsafe { nvmlEventSetCreate(&mut set) }, NVML_SUCCESS);
-    set
-}
+mod common;
+use common::{handle, new_set};
 
 fn register(set: nvmlEventSet_t, dev: nvmlDevice_t, types: u64) {
     assert_eq!(

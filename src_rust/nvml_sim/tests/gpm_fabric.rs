@@ -15,6 +15,9 @@ use nvml_sim::gpm::*;
 use nvml_sim::sim::{Sim, FABRIC_DEGRADED_MASK, FABRIC_HEALTHY_MASK};
 use nvml_sys::*;
 
+mod common;
+use common::handle;
+
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -39,15 +42,6 @@ fn refresh() {
 
 fn shutdown() {
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-}
-
-fn handle(i: u32) -> nvmlDevice_t {
-    let mut h = std::ptr::null_mut();
-    assert_eq!(
-        unsafe { nvmlDeviceGetHandleByIndex_v2(i, &mut h) },
-        NVML_SUCCESS
-    );
-    h
 }
 
 fn mig(gpu: nvmlDevice_t, j: u32) -> nvmlDevice_t {

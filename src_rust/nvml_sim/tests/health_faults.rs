@@ -15,6 +15,9 @@ use nvml_sim::sim::Sim;
 use nvml_sim::state;
 use nvml_sys::*;
 
+mod common;
+use common::handle;
+
 static LOCK: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -38,15 +41,6 @@ fn init_with(dir: &Path, file: &str, text: &str) -> nvmlReturn_t {
 
 fn machine() -> &'static Sim {
     state::last().expect("a scenario was loaded")
-}
-
-fn handle(i: u32) -> nvmlDevice_t {
-    let mut h = std::ptr::null_mut();
-    assert_eq!(
-        unsafe { nvmlDeviceGetHandleByIndex_v2(i, &mut h) },
-        NVML_SUCCESS
-    );
-    h
 }
 
 fn count() -> Result<u32, nvmlReturn_t> {

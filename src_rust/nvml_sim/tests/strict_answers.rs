@@ -12,6 +12,9 @@ use nvml_sim::api::*;
 use nvml_sim::gpm::*;
 use nvml_sys::*;
 
+mod common;
+use common::{handle, new_set};
+
 /// NVML is one per process: the tests take turns, each in a session of its own.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -35,21 +38,6 @@ fn session<T>(name: &str, scenario: &str, body: impl FnOnce() -> T) -> T {
     }
     let _shutdown = Shutdown;
     body()
-}
-
-fn handle(i: u32) -> nvmlDevice_t {
-    let mut h = std::ptr::null_mut();
-    assert_eq!(
-        unsafe { nvmlDeviceGetHandleByIndex_v2(i, &mut h) },
-        NVML_SUCCESS
-    );
-    h
-}
-
-fn new_set() -> nvmlEventSet_t {
-    let mut set = std::ptr::null_mut();
-    assert_eq!(unsafe { nvmlEventSetCreate(&mut set) }, NVML_SUCCESS);
-    set
 }
 
 fn wait(set: nvmlEventSet_t, timeout_ms: c_uint) -> Result<(u64, u64), nvmlReturn_t> {

@@ -1,0 +1,24 @@
+//! Helpers the simulated driver's integration tests share (each test file is its own crate,
+//! so a helper one file does not use is dead code there).
+
+use nvml_sim::api::*;
+use nvml_sys::*;
+
+/// GPU `i`'s handle; the call must succeed.
+#[allow(dead_code)]
+pub fn handle(i: u32) -> nvmlDevice_t {
+    let mut h = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { nvmlDeviceGetHandleByIndex_v2(i, &mut h) },
+        NVML_SUCCESS
+    );
+    h
+}
+
+/// A new event set; the call must succeed.
+#[allow(dead_code)]
+pub fn new_set() -> nvmlEventSet_t {
+    let mut set = std::ptr::null_mut();
+    assert_eq!(unsafe { nvmlEventSetCreate(&mut set) }, NVML_SUCCESS);
+    set
+}
