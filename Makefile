@@ -26,7 +26,7 @@ test: build
 	$(MAKE) test-python
 	$(MAKE) bench-ci
 
-# The inner loop, about a minute warm on 2 cores: lint, the Rust unit tests, and the
+# The inner loop, about 90 s warm on 2 cores: lint, the Rust unit tests, and the
 # tests that start no agent, no qemu and nothing slow (markers: tests/conftest.py TIERS),
 # six at a time (most of their time is spent waiting on the plugins they drive).
 # `make test` runs every test, one at a time.
