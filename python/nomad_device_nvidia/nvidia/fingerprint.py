@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -358,13 +359,33 @@ def _tell_once(key: str, message: str) -> None:
 _NODE_SET_WORDS = 64
 
 
+# NVML's busId: "DDDDDDDD:BB:DD.F" (32-bit domain, 8 hex digits), upper case.
+_PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
+
+
+def sysfs_bus_id(nvml_bus_id: str) -> str:
+    """NVML's PCI bus ID ("00000000:2A:00.0") as the kernel names it in sysfs ("0000:2a:00.0").
+
+    Nomad's NUMA-aware scheduling looks an instance's HwLocality.PciBusID up
+    among the entry names of /sys/bus/pci/devices (client/lib/numalib), which
+    the kernel writes as "%04x:%02x:%02x.%d"; Nomad's equalBusID forgives the
+    domain's leading zeros but not upper-case hex. An ID that is not a PCI
+    address is passed on lower-cased, the nearest guess.
+    """
+    text = nvml_bus_id.strip()
+    m = _PCI_ADDRESS.fullmatch(text)
+    if m is None:
+        return text.lower()
+    domain, bus, device, function = m.groups()
+    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(device, 16):02x}.{function}"
+
+
 def _sysfs_numa_node(pci_bus_id: str) -> int | None:
-    """The node Linux gives the GPU's PCI function; NVML's bus id has an 8-digit domain, sysfs 4."""
-    domain, _, rest = pci_bus_id.partition(":")
-    if not rest:
+    """The node Linux gives the GPU's PCI function."""
+    if not pci_bus_id:
         return None
     try:
-        with open(f"/sys/bus/pci/devices/{domain[-4:].lower()}:{rest.lower()}/numa_node") as f:
+        with open(f"/sys/bus/pci/devices/{sysfs_bus_id(pci_bus_id)}/numa_node") as f:
             node = int(f.read().strip())
     except (OSError, ValueError):
         return None

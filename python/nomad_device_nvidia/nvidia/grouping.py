@@ -12,7 +12,6 @@ asks for groups split by them (`group_by`), or when the members agree anyway.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,6 +33,7 @@ from nomad_device_nvidia.nvidia.fingerprint import (
     VENDOR,
     GpuDevice,
     Inventory,
+    sysfs_bus_id,
 )
 from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
 from nomad_device_nvidia.sdk import Attribute, Device, DeviceGroup
@@ -77,27 +77,6 @@ def _shared_attributes(members: Sequence[GpuDevice]) -> dict[str, Attribute]:
     """The attributes every member has with the same value."""
     first, rest = members[0].attributes, members[1:]
     return {k: a for k, a in first.items() if all(m.attributes.get(k) == a for m in rest)}
-
-
-# NVML's busId: "DDDDDDDD:BB:DD.F" (32-bit domain, 8 hex digits), upper case.
-_PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])")
-
-
-def sysfs_bus_id(nvml_bus_id: str) -> str:
-    """NVML's PCI bus ID ("00000000:2A:00.0") as the kernel names it in sysfs ("0000:2a:00.0").
-
-    Nomad's NUMA-aware scheduling looks an instance's HwLocality.PciBusID up
-    among the entry names of /sys/bus/pci/devices (client/lib/numalib), which
-    the kernel writes as "%04x:%02x:%02x.%d"; Nomad's equalBusID forgives the
-    domain's leading zeros but not upper-case hex. An ID that is not a PCI
-    address is passed on lower-cased, the nearest guess.
-    """
-    text = nvml_bus_id.strip()
-    m = _PCI_ADDRESS.fullmatch(text)
-    if m is None:
-        return text.lower()
-    domain, bus, device, function = m.groups()
-    return f"{int(domain or '0', 16):04x}:{int(bus, 16):02x}:{int(device, 16):02x}.{function}"
 
 
 def group_name(name: str, variant: int, numa_node: int | None = None, parent_uuid: str = "") -> str:
