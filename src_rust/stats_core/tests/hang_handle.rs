@@ -91,7 +91,20 @@ until_s = 8.0
         assert_eq!(xids(&s, gpu), Reading::Int(0));
     }
     assert_eq!(xids(&s, 0), Reading::Int(1));
-    let log = engine.take_log();
+    // A worker that was stuck logs it after handing over its values, so the
+    // lines can come a moment after the values do: gather them until both are in.
+    let mut log = engine.take_log();
+    let _ = common::eventually(|| {
+        let both = [1, 2].iter().all(|&gpu| {
+            log.iter().any(|e| {
+                e.level == Level::Info
+                    && e.message.contains(&ids[gpu])
+                    && e.message.contains("answers again")
+            })
+        });
+        log.extend(engine.take_log());
+        both.then_some(())
+    });
     logged_for_stuck(&log, Level::Info, "answers again");
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
