@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from stats_sim import nvml_session, tracked_devices  # noqa: E402
 
-from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice  # noqa: E402
+from nomad_device_nvidia.nvidia.stats.contract import TrackedDevice  # noqa: E402
 
 D = TypeVar("D")
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "8,56,512,4096").split(",") if s.strip()]

@@ -18,8 +18,8 @@ from conftest import SIZES, pick
 from stats_sim import decode
 from test_stats_bench import measure, rounds_for
 
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
-from nomad_device_nvidia.nvidia.stats_python import GPM_MIN_INTERVAL
+from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.python import GPM_MIN_INTERVAL
 
 # Both engines take a GPM sample only when the last one is at least GPM_MIN_INTERVAL old
 # (nvml.h); extended ticks are spaced so that each measured tick takes one, as on a node.

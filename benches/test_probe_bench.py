@@ -17,8 +17,10 @@ import pytest
 from conftest import SIZES, pick
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
-from nomad_device_nvidia.nvidia.calls import CallRunner, direct
-from nomad_device_nvidia.nvidia.health import HealthBook, physical_devices, probe_all
+from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, direct
+from nomad_device_nvidia.nvidia.health.book import HealthBook
+from nomad_device_nvidia.nvidia.fingerprint import physical_devices
+from nomad_device_nvidia.nvidia.health.probes import probe_all
 
 # The bench scenarios: GPUs 0-7 have 7 MIG instances each, the rest are whole GPUs.
 _MIG_GPUS = 8

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 from conftest import SIZES, pick
 
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice, make_stats_engine
-from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
+from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
 
 # Rough seconds per device per tick, to keep each benchmark near a few seconds.
 COST = {("native", "0us"): 3e-6, ("python", "0us"): 2e-4, ("native", "50us"): 1e-4, ("python", "50us"): 1.5e-3}

@@ -545,9 +545,9 @@ def compare_reads(before: Mapping[tuple[str, str, str], tuple[Value, str, str]],
 
 @contextlib.contextmanager
 def _engines(devices: Sequence[Any], extended: bool, batched: bool | None) -> Iterator[tuple[Any, Any]]:
-    from nomad_device_nvidia.nvidia.stats_engine import EngineOptions
-    from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
-    from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+    from nomad_device_nvidia.nvidia.stats.contract import EngineOptions
+    from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
+    from nomad_device_nvidia.nvidia.stats.python import PythonStatsEngine
 
     opts = EngineOptions(extended=extended, batched=batched)
     py, na = PythonStatsEngine(opts), NativeStatsEngine(opts)
@@ -588,9 +588,9 @@ def bench_section(state: dict[str, Any], target: Target) -> tuple[str, str]:
     lines = [f"time per stats tick on the {n} devices of this machine (25 ticks after 3 warm-up ticks):",
              "| engine | extended | median ms | p90 ms | CPU ms per tick |", "| --- | --- | --- | --- | --- |"]
     for extended in (False, True):
-        from nomad_device_nvidia.nvidia.stats_engine import EngineOptions
-        from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
-        from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+        from nomad_device_nvidia.nvidia.stats.contract import EngineOptions
+        from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
+        from nomad_device_nvidia.nvidia.stats.python import PythonStatsEngine
 
         for name, cls in (("native", NativeStatsEngine), ("python", PythonStatsEngine)):
             engine = cls(EngineOptions(extended=extended))

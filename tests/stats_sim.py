@@ -15,7 +15,7 @@ from pathlib import Path
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2
-from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
+from nomad_device_nvidia.nvidia.stats.contract import TrackedDevice
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_LIB = Path(os.environ.get("NOMAD_DEVICE_NVIDIA_SIM_LIB", REPO / "build" / "sim" / "libnvidia-ml.so.1"))

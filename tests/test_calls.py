@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, Calls, CallTimeout, RunnerClosed
 
 WAIT = 10.0  # bounds every wait below, so a broken runner fails instead of hanging
 

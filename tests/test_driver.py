@@ -24,7 +24,7 @@ SIM_LIB = Path(os.environ.get("NOMAD_DEVICE_NVIDIA_SIM_LIB", REPO / "build" / "s
 CHILD = r'''
 import dataclasses, json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-from nomad_device_nvidia.nvidia.driver import NvmlLoadError, load_nvml
+from nomad_device_nvidia.nvidia.nvml.library import NvmlLoadError, load_nvml
 args = json.loads(sys.argv[1])
 out = {}
 try:
@@ -134,7 +134,7 @@ model = "l4"
 @pytest.mark.parametrize("python_has_tomllib", [True, False])
 def test_the_scenarios_driver_branch_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               python_has_tomllib: bool) -> None:
-    from nomad_device_nvidia.nvidia.driver import scenario_branch
+    from nomad_device_nvidia.nvidia.nvml.library import scenario_branch
 
     if not python_has_tomllib:  # Python 3.10: the [driver] table's `branch = N` line
         monkeypatch.setitem(sys.modules, "tomllib", None)
@@ -149,7 +149,7 @@ def test_the_scenarios_driver_branch_is_read(tmp_path: Path, monkeypatch: pytest
 
 
 def test_a_branch_scenario_picks_the_branchs_library_beside_the_simulated_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nomad_device_nvidia.nvidia.driver import SIM_LIB_ENV, NvmlLoadError, find_sim_library
+    from nomad_device_nvidia.nvidia.nvml.library import SIM_LIB_ENV, NvmlLoadError, find_sim_library
 
     full = sim_branches.library(None)
     monkeypatch.setenv(SIM_LIB_ENV, str(full))

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nomad_device_nvidia.nvidia.calls import EVENTS, CallRunner
+from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, CallRunner
 from nomad_device_nvidia.nvidia.config import HealthConfig
-from nomad_device_nvidia.nvidia.health import EventWatcher, HealthBook
+from nomad_device_nvidia.nvidia.health.events import EventWatcher
+from nomad_device_nvidia.nvidia.health.book import HealthBook
 
 WAIT = 10.0  # bounds every wait: a broken runner fails instead of hanging
 

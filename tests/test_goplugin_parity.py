@@ -54,7 +54,7 @@ STATS = {
 
 NVML_VIEW = """
 import json, sys
-from nomad_device_nvidia.nvidia.driver import load_nvml
+from nomad_device_nvidia.nvidia.nvml.library import load_nvml
 load_nvml(sys.argv[1], sys.argv[2])
 import pynvml as n
 n.nvmlInit()

@@ -15,6 +15,12 @@ The arrows point one way, down:
 - examples/ are plugins written by someone else: they import only the names
   `nomad_device_nvidia.sdk` exports (its `__all__`).
 
+Inside `nvidia`, the parts have their own order (`nvidia_part`): `nvml/` (the
+library, session and executor) knows nothing of devices; `fingerprint` reads
+devices over it; `health/` judges them; the device watch runs the lifecycle,
+scans, probes and events; `stats/` reads and encodes. Each imports only the parts
+before it; the device watch and grouping take only the stats contract.
+
 Every import counts, also those inside functions and under TYPE_CHECKING: a
 type a module names is a dependency too.
 """
@@ -38,7 +44,7 @@ MAY_IMPORT = {
     "cli": {"cli", "nvidia", "sdk", "native"},
 }
 # Modules outside sdk/ that encode Nomad's stats messages themselves and so may import _proto.
-STATS_ENCODERS = {f"{PKG}.nvidia.stats_python"}
+STATS_ENCODERS = {f"{PKG}.nvidia.stats.python"}
 CLI_MODULES = {f"{PKG}.cli", f"{PKG}.probe", f"{PKG}.bench"}
 
 
@@ -76,6 +82,28 @@ def module_name(path: Path, python_root: Path) -> str:
 def is_module(name: str, python_root: Path) -> bool:
     base = python_root.joinpath(*name.split("."))
     return any(p.is_file() for p in (base.with_suffix(".py"), base.with_suffix(".pyi"), base / "__init__.py"))
+
+
+# nvidia's parts, and which parts each may import (its own included).
+NVIDIA_MAY_IMPORT = {
+    "config": {"config"},
+    "nvml": {"nvml", "config"},
+    "fingerprint": {"fingerprint", "nvml", "config"},
+    "health": {"health", "fingerprint", "nvml", "config"},
+    "watch": {"watch", "health", "fingerprint", "nvml", "config", "stats.contract"},
+    "stats": {"stats", "stats.contract", "watch", "health", "fingerprint", "nvml", "config"},
+}
+
+
+def nvidia_part(module: str) -> str | None:
+    """The part of `nvidia` a module is in; None for the modules above the parts (plugin, grouping, reserve...)."""
+    parts = module.split(".")
+    if parts[:2] != [PKG, "nvidia"] or len(parts) < 3:
+        return None
+    if parts[2] == "stats":
+        return "stats.contract" if parts[3:] == ["contract"] else "stats"
+    return {"nvml": "nvml", "health": "health", "fingerprint": "fingerprint", "config": "config",
+            "device_watch": "watch"}.get(parts[2])
 
 
 def imports(path: Path, module: str, python_root: Path) -> Iterator[Import]:
@@ -130,6 +158,13 @@ def check(python_root: Path, examples: Path | None = None) -> list[str]:
             elif theirs not in MAY_IMPORT[own]:
                 problems.append(f"{where}:{imp.line}: {module} ({own}) imports {imp.target} ({theirs}): "
                                 "layers import only the layers below them")
+            elif own == theirs == "nvidia":
+                mine, other = nvidia_part(module), nvidia_part(imp.target)
+                if mine == "stats.contract":
+                    mine = "stats"
+                if mine is not None and (other is None or other not in NVIDIA_MAY_IMPORT[mine]):
+                    problems.append(f"{where}:{imp.line}: {module} ({mine}) imports {imp.target} "
+                                    f"({other or 'above the parts'}): nvidia's parts import only those before them")
     if examples is not None:
         public = sdk_public_names(pkg_dir / "sdk" / "__init__.py")
         for path in sorted(examples.rglob("*.py")):
@@ -182,8 +217,14 @@ def test_checker_reports_each_kind_of_breach(tmp_path: Path) -> None:
     _write(tmp_path, f"{p}/sdk/dynamic.py", 'import importlib\nimportlib.import_module("nomad_device_nvidia.cli")\n')
     _write(tmp_path, f"{p}/nvidia/typed.py",
            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nomad_device_nvidia._proto.nomad import x\n")
-    _write(tmp_path, f"{p}/nvidia/stats_python.py", "from nomad_device_nvidia._proto.nomad import device_pb2\n")
+    _write(tmp_path, f"{p}/nvidia/stats/python.py", "from nomad_device_nvidia._proto.nomad import device_pb2\n")
     _write(tmp_path, f"{p}/nvidia/upward.py", "import nomad_device_nvidia.probe\n")
+    _write(tmp_path, f"{p}/nvidia/nvml/executor.py", "from nomad_device_nvidia.nvidia.health import book\n")
+    _write(tmp_path, f"{p}/nvidia/health/book.py", "from nomad_device_nvidia.nvidia.nvml import executor\n")
+    _write(tmp_path, f"{p}/nvidia/device_watch.py",
+           "from nomad_device_nvidia.nvidia.stats.contract import X\nfrom nomad_device_nvidia.nvidia.stats.hub import Y\n")
+    _write(tmp_path, f"{p}/nvidia/stats/contract.py", "")
+    _write(tmp_path, f"{p}/nvidia/stats/hub.py", "from nomad_device_nvidia.nvidia.plugin import Z\n")
     _write(tmp_path, f"{p}/nvidia/fine.py", "from nomad_device_nvidia.sdk import serve\nfrom nomad_device_nvidia import _native\n")
     _write(tmp_path, f"{p}/probe.py", "from nomad_device_nvidia._proto.nomad import device_pb2\n")
     _write(tmp_path, f"{p}/newthing.py", "")
@@ -198,6 +239,12 @@ def test_checker_reports_each_kind_of_breach(tmp_path: Path) -> None:
         "nomad_device_nvidia/nvidia/upward.py:1: nomad_device_nvidia.nvidia.upward (nvidia) imports "
         "nomad_device_nvidia.probe (cli)",
         "nomad_device_nvidia/probe.py:1: nomad_device_nvidia.probe imports nomad_device_nvidia._proto",
+        "nomad_device_nvidia/nvidia/nvml/executor.py:1: nomad_device_nvidia.nvidia.nvml.executor (nvml) imports "
+        "nomad_device_nvidia.nvidia.health.book (health)",
+        "nomad_device_nvidia/nvidia/device_watch.py:2: nomad_device_nvidia.nvidia.device_watch (watch) imports "
+        "nomad_device_nvidia.nvidia.stats.hub (stats)",
+        "nomad_device_nvidia/nvidia/stats/hub.py:1: nomad_device_nvidia.nvidia.stats.hub (stats) imports "
+        "nomad_device_nvidia.nvidia.plugin (above the parts)",
         "nomad_device_nvidia/sdk/bad.py:2: nomad_device_nvidia.sdk.bad (sdk) imports nomad_device_nvidia.nvidia",
         "nomad_device_nvidia/sdk/dynamic.py:2: nomad_device_nvidia.sdk.dynamic (sdk) imports nomad_device_nvidia.cli",
         "nomad_device_nvidia/sdk/native.py:1: nomad_device_nvidia.sdk.native (sdk) imports nomad_device_nvidia",

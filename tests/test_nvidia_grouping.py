@@ -490,7 +490,7 @@ SIM_LIB = REPO_ROOT / "build" / "sim" / "libnvidia-ml.so.1"
 # NUMA node and parent, read independently of the plugin.
 NVML_TRUTH = """
 import json, sys
-from nomad_device_nvidia.nvidia.driver import load_nvml
+from nomad_device_nvidia.nvidia.nvml.library import load_nvml
 load_nvml(sys.argv[1], sys.argv[2])
 import pynvml as n
 n.nvmlInit()

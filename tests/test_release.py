@@ -199,7 +199,7 @@ def test_preload_loads_everything_a_serving_plugin_imports_late() -> None:
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     loaded, skip = set(out["loaded"]), set(out["skip"])
-    assert "nomad_device_nvidia.nvidia.stats_python" in out["new"], "preload loaded nothing the CLI had not"
+    assert "nomad_device_nvidia.nvidia.stats.python" in out["new"], "preload loaded nothing the CLI had not"
     # What the serving process can reach: every file but the operator commands and AutoMTLS.
     lazy: dict[str, str] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -218,8 +218,8 @@ def test_preload_loads_everything_a_serving_plugin_imports_late() -> None:
     res = subprocess.run([sys.executable, "-c", probe, json.dumps(sorted(lazy))], capture_output=True, text=True,
                          timeout=60, cwd="/")
     modules = set(json.loads(res.stdout))
-    assert {"decimal", "shutil", "json", "nomad_device_nvidia.nvidia.stats_native",
-            "nomad_device_nvidia.nvidia.stats_python"} <= modules, "the import scan found too little"
+    assert {"decimal", "shutil", "json", "nomad_device_nvidia.nvidia.stats.native",
+            "nomad_device_nvidia.nvidia.stats.python"} <= modules, "the import scan found too little"
     # Imported late, but only on the way to the handshake line, never once serving.
     before_serving = {"grp": "the socket directory's group (handshake.private_dir)"} | {m: "skipped" for m in skip}
     missing = {m: f"imported late by {lazy[m]}" for m in sorted(modules) if m not in loaded and m not in before_serving}

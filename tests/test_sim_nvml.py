@@ -49,7 +49,7 @@ MIG_UUID = re.compile(r"^MIG-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 # scenario in argv[1]), pynvml as `n`, and `code(f, *a)`: the NVML return code of a call.
 CHILD_HEAD = r'''
 import json, sys, threading, time
-from nomad_device_nvidia.nvidia.driver import load_nvml
+from nomad_device_nvidia.nvidia.nvml.library import load_nvml
 import pynvml as n
 load_nvml(None, sys.argv[1])
 
@@ -286,7 +286,7 @@ def test_faulty_scenario_faults() -> None:
 
 INIT = r'''
 import json, pynvml as n
-from nomad_device_nvidia.nvidia.driver import load_nvml
+from nomad_device_nvidia.nvidia.nvml.library import load_nvml
 load_nvml(None, None)
 try:
     n.nvmlInit()

@@ -15,8 +15,8 @@ import pytest
 from stats_sim import decode, nvml_session, tracked_devices, value_form
 from test_nvidia_sim import devices, scenario, stream
 
-from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice, make_stats_engine
-from nomad_device_nvidia.nvidia.stats_python import GPM_MIN_INTERVAL
+from nomad_device_nvidia.nvidia.stats.choose import TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.python import GPM_MIN_INTERVAL
 
 UTILIZATION = ("GPU utilization", "Memory utilization", "Encoder utilization", "Decoder utilization")
 

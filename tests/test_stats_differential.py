@@ -21,9 +21,9 @@ from stats_sim import decode, nvml_session, tracked_devices
 from nomad_device_nvidia._proto.nomad import device_pb2
 from nomad_device_nvidia.nvidia.fingerprint import host_memory
 from nomad_device_nvidia.nvidia.grouping import share_ids
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, TrackedDevice
-from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
-from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+from nomad_device_nvidia.nvidia.stats.contract import EngineOptions, TrackedDevice
+from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
+from nomad_device_nvidia.nvidia.stats.python import PythonStatsEngine
 
 MODELS = ["h100-sxm5-80gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "gh200-96gb", "l4", "gb200"]
 MIG_LAYOUTS = {

@@ -17,12 +17,12 @@ import pytest
 import sim_branches
 from stats_sim import decode, nvml_session, tracked_devices, value_form
 
-from nomad_device_nvidia.nvidia import stats_vocabulary
+from nomad_device_nvidia.nvidia.stats import vocabulary as stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
 from nomad_device_nvidia.nvidia.grouping import share_ids
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
-from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
-from nomad_device_nvidia.nvidia.stats_python import GPM_MIN_INTERVAL, PythonStatsEngine
+from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
+from nomad_device_nvidia.nvidia.stats.python import GPM_MIN_INTERVAL, PythonStatsEngine
 
 STANDARD = {s.name: s for s in stats_vocabulary.STANDARD}
 
@@ -370,7 +370,7 @@ def wait_for_nvml_released() -> None:
 
 
 def test_a_hung_gpu_reads_na_without_stalling_the_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
+    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats.native")
     # The hang far outlasts the timeout, and the timeout is far beyond a
     # healthy read even on a loaded machine: which devices read N/A does not
     # depend on scheduling.
@@ -404,7 +404,7 @@ def test_a_hung_gpu_reads_na_without_stalling_the_others(tmp_path: Path, caplog:
 def test_closing_during_a_hang_keeps_its_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """What the Rust engine logs while closing (a read still hung) reaches
     the logger, though the engine is gone by then."""
-    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats_native")
+    caplog.set_level(logging.INFO, logger="nomad_device_nvidia.nvidia.stats.native")
     with nvml_session(write(tmp_path, hang_scenario(10_000))):
         hung = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
         engine = NativeStatsEngine(EngineOptions(timeout=0.5))
@@ -500,7 +500,7 @@ def test_closed_native_engine_says_so(mixed: list[TrackedDevice]) -> None:
 def test_engine_choice(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mixed: list[TrackedDevice]) -> None:
     with pytest.raises(ValueError, match="'fast'"):
         make_stats_engine("fast")
-    monkeypatch.setitem(sys.modules, "nomad_device_nvidia.nvidia.stats_native", None)
+    monkeypatch.setitem(sys.modules, "nomad_device_nvidia.nvidia.stats.native", None)
     engine = make_stats_engine("native")
     assert isinstance(engine, PythonStatsEngine)
     assert any(r.levelno == logging.WARNING and "python engine" in r.getMessage() for r in caplog.records)
@@ -519,7 +519,7 @@ def _key(name: str) -> bytes:
 def test_native_bytes_follow_the_vocabulary_table(tmp_path: Path) -> None:
     # One H100: the nested topics (in the table's order, GPM last), then the
     # standard stats in the table's order, as the Rust code generated from
-    # stats_vocabulary.json writes them. (The python engine's map order is
+    # stats/vocabulary.json writes them. (The python engine's map order is
     # protobuf's own; the other tests compare its contents.)
     with nvml_session(write(tmp_path, 'name = "stats-order"\n[[gpus]]\nmodel = "h100-sxm5-80gb"\n')):
         engine = make_stats_engine("native", extended=True)
@@ -543,11 +543,11 @@ def test_native_bytes_follow_the_vocabulary_table(tmp_path: Path) -> None:
 
 def test_the_engines_do_not_import_their_chooser() -> None:
     # stats_engine picks an engine and imports both; they import only the shared
-    # contract (stats_types) and the vocabulary, so there is no import cycle.
+    # contract (stats.contract) and the vocabulary, so there is no import cycle.
     code = (
         "import sys\n"
-        "import nomad_device_nvidia.nvidia.stats_python, nomad_device_nvidia.nvidia.stats_native\n"
-        "print('nomad_device_nvidia.nvidia.stats_engine' in sys.modules)\n"
+        "import nomad_device_nvidia.nvidia.stats.python, nomad_device_nvidia.nvidia.stats.native\n"
+        "print('nomad_device_nvidia.nvidia.stats.choose' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -602,7 +602,7 @@ STATS_AT_BRANCH = """
 import json, sys
 from pathlib import Path
 from stats_sim import decode, nvml_session, tracked_devices
-from nomad_device_nvidia.nvidia.stats_engine import make_stats_engine
+from nomad_device_nvidia.nvidia.stats.choose import make_stats_engine
 out = {}
 with nvml_session(Path(sys.argv[1])):
     devices = tracked_devices()

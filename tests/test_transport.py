@@ -124,8 +124,8 @@ def test_the_handshake_line_comes_before_what_serving_does_not_need() -> None:
 def test_the_nvidia_plugin_loads_no_stdlib_it_can_do_without() -> None:
     # Loaded after the line, but resident for the plugin's life: pathlib brings urllib.parse
     # and ipaddress, uuid brings platform.
-    code = ("import sys, nomad_device_nvidia.nvidia.plugin, nomad_device_nvidia.nvidia.driver,"
-            " nomad_device_nvidia.nvidia.stats_native, nomad_device_nvidia.sdk.services;"
+    code = ("import sys, nomad_device_nvidia.nvidia.plugin, nomad_device_nvidia.nvidia.nvml.library,"
+            " nomad_device_nvidia.nvidia.stats.native, nomad_device_nvidia.sdk.services;"
             "print(sorted(m for m in ('pathlib', 'uuid', 'platform', 'ipaddress', 'urllib.parse', 'decimal', 'ssl')"
             " if sys.modules.get(m) is not None))")
     out = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ssl'] = None\n" + code],

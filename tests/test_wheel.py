@@ -66,7 +66,7 @@ def test_wheel_is_abi3_manylinux_without_simulated_driver(wheel: Path, tmp_path:
     scripts = {k.strip(): v.strip() for k, _, v in (ln.partition("=") for ln in entry_points.splitlines()) if v}
     assert scripts.get("nomad-device-nvidia") == "nomad_device_nvidia.cli:main", entry_points
     # The Python stats engine reads the stats vocabulary at import.
-    assert "nomad_device_nvidia/nvidia/stats_vocabulary.json" in names, "the wheel lacks the stats vocabulary"
+    assert "nomad_device_nvidia/nvidia/stats/vocabulary.json" in names, "the wheel lacks the stats vocabulary"
     native = [n for n in names if re.search(r"\.so(\.|$)", n)]
     assert native == ["nomad_device_nvidia/_native.abi3.so"], f"unexpected shared objects in the wheel: {native}"
     assert not [n for n in names if re.search(r"nvml_sim|libnvidia-ml|scenarios/", n)], \
@@ -85,7 +85,7 @@ def test_sdist_builds_the_same_package(wheel: Path) -> None:
     for needed in ("pyproject.toml", "Cargo.toml", "Cargo.lock", "src_rust/native/Cargo.toml",
                    "python/nomad_device_nvidia/cli.py", "python/nomad_device_nvidia/nvidia/plugin.py",
                    # stats-core's build.rs reads the vocabulary and the wire field numbers from these
-                   "python/nomad_device_nvidia/nvidia/stats_vocabulary.json",
+                   "python/nomad_device_nvidia/nvidia/stats/vocabulary.json",
                    "proto/nomad/device.proto", "proto/nomad/structs.proto"):
         assert needed in names, f"sdist lacks {needed}"
     assert not [n for n in names if n.startswith("src_rust/nvml_sim/")], "the sdist must not carry the simulated driver"

@@ -106,7 +106,7 @@ def _progress(label: str, started: float, total: float, ticks: int) -> None:
 
 
 def _run_engine(kind: str, tracked: Sequence[Any], extended: bool, seconds: float) -> EngineRun:
-    from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, make_stats_engine
+    from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, make_stats_engine
 
     engine = make_stats_engine(kind, options=EngineOptions(extended=extended))
     try:
@@ -147,8 +147,8 @@ def _run_engine(kind: str, tracked: Sequence[Any], extended: bool, seconds: floa
 
 
 def _by_workers(tracked: Sequence[Any], extended: bool) -> dict[str, float]:
-    from nomad_device_nvidia.nvidia.stats_engine import EngineOptions
-    from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
+    from nomad_device_nvidia.nvidia.stats.contract import EngineOptions
+    from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
 
     out: dict[str, float] = {}
     readers = len({t.uuid for t in tracked})
@@ -204,8 +204,9 @@ def _call_costs(uuid: str) -> dict[str, float]:
 def run(args: argparse.Namespace) -> Report:
     import pynvml
 
-    from nomad_device_nvidia.nvidia import diagnosis, grouping
-    from nomad_device_nvidia.nvidia.driver import NvmlLoadError, load_nvml
+    from nomad_device_nvidia.nvidia import grouping
+    from nomad_device_nvidia.nvidia.nvml import diagnosis
+    from nomad_device_nvidia.nvidia.nvml.library import NvmlLoadError, load_nvml
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]

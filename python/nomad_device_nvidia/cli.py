@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 # handshake line or never. tests/test_release.py checks this list against the code.
 PRELOAD_SKIP = ("nomad_device_nvidia.probe", "nomad_device_nvidia.bench", "nomad_device_nvidia.sdk.tls")
 PRELOAD_EXTRA = ("decimal", "json", "shutil", "google.protobuf.empty_pb2", "yaml")
-# Imported when present (tomllib is 3.11+; driver.py reads scenarios without it on 3.10).
+# Imported when present (tomllib is 3.11+; nvml/library.py reads scenarios without it on 3.10).
 PRELOAD_OPTIONAL = ("tomllib",)
 
 

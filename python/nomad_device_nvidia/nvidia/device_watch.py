@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING
 
 import pynvml
 
-from nomad_device_nvidia.nvidia import diagnosis
+from nomad_device_nvidia.nvidia.nvml import diagnosis
 from nomad_device_nvidia.nvidia import fingerprint as fp
-from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, format_duration
-from nomad_device_nvidia.nvidia.health import DRIVER, FABRIC, EventWatcher, HealthBook, probe_all
-from nomad_device_nvidia.nvidia.nvml_session import (
+from nomad_device_nvidia.nvidia.health.book import DRIVER, FABRIC, HealthBook
+from nomad_device_nvidia.nvidia.health.events import EventWatcher
+from nomad_device_nvidia.nvidia.health.probes import probe_all
+from nomad_device_nvidia.nvidia.nvml.session import (
     DRIVER_GONE_CODES,
     NvmlAbsent,
     NvmlSession,
@@ -43,7 +45,7 @@ from nomad_device_nvidia.nvidia.nvml_session import (
 )
 
 if TYPE_CHECKING:
-    from nomad_device_nvidia.nvidia.stats_engine import StatsEngine
+    from nomad_device_nvidia.nvidia.stats.contract import StatsEngine
 
 log = logging.getLogger(__name__)
 

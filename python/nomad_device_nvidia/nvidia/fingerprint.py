@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from nomad_device_nvidia.nvidia.calls import Calls, direct
-from nomad_device_nvidia.nvidia.field_values import field_int
+from nomad_device_nvidia.nvidia.nvml.executor import Calls, direct
+from nomad_device_nvidia.nvidia.nvml.fields import field_int
 from nomad_device_nvidia.sdk import Attribute
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _gpu_attributes(c: Calls, gpu: Any) -> dict[str, Attribute]:
     _nvlink_attributes(c, gpu, attrs)
     fabric = read_fabric(c, gpu)
     # Only once the fabric manager has registered the GPU: before that NVML has no
-    # cluster or clique for it (and the GPU is unhealthy, see health.py).
+    # cluster or clique for it (and the GPU is unhealthy, see health/probes.py).
     if fabric is not None and fabric.ready:
         attrs[FABRIC_CLUSTER_UUID] = Attribute(fabric.cluster_uuid)
         attrs[FABRIC_CLIQUE] = Attribute(fabric.clique)

@@ -35,7 +35,7 @@ from nomad_device_nvidia.nvidia.fingerprint import (
     Inventory,
     sysfs_bus_id,
 )
-from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
+from nomad_device_nvidia.nvidia.stats.contract import TrackedDevice
 from nomad_device_nvidia.sdk import Attribute, Device, DeviceGroup
 
 SHARE_SEPARATOR = "::"

@@ -14,12 +14,12 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import grouping, mps
-from nomad_device_nvidia.nvidia.calls import EVENTS, CallRunner
+from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, CallRunner
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
-from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState, ScanFunction
-from nomad_device_nvidia.nvidia.health import HealthBook
+from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, ScanFunction
+from nomad_device_nvidia.nvidia.health.book import HealthBook
 from nomad_device_nvidia.nvidia.reserve import reservation, resolve
-from nomad_device_nvidia.nvidia.stats_hub import StatsHub
+from nomad_device_nvidia.nvidia.stats.hub import StatsHub
 from nomad_device_nvidia.sdk import (
     DeviceGroup,
     DevicePlugin,
@@ -31,7 +31,7 @@ from nomad_device_nvidia.sdk import (
 )
 
 if TYPE_CHECKING:
-    from nomad_device_nvidia.nvidia.stats_engine import TrackedDevice
+    from nomad_device_nvidia.nvidia.stats.contract import TrackedDevice
     from nomad_device_nvidia.sdk.hclspec import Spec
 
 log = logging.getLogger(__name__)

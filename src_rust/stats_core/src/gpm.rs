@@ -17,7 +17,7 @@
 //! last sample (two Stats streams, a short interval) takes no sample and
 //! sends the last interval's readings again.
 //!
-//! The python engine (stats_python.py) makes the same calls in the same
+//! The python engine (stats/python.py) makes the same calls in the same
 //! order: support query (until it answers), parent and GPU instance lookup
 //! (until they answer), sample, metrics.
 

@@ -1,5 +1,5 @@
 """The stats vocabulary (docs/stats.md): every stat's name, unit and description
-and the order they are sent in, read from stats_vocabulary.json beside this
+and the order they are sent in, read from stats/vocabulary.json beside this
 module. The native engine's build generates its Rust constants from the same
 file (src_rust/stats_core/build.rs), so the two engines cannot drift apart.
 """
@@ -30,7 +30,7 @@ def _load() -> dict[str, Any]:
     # with a native extension is never imported from a zip); importlib.resources would
     # only add import time. Not pathlib: it brings urllib.parse and ipaddress, and the
     # serving process loads this module whatever the engine (cli.preload).
-    with open(os.path.join(os.path.dirname(__file__), "stats_vocabulary.json"), encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(__file__), "vocabulary.json"), encoding="utf-8") as f:
         doc: dict[str, Any] = json.load(f)
     return doc
 

@@ -13,10 +13,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState
-from nomad_device_nvidia.nvidia.stats_engine import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
 
 log = logging.getLogger(__name__)
 

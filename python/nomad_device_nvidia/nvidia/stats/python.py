@@ -20,20 +20,19 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
-from nomad_device_nvidia.nvidia.calls import CallRunner, Calls, CallTimeout, RunnerClosed
-from nomad_device_nvidia.nvidia.field_values import field_int
+from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.fields import field_int, handle_address
 from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR, host_memory
 
 # Private there, shared on purpose: XID events name a GPU by the same handle
 # address the health monitor keys them by.
-from nomad_device_nvidia.nvidia.health import _address
-from nomad_device_nvidia.nvidia.stats_types import EngineOptions, TrackedDevice
-from nomad_device_nvidia.nvidia.stats_vocabulary import EXTENDED, GPM, GPM_STATS, STANDARD, STATS, SUMMARY, Stat
+from nomad_device_nvidia.nvidia.stats.contract import EngineOptions, TrackedDevice
+from nomad_device_nvidia.nvidia.stats.vocabulary import EXTENDED, GPM, GPM_STATS, STANDARD, STATS, SUMMARY, Stat
 
 log = logging.getLogger(__name__)
 
 
-# The vocabulary is one table for both engines (stats_vocabulary.json); these
+# The vocabulary is one table for both engines (stats/vocabulary.json); these
 # names link its entries to the readings below.
 POWER = STATS["POWER"]
 GPU_UTIL = STATS["GPU_UTIL"]
@@ -265,7 +264,7 @@ class XidCounter:
             if exc.value not in _NOT_MIG:
                 raise
             gpu = handle
-        key = _address(gpu)
+        key = handle_address(gpu)
         if key not in self._counts:
             c(pynvml.nvmlDeviceRegisterEvents, gpu, pynvml.nvmlEventTypeXidCriticalError, self._set)
             self._counts[key] = 0
@@ -279,7 +278,7 @@ class XidCounter:
             except pynvml.NVMLError:  # NVML_ERROR_TIMEOUT: nothing more waiting
                 return
             if e.eventType & pynvml.nvmlEventTypeXidCriticalError:
-                key = _address(e.device)
+                key = handle_address(e.device)
                 if key in self._counts:
                     self._counts[key] += 1
 

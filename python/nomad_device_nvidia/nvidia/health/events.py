@@ -1,308 +1,26 @@
-"""Per-device health: what is wrong with each device, the probes, and the NVML event watcher.
-
-A device is healthy when it has no open condition. Conditions come from NVML
-events (critical XIDs, double-bit ECC), from reads that fail or do not return
-in time (lost GPU, other NVML errors, a blocked call), from polled state
-(pending page retirement / row remapping, an NVLink fabric not ready or
-unhealthy) and from the driver going away.
-Recovery: a failed read clears when the device answers again; an XID or ECC
-condition clears when the GPU is seen going away and answering again (a
-GPU reset or a driver reload), which is what an operator does to recover such a GPU.
-Every NVML call here runs on a `CallRunner` lane, under its deadline.
-"""
+"""The NVML event watcher: XIDs and double-bit ECC errors, as they come."""
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pynvml
 
-from nomad_device_nvidia.nvidia.calls import EVENTS, PROBE, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
 from nomad_device_nvidia.nvidia.config import HealthConfig
-from nomad_device_nvidia.nvidia.nvml_session import DRIVER_GONE_CODES
-from nomad_device_nvidia.nvidia.fingerprint import (
-    UNSUPPORTED_CODES,
-    GpuDevice,
-    ScanFailure,
-    failure_of,
-    physical_devices,
-    read_fabric,
-)
+from nomad_device_nvidia.nvidia.fingerprint import UNSUPPORTED_CODES, GpuDevice, physical_devices
+from nomad_device_nvidia.nvidia.health.book import ECC, HealthBook, xid_description
+from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.fields import handle_address
 
 log = logging.getLogger(__name__)
 
-DRIVER = "driver"
-LOST = "lost"
-READ = "read"
-XID = "xid"
-ECC = "ecc"
-RETIREMENT = "retirement"
-FABRIC = "fabric"
-_ORDER = (DRIVER, LOST, XID, ECC, RETIREMENT, FABRIC, READ)
-# Conditions only a GPU reset (or a driver reload) clears.
-_RESET_CLEARED = (LOST, XID, ECC)
-
 _NO_INSTANCE = 0xFFFFFFFF
 _EVENT_TYPES = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
-
-# Short meanings of the XIDs operators meet most, to make health_description useful.
-XID_MEANINGS = {
-    48: "double-bit ECC error",
-    61: "internal micro-controller breakpoint",
-    62: "internal micro-controller halt",
-    63: "ECC page retirement or row remapping event",
-    64: "ECC page retirement or row remapping failure",
-    74: "NVLink error",
-    79: "GPU has fallen off the bus",
-    92: "high single-bit ECC error rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-}
-
-
-def xid_description(xid: int) -> str:
-    meaning = XID_MEANINGS.get(xid)
-    return f"XID {xid} ({meaning})" if meaning else f"XID {xid}"
-
-
-class HealthBook:
-    """Open conditions per device ID; thread-safe; calls `on_change` after a change."""
-
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self._lock = threading.Lock()
-        self._conditions: dict[str, dict[str, str]] = {}
-        self._xids: dict[str, list[int]] = {}  # distinct critical XIDs per device, in order seen
-        self._on_change = on_change
-
-    def _apply(self, change: Callable[[], bool]) -> None:
-        with self._lock:
-            changed = change()
-        if changed:
-            self._on_change()
-
-    def mark(self, device_id: str, cause: str, description: str) -> None:
-        def change() -> bool:
-            conds = self._conditions.setdefault(device_id, {})
-            if conds.get(cause) == description:
-                return False
-            if cause not in conds:
-                log.warning("device %s unhealthy: %s", device_id, description)
-            conds[cause] = description
-            return True
-
-        self._apply(change)
-
-    def mark_xid(self, device_id: str, xid: int) -> None:
-        """A critical XID: the description lists the distinct XIDs seen since the last reset,
-        so it changes when a new kind comes, not with every event of a storm."""
-        with self._lock:
-            seen = self._xids.setdefault(device_id, [])
-            if xid not in seen:
-                seen.append(xid)
-            listed = ", ".join(xid_description(x) for x in seen[:_XIDS_LISTED])
-            more = len(seen) - _XIDS_LISTED
-        self.mark(device_id, XID, f"{listed}{f' and {more} more XIDs' if more > 0 else ''} reported")
-
-    def clear(self, device_id: str, *causes: str) -> None:
-        with self._lock:
-            conds = self._conditions.get(device_id)
-            if not conds:
-                return  # a healthy device: what a probe round finds on most of them
-            gone = [c for c in causes if c in conds]
-            if not gone:
-                return
-            if XID in gone:
-                self._xids.pop(device_id, None)
-            for c in gone:
-                del conds[c]
-            if not conds:
-                log.info("device %s is healthy again", device_id)
-        self._on_change()
-
-    def failed(self, device_id: str, failure: ScanFailure) -> None:
-        self.mark(device_id, LOST if failure.lost else READ, failure.description)
-
-    def answered(self, device_id: str) -> None:
-        """The device answered a read: read errors are over, and a GPU back from lost
-        (or from a driver that went away) was reset."""
-        with self._lock:
-            conds = self._conditions.get(device_id)
-            if not conds:
-                return
-            was_reset = LOST in conds or DRIVER in conds
-        self.clear(device_id, READ, DRIVER, *(_RESET_CLEARED if was_reset else ()))
-
-    def retain(self, device_ids: Iterable[str]) -> None:
-        keep = set(device_ids)
-
-        def change() -> bool:
-            gone = [d for d in self._conditions if d not in keep]
-            for d in gone:
-                del self._conditions[d]
-                self._xids.pop(d, None)
-            return False  # forgotten devices are no longer offered; nothing to re-send
-
-        self._apply(change)
-
-    def having(self, cause: str) -> set[str]:
-        """The devices with an open condition of `cause`."""
-        with self._lock:
-            return {d for d, conds in self._conditions.items() if cause in conds}
-
-    def status(self, device_id: str) -> tuple[bool, str]:
-        with self._lock:
-            conds = self._conditions.get(device_id)
-            if not conds:
-                return True, ""
-            return False, "; ".join(conds[c] for c in _ORDER if c in conds)
-
-
-
-
-def _address(handle: Any) -> int:
-    return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
-
-
-def retirement_problem(c: Calls, handle: Any) -> str:
-    """Pending page retirement or row remapping, or a failed remapping; "" when none.
-
-    The driver keeps this state across plugin restarts, so a relaunched plugin finds it again.
-    """
-    try:
-        if c(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle):
-            return "pending page retirement after uncorrectable ECC errors (reset the GPU)"
-    except pynvml.NVMLError as exc:
-        if exc.value not in UNSUPPORTED_CODES:
-            raise
-    try:
-        _corr, _uncorr, pending, failed = c(pynvml.nvmlDeviceGetRemappedRows, handle)
-    except pynvml.NVMLError as exc:
-        if exc.value not in UNSUPPORTED_CODES:
-            raise
-        return ""
-    if failed:
-        return "row remapping failed after uncorrectable ECC errors"
-    if pending:
-        return "pending row remapping after uncorrectable ECC errors (reset the GPU)"
-    return ""
-
-
-@dataclass
-class ProbeResult:
-    """One physical GPU's probe: per device the NVML error (None: it answered), and its memory state."""
-
-    errors: dict[str, pynvml.NVMLError | None]
-    retirement: str | None  # None: not known (the GPU did not answer)
-    # The NVLink fabric's problem ("" when none, or no fabric); None: not known.
-    fabric: str | None = None
-
-
-def probe_gpu(c: Calls, members: Sequence[GpuDevice]) -> ProbeResult:
-    """One cheap read per device of one physical GPU, then its memory retirement state."""
-    errors: dict[str, pynvml.NVMLError | None] = {}
-    handles: dict[str, Any] = {}
-    for dev in members:
-        try:
-            handle = handles[dev.id] = c(pynvml.nvmlDeviceGetHandleByUUID, dev.id)
-            c(pynvml.nvmlDeviceGetMemoryInfo, handle)
-        except pynvml.NVMLError as exc:
-            # NOT_SUPPORTED (an integrated GPU) is an answer too.
-            errors[dev.id] = None if exc.value in UNSUPPORTED_CODES else exc
-            continue
-        errors[dev.id] = None
-    retirement: str | None = None
-    fabric: str | None = None
-    if members and all(e is None for e in errors.values()):
-        try:
-            # A whole GPU is its own member: its handle was just looked up.
-            uuid = members[0].physical_uuid
-            gpu = handles[uuid] if uuid in handles else c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
-            retirement = retirement_problem(c, gpu)
-            # CUDA fails on a GPU whose NVLink fabric registration is not complete.
-            info = read_fabric(c, gpu)
-            fabric = info.problem() if info is not None else ""
-        except pynvml.NVMLError:
-            pass  # the next probe tries again; the reads above answered
-    return ProbeResult(errors, retirement, fabric)
-
-
-def record_probe(book: HealthBook, members: Sequence[GpuDevice], result: ProbeResult) -> None:
-    for dev in members:
-        exc = result.errors.get(dev.id)
-        if exc is not None and exc.value in DRIVER_GONE_CODES:
-            continue  # about the driver, not this GPU: the scan that follows decides
-        if exc is not None:
-            book.failed(dev.id, failure_of(exc))
-        else:
-            book.answered(dev.id)
-        if result.retirement:
-            book.mark(dev.id, RETIREMENT, result.retirement)
-        elif result.retirement == "":
-            book.clear(dev.id, RETIREMENT)
-        if result.fabric:
-            book.mark(dev.id, FABRIC, result.fabric)
-        elif result.fabric == "":
-            book.clear(dev.id, FABRIC)
-
-
-def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTimeout) -> None:
-    for dev in members:
-        book.mark(dev.id, READ, str(timeout))
-
-
-def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
-    """Probe every physical GPU, in one job that holds each GPU's lane while it reads it;
-    returns the NVML error codes seen.
-
-    One job a round, not one per GPU: the calls take microseconds, and a
-    hand-off per GPU cost more than the reads (and a worker per GPU). A GPU
-    whose probe blocks makes the round end at the deadline, that GPU marked;
-    the GPUs after it are read at the next round, which skips the blocked one
-    at once (its lane is still held by the blocked call).
-    """
-    gpus = list(physical_devices(devices).items())
-    done: list[tuple[Sequence[GpuDevice], ProbeResult]] = []
-    skipped: list[tuple[Sequence[GpuDevice], CallTimeout]] = []
-    reading: list[Sequence[GpuDevice]] = []  # the GPU the job is on
-
-    def work(c: Calls) -> None:
-        for uuid, members in gpus:
-            if not c.hold(uuid, time.monotonic() + runner.timeout):
-                call = runner.overdue_on(uuid)
-                if call:  # still blocked since an earlier call
-                    skipped.append((members, CallTimeout(call, runner.timeout, uuid)))
-                continue  # else busy with other work all this while: read at the next round
-            reading[:] = [members]
-            try:
-                done.append((members, probe_gpu(c, members)))
-            finally:
-                c.release(uuid)
-        reading.clear()
-
-    blocked: tuple[Sequence[GpuDevice], CallTimeout] | None = None
-    try:
-        # A lane of its own each round: a round whose job is blocked does not hold up the next.
-        runner.run((PROBE, object()), work)
-    except CallTimeout as exc:
-        if reading:
-            blocked = (reading[0], exc)
-    seen: set[int] = set()
-    for members, result in list(done):  # a copy: a job that blocked may add to it later
-        record_probe(book, members, result)
-        seen.update(int(e.value) for e in result.errors.values() if e is not None)
-    for members, timeout in [*list(skipped), *([blocked] if blocked else [])]:
-        record_stuck(book, members, timeout)
-    return seen
-
 
 # An event wait lasts the probe interval, within these bounds: the watcher wakes
 # no more often than the probes, which are what report a wait that blocks. A
@@ -313,8 +31,6 @@ _EVENT_WAIT_MAX_MS = 5000
 _EVENT_BATCH = 256
 # One log line per GPU this often at most for XIDs that are an application's fault.
 _APP_XID_LOG_S = 60.0
-# Distinct XIDs named in a device's health description; more are counted.
-_XIDS_LISTED = 3
 
 
 def event_wait_ms(config: HealthConfig) -> int:
@@ -519,7 +235,7 @@ class EventWatcher:
             except CallTimeout as exc:
                 log.warning("cannot watch GPU %s for XID events: %s; trying again at the next scan", uuid, exc)
                 continue
-            self._by_address[_address(handle)] = uuid
+            self._by_address[handle_address(handle)] = uuid
             with self._lock:
                 self._registered.add(uuid)
         if unsupported:
@@ -572,7 +288,7 @@ class EventWatcher:
             self._failing = ""
 
     def _handle_event(self, data: Any) -> None:
-        uuid = self._by_address.get(_address(data.device))
+        uuid = self._by_address.get(handle_address(data.device))
         if uuid is None:
             try:
                 uuid = self._runner.call(SYSTEM, pynvml.nvmlDeviceGetUUID, data.device)

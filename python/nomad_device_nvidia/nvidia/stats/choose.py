@@ -1,6 +1,6 @@
 """Choosing a stats engine: the native (Rust) one, or the pure-Python one.
 
-The contract both engines implement lives in stats_types (imported by both,
+The contract both engines implement lives in stats.contract (imported by both,
 so neither imports this module); it is re-exported here for callers.
 """
 
@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 
 from nomad_device_nvidia.nvidia.config import STATS_ENGINES
-from nomad_device_nvidia.nvidia.stats_types import EngineOptions, StatsEngine, TrackedDevice
+from nomad_device_nvidia.nvidia.stats.contract import EngineOptions, StatsEngine, TrackedDevice
 
 __all__ = ["EngineOptions", "StatsEngine", "TrackedDevice", "make_stats_engine"]
 
@@ -31,14 +31,14 @@ def make_stats_engine(
         opts = replace(opts, extended=True)
     if kind == "native":
         try:
-            from nomad_device_nvidia.nvidia.stats_native import NativeStatsEngine
+            from nomad_device_nvidia.nvidia.stats.native import NativeStatsEngine
 
             engine: StatsEngine = NativeStatsEngine(opts)
             log.info("stats engine: native", extra={"extended": opts.extended})
             return engine
         except Exception as exc:  # ImportError, or the extension failing to open NVML
             log.warning("native stats engine unavailable (%s); using the python engine", exc)
-    from nomad_device_nvidia.nvidia.stats_python import PythonStatsEngine
+    from nomad_device_nvidia.nvidia.stats.python import PythonStatsEngine
 
     engine = PythonStatsEngine(opts)
     log.info("stats engine: python", extra={"extended": opts.extended})

@@ -3,7 +3,7 @@
 An engine owns the tracked device set (replaced after each fingerprint) and
 turns one tick into a serialized ``device_pb2.StatsResponse``; the Stats
 handler yields those bytes to grpcio unchanged. Both engines import this
-module, and stats_engine (which picks one) imports them: no import cycle.
+module, and stats.choose (which picks one) imports them: no import cycle.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from nomad_device_nvidia.nvidia.calls import CallRunner
+    from nomad_device_nvidia.nvidia.nvml.executor import CallRunner
 
 
 @dataclass(frozen=True)

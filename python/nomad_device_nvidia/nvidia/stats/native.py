@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from nomad_device_nvidia import _native
-from nomad_device_nvidia.nvidia.stats_types import EngineOptions, TrackedDevice
+from nomad_device_nvidia.nvidia.stats.contract import EngineOptions, TrackedDevice
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""Reading an NVML field value (nvmlDeviceGetFieldValues) as an integer."""
+"""Reading NVML values: a field value (nvmlDeviceGetFieldValues) as an integer, a handle's address."""
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import pynvml
@@ -24,3 +25,8 @@ def field_int(fv: Any) -> int | None:
         return None
     member = _MEMBER.get(fv.valueType)
     return None if member is None else int(getattr(fv.value, member))
+
+
+def handle_address(handle: Any) -> int:
+    """A device handle's address: what identifies the GPU an NVML event came from."""
+    return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)

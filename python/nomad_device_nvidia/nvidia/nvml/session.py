@@ -15,8 +15,8 @@ import threading
 
 import pynvml
 
-from nomad_device_nvidia.nvidia import diagnosis
-from nomad_device_nvidia.nvidia.calls import SYSTEM, CallRunner
+from nomad_device_nvidia.nvidia.nvml import diagnosis
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class NvmlSession:
             if self._loaded_with is None:
                 # The one place that decides which libnvidia-ml.so.1 this process uses.
                 try:
-                    from nomad_device_nvidia.nvidia.driver import load_nvml
+                    from nomad_device_nvidia.nvidia.nvml.library import load_nvml
 
                     source = load_nvml(library or None, simulate or None)
                 except Exception as exc:  # the loader's errors name the missing file / bad scenario

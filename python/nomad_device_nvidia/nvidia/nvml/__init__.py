@@ -1,0 +1,1 @@
+"""NVML itself: which library, the session, the executor that runs calls under a deadline."""

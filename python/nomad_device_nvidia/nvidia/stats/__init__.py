@@ -1,0 +1,1 @@
+"""Stats: the engine contract, the hub every stream shares, the native and python engines."""
