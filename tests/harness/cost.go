@@ -22,8 +22,10 @@ import (
 // "first_fingerprint" (ms since launch, devices), one "cost" event per phase
 // (phase "idle" or "stats", interval_ms, window_s, cpu_ms_per_s from the
 // threads' schedstat run time, cpu_ms_per_s_ticks from utime+stime,
-// responses and responses_per_s, threads, rss_kib, hwm_kib at the window's
-// end, top_threads: the busiest threads by name), then shutdown.
+// responses and responses_per_s, wakes_per_s: the threads' context switches,
+// voluntary and involuntary, per second, threads, rss_kib, hwm_kib at the
+// window's end, top_threads: the busiest threads by name, each with its
+// cpu_ms_per_s and wakes_per_s), then shutdown.
 func runCost(args []string) error {
 	var o launchOpts
 	fs := newFlags("cost", &o)
@@ -137,6 +139,7 @@ func (d *durationsFlag) Set(v string) error {
 type procSample struct {
 	at      time.Time
 	runNS   map[string]int64  // per live thread: time on CPU (schedstat), ns
+	wakes   map[string]int64  // per live thread: context switches, voluntary and involuntary
 	comm    map[string]string // per live thread: its name
 	ticks   int64             // utime+stime of the whole process, exited threads included
 	threads int
@@ -149,7 +152,7 @@ type procSample struct {
 const clockTicks = 100
 
 func sampleProc(pid int) (procSample, error) {
-	p := procSample{at: time.Now(), runNS: map[string]int64{}, comm: map[string]string{}}
+	p := procSample{at: time.Now(), runNS: map[string]int64{}, wakes: map[string]int64{}, comm: map[string]string{}}
 	dir := fmt.Sprintf("/proc/%d", pid)
 	tasks, err := filepath.Glob(dir + "/task/*/schedstat")
 	if err != nil {
@@ -166,6 +169,9 @@ func sampleProc(pid int) (procSample, error) {
 			p.runNS[tid] = ns
 			if c, err := os.ReadFile(filepath.Join(filepath.Dir(t), "comm")); err == nil {
 				p.comm[tid] = strings.TrimSpace(string(c))
+			}
+			if st, err := os.ReadFile(filepath.Join(filepath.Dir(t), "status")); err == nil {
+				p.wakes[tid] = ctxtSwitches(string(st))
 			}
 		}
 	}
@@ -203,33 +209,58 @@ func sampleProc(pid int) (procSample, error) {
 	return p, nil
 }
 
+// ctxtSwitches is a thread's voluntary plus involuntary context switches, from
+// its /proc status: each is one time the thread left the CPU, so one wake-up
+// (a thread that sleeps and is woken, or one the scheduler preempts).
+func ctxtSwitches(status string) int64 {
+	var n int64
+	for _, line := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+			c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			n += c
+		}
+	}
+	return n
+}
+
 // since is the cost between two samples: CPU per second of wall time (a
 // thread started in between counts from zero; one that exited in between is
 // missing from the schedstat figure but not from the ticks one), and the
 // process's size at the later one.
 func (p procSample) since(before procSample) fields {
 	secs := p.at.Sub(before.at).Seconds()
-	var run int64
+	var run, wakes int64
 	type threadCPU struct {
 		tid, comm string
-		ns        int64
+		ns, wakes int64
 	}
 	var per []threadCPU
 	for tid, ns := range p.runNS {
+		w := p.wakes[tid] - before.wakes[tid]
 		run += ns - before.runNS[tid]
-		per = append(per, threadCPU{tid, p.comm[tid], ns - before.runNS[tid]})
+		wakes += w
+		per = append(per, threadCPU{tid, p.comm[tid], ns - before.runNS[tid], w})
 	}
-	// The busiest threads, to see where an idle plugin spends its CPU.
-	sort.Slice(per, func(i, j int) bool { return per[i].ns > per[j].ns })
+	// The busiest threads, to see where an idle plugin spends its CPU and
+	// which threads wake for each Stats answer.
+	sort.Slice(per, func(i, j int) bool {
+		if per[i].ns != per[j].ns {
+			return per[i].ns > per[j].ns
+		}
+		return per[i].wakes > per[j].wakes
+	})
 	top := []fields{}
-	for _, t := range per[:min(len(per), 8)] {
-		if t.ns > 0 {
-			top = append(top, fields{"tid": t.tid, "comm": t.comm, "cpu_ms_per_s": float64(t.ns) / 1e6 / secs})
+	for _, t := range per[:min(len(per), 16)] {
+		if t.ns > 0 || t.wakes > 0 {
+			top = append(top, fields{"tid": t.tid, "comm": t.comm, "cpu_ms_per_s": float64(t.ns) / 1e6 / secs,
+				"wakes_per_s": float64(t.wakes) / secs})
 		}
 	}
 	return fields{
 		"top_threads":        top,
 		"cpu_ms_per_s":       float64(run) / 1e6 / secs,
+		"wakes_per_s":        float64(wakes) / secs,
 		"cpu_ms_per_s_ticks": float64(p.ticks-before.ticks) * 1000 / clockTicks / secs,
 		"threads":            p.threads, "rss_kib": p.rssKiB, "hwm_kib": p.hwmKiB,
 	}

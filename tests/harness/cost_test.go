@@ -53,3 +53,35 @@ func TestSampleProcGoneProcess(t *testing.T) {
 		t.Error("a pid that does not exist sampled without an error")
 	}
 }
+
+// A thread that sleeps leaves the CPU each time: the samples count those wakes.
+func TestSampleProcCountsWakes(t *testing.T) {
+	before, err := sampleProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	after, err := sampleProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := after.since(before)
+	secs := after.at.Sub(before.at).Seconds()
+	if w := c["wakes_per_s"].(float64) * secs; w < 1 {
+		t.Errorf("%.1f wakes counted over 20 sleeps", w)
+	}
+	for _, th := range c["top_threads"].([]fields) {
+		if th["wakes_per_s"].(float64) < 0 {
+			t.Errorf("thread %v: negative wakes", th)
+		}
+	}
+}
+
+func TestCtxtSwitches(t *testing.T) {
+	status := "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n"
+	if n := ctxtSwitches(status); n != 15 {
+		t.Errorf("ctxtSwitches = %d, want 15", n)
+	}
+}
