@@ -23,17 +23,29 @@ Both keep Python's ssl out, as our plugin does (sdk.serve).
 
 Run it with bytecode compiled (`python -m compileall python/nomad_device_nvidia`), as
 pip leaves an installed wheel.
+
+The streaming floor (STREAM_SERVER) is the reference for our Stats path: a bare
+`grpc.aio` server with only what Nomad's client calls (the go-plugin services, PluginInfo,
+ConfigSchema, SetConfig, Fingerprint, Stats, Reserve) that answers each call with bytes
+captured once from our plugin (`capture_answers`: our plugin on the simulated node, its
+third Stats answer at 100 ms), and streams that StatsResponse at the requested interval
+from a timer on its event loop: no plugin code, no protobuf, no NVML. What it costs per
+answer is grpcio's own cost of sending one. benches/side_by_side.py --floor drives it
+with the same `harness cost` run as the two plugins and reports its CPU and wakes per
+answer, per thread (`floor_plugin` gives the command that starts it).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +74,137 @@ from nomad_device_nvidia._proto.goplugin import grpc_broker_pb2, grpc_controller
 pynvml.nvmlInit()
 handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
 """ + BARE_SERVER
+# The streaming floor: python -c STREAM_SERVER ANSWERS.json (what capture_answers writes).
+# Raw bytes both ways (no (de)serializers): grpcio and asyncio only.
+STREAM_SERVER = """
+import sys
+sys.modules["ssl"] = None  # as sdk.serve does without AutoMTLS
+import asyncio, base64, json, os, signal
+import grpc, grpc.aio
+
+BASE = "hashicorp.nomad.plugins.base.proto.BasePlugin"
+DEVICE = "hashicorp.nomad.plugins.device.DevicePlugin"
+
+def varint(buf, i):
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return n, i
+
+def fields(buf):
+    # Protobuf wire format, read by hand: the floor loads no protobuf.
+    i = 0
+    while i < len(buf):
+        key, i = varint(buf, i)
+        kind = key & 7
+        if kind == 0:
+            value, i = varint(buf, i)
+        elif kind == 2:
+            size, i = varint(buf, i)
+            value, i = buf[i:i + size], i + size
+        else:
+            value, i = None, i + (8 if kind == 1 else 4)
+        yield key >> 3, value
+
+def interval_of(request):
+    # StatsRequest.collection_interval (1): Duration seconds (1), nanos (2); unset: 1 s
+    for num, value in fields(request):
+        if num == 1 and isinstance(value, bytes):
+            parts = dict(fields(value))
+            seconds = parts.get(1, 0) + parts.get(2, 0) / 1e9
+            return seconds if seconds > 0 else 1.0
+    return 1.0
+
+async def main(path):
+    with open(path) as f:
+        answers = {k: base64.b64decode(v) for k, v in json.load(f).items()}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def const(data):
+        async def answer(request, context):
+            return data
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+    async def shutdown(request, context):
+        stop.set()
+        return b""
+
+    async def until_stop():
+        await stop.wait()
+
+    async def stdio(request, context):
+        await until_stop()
+        return
+        yield
+
+    async def broker(requests, context):
+        async def drain():
+            async for _ in requests:
+                pass
+        waits = [asyncio.ensure_future(drain()), asyncio.ensure_future(until_stop())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return
+        yield
+
+    async def fingerprint(request, context):
+        yield answers["fingerprint"]
+        await until_stop()
+
+    async def stats(request, context):
+        interval, data = interval_of(request), answers["stats"]
+        due = loop.time()
+        while not stop.is_set():
+            yield data
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    handlers = [
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": const(b"\\x08\\x01")}),  # SERVING
+        grpc.method_handlers_generic_handler("plugin.GRPCController", {
+            "Shutdown": grpc.unary_unary_rpc_method_handler(shutdown)}),
+        grpc.method_handlers_generic_handler("plugin.GRPCStdio", {
+            "StreamStdio": grpc.unary_stream_rpc_method_handler(stdio)}),
+        grpc.method_handlers_generic_handler("plugin.GRPCBroker", {
+            "StartStream": grpc.stream_stream_rpc_method_handler(broker)}),
+        grpc.method_handlers_generic_handler(BASE, {
+            "PluginInfo": const(answers["plugin_info"]), "ConfigSchema": const(answers["config_schema"]),
+            "SetConfig": const(b"")}),
+        grpc.method_handlers_generic_handler(DEVICE, {
+            "Fingerprint": grpc.unary_stream_rpc_method_handler(fingerprint),
+            "Stats": grpc.unary_stream_rpc_method_handler(stats),
+            "Reserve": const(b"")}),
+    ]
+    server = grpc.aio.server(handlers=handlers, options=[("grpc.so_reuseport", 0)])
+    sock = os.path.join(os.environ.get("PLUGIN_UNIX_SOCKET_DIR") or "/tmp", f"grpc-floor-{os.getpid()}.sock")
+    server.add_insecure_port("unix:" + sock)
+    await server.start()
+    line = f"1|2|unix|{sock}|grpc|"
+    if os.environ.get("PLUGIN_MULTIPLEX_GRPC"):
+        line += "|false"
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+        await server.stop(0.5)
+    finally:
+        try:
+            os.unlink(sock)
+        except OSError:
+            pass
+
+asyncio.run(main(sys.argv[1]))
+"""
 # JSON key -> (name printed, code)
 SERVERS = {"bare_server_idle": ("bare grpc.aio server", BARE_SERVER),
            "with_dependencies_idle": ("with protobuf and NVML", DEPS_SERVER)}
@@ -92,6 +235,75 @@ def handshakes(python: str, plugin: str, launches: int) -> dict[str, dict[str, f
         if launches >= 10 and (i + 1) % 10 == 0:
             print(f"  {i + 1}/{launches} launches", file=sys.stderr)
     return {name: {"median_ms": statistics.median(v), "min_ms": min(v)} for name, v in taken.items()}
+
+
+BASE_SERVICE = "hashicorp.nomad.plugins.base.proto.BasePlugin"
+DEVICE_SERVICE = "hashicorp.nomad.plugins.device.DevicePlugin"
+
+
+def capture_answers(plugin: str | Path, env: Mapping[str, str], out: Path, *, interval: float = 0.1,
+                    nth: int = 3, timeout: float = 60.0) -> dict[str, int]:
+    """Our plugin's answers, as the bytes it sends, written to `out` for STREAM_SERVER.
+
+    Our plugin runs on `env`'s node with its default config (SetConfig with no config),
+    a Fingerprint stream open, and a Stats stream at `interval`; its `nth` Stats answer
+    is kept (the first ones may lack the values that need two samples). PluginInfo is
+    the floor's own (its version: grpcio's). Returns the size of each answer and the
+    devices fingerprinted.
+    """
+    import grpc
+    from google.protobuf import duration_pb2
+
+    from nomad_device_nvidia._proto.nomad import base_pb2, device_pb2
+
+    proc = subprocess.Popen([str(plugin)], env={**os.environ, **COOKIE, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        fields = proc.stdout.readline().decode().strip().split("|")
+        if len(fields) < 5:
+            raise RuntimeError(f"{plugin}: no go-plugin handshake line (exit status {proc.poll()})")
+        target = f"unix:{fields[3]}" if fields[2] == "unix" else fields[3]
+        with grpc.insecure_channel(target) as channel:
+            # No (de)serializers: bytes in, the plugin's own bytes out.
+            def unary(service: str, method: str, request: bytes = b"") -> bytes:
+                answer: bytes = channel.unary_unary(f"/{service}/{method}")(request, timeout=timeout)
+                return answer
+
+            schema = unary(BASE_SERVICE, "ConfigSchema")
+            unary(BASE_SERVICE, "SetConfig", base_pb2.SetConfigRequest(plugin_api_version="v0.1.0").SerializeToString())
+            fp_call = channel.unary_stream(f"/{DEVICE_SERVICE}/Fingerprint")(b"", timeout=timeout)
+            fingerprint: bytes = next(fp_call)
+            request = device_pb2.StatsRequest(collection_interval=duration_pb2.Duration(nanos=round(interval * 1e9)))
+            st_call = channel.unary_stream(f"/{DEVICE_SERVICE}/Stats")(request.SerializeToString(),
+                                                                      timeout=timeout + nth * interval)
+            for _ in range(nth):
+                stats: bytes = next(st_call)
+            st_call.cancel()
+            fp_call.cancel()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    devices = sum(len(g.devices) for g in device_pb2.FingerprintResponse.FromString(fingerprint).device_group)
+    stat_devices = sum(len(g.instance_stats) for g in device_pb2.StatsResponse.FromString(stats).groups)
+    if stat_devices != devices:
+        raise RuntimeError(f"{plugin}: Stats answer {nth} covers {stat_devices} devices of {devices}")
+    info = base_pb2.PluginInfoResponse(type=base_pb2.DEVICE, plugin_api_versions=["v0.1.0"], name="grpc-floor",
+                                       plugin_version=grpc.__version__).SerializeToString()
+    answers = {"plugin_info": info, "config_schema": schema, "fingerprint": fingerprint, "stats": stats}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({k: base64.b64encode(v).decode() for k, v in answers.items()}) + "\n")
+    return {"devices": devices, **{f"{k}_bytes": len(v) for k, v in answers.items()}}
+
+
+def floor_plugin(python: str | Path, answers: Path) -> list[str]:
+    """The command that starts the streaming floor on `answers` (capture_answers' file)."""
+    return [str(python), "-c", STREAM_SERVER, str(answers)]
 
 
 def _schedstat(pid: int) -> dict[str, tuple[str, int, int]]:

@@ -59,6 +59,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_release.py": ("sim",),
     "test_real_library.py": ("sim",),  # NVIDIA's fetched library, in a private /dev
     "test_reserve_nvlink.py": ("inprocess",),
+    "test_runtime_floor.py": ("sim",),  # our plugin, then the floor, through the harness
     "test_sdk_config.py": ("inprocess",),
     "test_sdk_logs.py": ("inprocess",),
     "test_sdk_stats.py": ("sim",),
