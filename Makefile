@@ -127,16 +127,19 @@ bench: build venv
 bench-ci: build venv
 	BENCH_SIZES=8,56 $(VPY) -m pytest benches --benchmark-enable -q
 
-# Our plugin beside HashiCorp's Go plugin on 1 to 4,096 simulated GPUs (benches/side_by_side.py;
-# HASHICORP=<its binary>, built as `benches/side_by_side.py --help` says; without it, ours alone).
-# About 10 minutes on 2 cores (5 alone); writes docs/side-by-side.{json,png,md}. Not in `make test`.
+# Our plugin beside HashiCorp's Go plugin and the streaming floor (a bare grpc.aio server,
+# benches/runtime_floor.py) on 1 to 4,096 simulated GPUs, ending with the Stats targets'
+# PASS/FAIL lines (benches/side_by_side.py; HASHICORP=<its binary>, built as
+# `benches/side_by_side.py --help` says; without it, ours and the floor). SIZES=1,8,56 to
+# measure fewer sizes. About 15 minutes on 2 cores; writes docs/side-by-side.{json,png,md}.
+# Not in `make test`.
 .PHONY: bench-side-by-side
 bench-side-by-side: native sim
 	$(MAKE) -C tests/harness BIN=$(BUILD)/bin harness
 	# Bytecode compiled, as pip does for an installed wheel (this environment may set
 	# PYTHONDONTWRITEBYTECODE, and a start that compiles every module is not what operators see).
 	$(VPY) -m compileall -q python/nomad_device_nvidia >/dev/null
-	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) \
+	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) --floor $(if $(SIZES),--sizes $(SIZES)) \
 		--json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
 
 # The full soak: 100,000 Stats ticks on 56 simulated GPUs with stream churn, config

@@ -12,18 +12,30 @@ For each plugin and size, one `harness cost` run measures, from /proc/<pid>:
 each phase --settle seconds after its stream's first answer, over --window seconds:
 CPU in ms per second of wall time (the threads' schedstat run time, the simulated driver
 included as it runs inside the plugin), Stats answers per second, threads and VmRSS at
-the window's end. Then `harness handshake-latency --mode handshake` gives exec to the
-go-plugin handshake line on stdout, median of --launches launches (HashiCorp's plugin
-initialises NVML before it answers; ours does at SetConfig).
+the window's end, and wakes: the threads' context switches (voluntary and involuntary),
+per thread too. Per Stats answer: the phase's CPU and wakes above the plugin's own idle,
+divided by the answers (what one more answer costs; each plugin against its own idle).
+Then `harness handshake-latency --mode handshake` gives exec to the go-plugin handshake
+line on stdout, median of --launches launches (HashiCorp's plugin initialises NVML before
+it answers; ours does at SetConfig).
 
-    .venv/bin/python benches/side_by_side.py --hashicorp /tmp/hashicorp-nvidia/nomad-device-nvidia \\
+--floor adds a third row per size, "floor": benches/runtime_floor.py's streaming floor, a
+bare `grpc.aio` server that streams ready-made StatsResponse bytes captured from our
+plugin on the same node (same size), driven by the same `harness cost` run: grpcio's own
+cost of an answer, the reference for ours. With --floor and --hashicorp the run ends with
+the targets for our Stats path, PASS or FAIL each: per answer at 1 and 8 GPUs at most the
+floor's plus 0.15 ms; at 8 GPUs and 100 ms at most 0.8 of HashiCorp's CPU; at 56 GPUs and
+above at least as far ahead of HashiCorp (ours / HashiCorp's CPU) as in REFERENCE_RATIOS.
+
+    .venv/bin/python benches/side_by_side.py --hashicorp /tmp/hashicorp-nvidia/nomad-device-nvidia --floor \\
         --json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
                                    # = make bench-side-by-side HASHICORP=/tmp/hashicorp-nvidia/nomad-device-nvidia
     .venv/bin/python benches/side_by_side.py --quick                   # ours alone, 8 and 512 GPUs, 5 s windows
 
-Without --hashicorp only our plugin runs. The full run (5 sizes, 15 s windows, 30
-launches) takes about 10 minutes with both plugins on a 2-core machine, about 5 with
-ours alone; --quick about 40 s per plugin. Keep windows a multiple of 5 s: our plugin
+Without --hashicorp only our plugin runs (and the floor with --floor). The full run
+(5 sizes, 15 s windows, 30 launches) takes about 10 minutes with both plugins on a 2-core
+machine, about 15 with the floor too, about 5 with ours alone; --quick about 40 s per
+plugin. Keep windows a multiple of 5 s: our plugin
 probes every GPU once per `health.probe_interval` (5 s), so a shorter window may miss the
 probe and understate its idle cost. Prerequisites: `make native sim` and
 `make -C tests/harness BIN=$PWD/build/bin harness` (or `make bench-side-by-side`, which
@@ -61,6 +73,17 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "benches" / "scenarios"
 SIZES = (1, 8, 56, 512, 4096)
 QUICK_SIZES = (8, 512)
+PLUGINS = ("ours", "hashicorp", "floor")
+# The targets for our Stats path (see the docstring). Per answer above the floor's:
+FLOOR_MARGIN_MS = 0.15
+FLOOR_SIZES = (1, 8)
+# CPU with Stats open, ours / HashiCorp's, at 8 GPUs and 100 ms:
+RATIO_AT_8_100MS = 0.8
+# ... and at 56 GPUs and above, at most these (ours / HashiCorp's, measured side by side
+# before our Stats path answered from the event loop); a size without its own uses the
+# largest size below it.
+REFERENCE_RATIOS = {(56, "1s"): 3.25 / 2.87, (56, "100ms"): 16.68 / 28.98,
+                    (512, "1s"): 7.03 / 17.77, (512, "100ms"): 38.53 / 169.89}
 
 
 def parse_duration(text: str) -> float:
@@ -85,11 +108,14 @@ class HarnessError(RuntimeError):
     pass
 
 
-def harness(harness_bin: Path, command: str, plugin: Path, env: dict[str, str], args: list[str],
+def harness(harness_bin: Path, command: str, plugin: list[str], env: dict[str, str], args: list[str],
             limit_s: float) -> list[dict[str, Any]]:
-    """One harness command; its JSON events. Raises HarnessError with what it printed
-    when it exits non-zero or runs past limit_s."""
-    cmd = [str(harness_bin), command, "--plugin", str(plugin)]
+    """One harness command on the plugin started by `plugin` (executable, then its
+    arguments); its JSON events. Raises HarnessError with what it printed when it exits
+    non-zero or runs past limit_s."""
+    cmd = [str(harness_bin), command, "--plugin", plugin[0]]
+    for arg in plugin[1:]:
+        cmd += ["--arg", arg]
     for k, v in env.items():
         cmd += ["--env", f"{k}={v}"]
     try:
@@ -103,9 +129,13 @@ def harness(harness_bin: Path, command: str, plugin: Path, env: dict[str, str], 
     return events
 
 
-def measure(plugin_name: str, plugin: Path, devices: int, opts: argparse.Namespace) -> dict[str, Any]:
+def node_env(devices: int, opts: argparse.Namespace) -> dict[str, str]:
     scenario = SCENARIOS / f"side-by-side-{devices}.toml"
-    env = {"LD_LIBRARY_PATH": str(opts.sim_dir), "NVML_SIM_SCENARIO": str(scenario)}
+    return {"LD_LIBRARY_PATH": str(opts.sim_dir), "NVML_SIM_SCENARIO": str(scenario)}
+
+
+def measure(plugin_name: str, plugin: list[str], devices: int, opts: argparse.Namespace) -> dict[str, Any]:
+    env = node_env(devices, opts)
     intervals: list[float] = opts.intervals
     timeout = 60.0 + devices / 20
     args = ["--window", go_duration(opts.window), "--settle", go_duration(opts.settle),
@@ -122,7 +152,8 @@ def measure(plugin_name: str, plugin: Path, devices: int, opts: argparse.Namespa
                            f"{len(costs)} phases measured")
 
     def phase(e: dict[str, Any]) -> dict[str, Any]:
-        keys = ("cpu_ms_per_s", "cpu_ms_per_s_ticks", "responses", "responses_per_s", "threads", "top_threads")
+        keys = ("cpu_ms_per_s", "cpu_ms_per_s_ticks", "wakes_per_s", "responses", "responses_per_s", "threads",
+                "top_threads")
         return {k: e[k] for k in keys} | {"rss_mib": e["rss_kib"] / 1024, "hwm_mib": e["hwm_kib"] / 1024}
 
     lat = harness(opts.harness, "handshake-latency", plugin, env,
@@ -130,7 +161,7 @@ def measure(plugin_name: str, plugin: Path, devices: int, opts: argparse.Namespa
                   opts.launches * (timeout + 5))
     hs = next(e for e in lat if e["event"] == "handshake_latency")["handshake"]
     return {
-        "plugin": plugin_name, "plugin_version": info["plugin_version"], "devices": devices,
+        "plugin": plugin_name, "plugin_version": info["plugin_version"], "devices": devices, "pid": first["pid"],
         "first_fingerprint_ms": first["ms"],
         "idle": phase(costs[0]),
         "stats": {go_duration(iv): phase(e) for iv, e in zip(intervals, costs[1:])},
@@ -138,9 +169,29 @@ def measure(plugin_name: str, plugin: Path, devices: int, opts: argparse.Namespa
     }
 
 
+def per_answer(r: dict[str, Any], iv: str) -> tuple[float, float | None] | None:
+    """(ms of CPU, wakes) one Stats answer at `iv` costs above the plugin's own idle;
+    wakes None in a run from before the harness counted them; None without answers."""
+    st, idle = r["stats"][iv], r["idle"]
+    if not st["responses_per_s"]:
+        return None
+    ms = (st["cpu_ms_per_s"] - idle["cpu_ms_per_s"]) / st["responses_per_s"]
+    if st.get("wakes_per_s") is None or idle.get("wakes_per_s") is None:
+        return ms, None
+    return ms, (st["wakes_per_s"] - idle["wakes_per_s"]) / st["responses_per_s"]
+
+
+def _answer_cell(r: dict[str, Any], iv: str) -> str:
+    pa = per_answer(r, iv)
+    if pa is None:
+        return "-"
+    return f"{pa[0]:.2f}" + (f" / {pa[1]:.1f}" if pa[1] is not None else "")
+
+
 def table(rows: list[dict[str, Any]], intervals: list[float], markdown: bool = False) -> str:
     ivs = [go_duration(iv) for iv in intervals]
     head = ["devices", "plugin", "idle ms/s"] + [f"stats {iv} ms/s (answers/s)" for iv in ivs] + \
+        [f"per answer {iv} ms / wakes" for iv in ivs] + \
         ["RSS MiB idle/stats", "threads idle/stats", "handshake ms"]
     lines = [head]
     for r in rows:
@@ -151,6 +202,7 @@ def table(rows: list[dict[str, Any]], intervals: list[float], markdown: bool = F
         lines.append([
             str(r["devices"]), r["plugin"], f"{r['idle']['cpu_ms_per_s']:.2f}",
             *(f"{r['stats'][iv]['cpu_ms_per_s']:.2f} ({r['stats'][iv]['responses_per_s']:.1f})" for iv in ivs),
+            *(_answer_cell(r, iv) for iv in ivs),
             f"{r['idle']['rss_mib']:.1f}/{last['rss_mib']:.1f}",
             f"{r['idle']['threads']}/{max(s['threads'] for s in r['stats'].values()) if ivs else '-'}",
             f"{r['handshake_ms']['median']:.1f}",
@@ -162,10 +214,105 @@ def table(rows: list[dict[str, Any]], intervals: list[float], markdown: bool = F
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def per_thread(rows: list[dict[str, Any]], intervals: list[float], sizes: tuple[int, ...] = FLOOR_SIZES,
+               markdown: bool = False) -> str:
+    """Where each answer's CPU and wakes go: per thread name (threads of one name summed;
+    the process's first thread, the event loop of a Python server, as "main"), the Stats
+    phase's CPU ms and wakes per answer, the busiest threads only (the harness reports
+    the 16 busiest; idle not taken off)."""
+    lines = []
+    for r in rows:
+        if "error" in r or r["devices"] not in sizes:
+            continue
+        for iv in (go_duration(iv) for iv in intervals):
+            st = r["stats"][iv]
+            rate = st["responses_per_s"]
+            if not rate:
+                continue
+            by_comm: dict[str, list[float]] = {}
+            for t in st["top_threads"]:
+                name = "main" if t.get("tid") == str(r.get("pid")) else t["comm"]
+                acc = by_comm.setdefault(name, [0.0, 0.0, 0])
+                acc[0] += t["cpu_ms_per_s"] / rate
+                acc[1] += (t.get("wakes_per_s") or 0.0) / rate
+                acc[2] += 1
+            counted = all("wakes_per_s" in t for t in st["top_threads"])  # not in runs before the harness counted them
+            parts = [f"{comm}{f' x{n:.0f}' if n > 1 else ''} {ms:.2f} ms" + (f" {w:.1f} wakes" if counted else "")
+                     for comm, (ms, w, n) in sorted(by_comm.items(), key=lambda kv: -kv[1][0])]
+            lines.append((f"{r['devices']}", r["plugin"], iv, ", ".join(parts)))
+    if markdown:
+        return "\n".join(["| devices | plugin | interval | per answer, by thread (CPU ms, wakes) |",
+                          "| --- | --- | --- | --- |"] + [f"| {' | '.join(line)} |" for line in lines])
+    return "\n".join(f"{d:>4} {p:9s} {iv:5s} {text}" for d, p, iv, text in lines)
+
+
+def _reference_ratio(devices: int, iv: str) -> float | None:
+    below = [n for n, i in REFERENCE_RATIOS if i == iv and n <= devices]
+    return REFERENCE_RATIOS[(max(below), iv)] if below else None
+
+
+def targets(rows: list[dict[str, Any]], intervals: list[float]) -> list[dict[str, Any]]:
+    """The targets for our Stats path that this run's rows can check (see the docstring)."""
+    ok = {(r["plugin"], r["devices"]): r for r in rows if "error" not in r}
+    checks: list[dict[str, Any]] = []
+    for devices in sorted({d for _, d in ok}):
+        ours, hc, floor = (ok.get((name, devices)) for name in PLUGINS)
+        for iv in (go_duration(iv) for iv in intervals):
+            if ours is None:
+                continue
+            if devices in FLOOR_SIZES and floor is not None:
+                mine, base = per_answer(ours, iv), per_answer(floor, iv)
+                if mine is not None and base is not None:
+                    limit = base[0] + FLOOR_MARGIN_MS
+                    checks.append({"target": f"{devices} GPUs {iv}: ours per answer <= floor + {FLOOR_MARGIN_MS} ms",
+                                   "value": mine[0], "limit": limit, "pass": mine[0] <= limit,
+                                   "text": f"{mine[0]:.3f} ms vs floor {base[0]:.3f} + {FLOOR_MARGIN_MS}"})
+            if hc is None or not hc["stats"][iv]["cpu_ms_per_s"]:
+                continue
+            ratio = ours["stats"][iv]["cpu_ms_per_s"] / hc["stats"][iv]["cpu_ms_per_s"]
+            limit_ratio = RATIO_AT_8_100MS if (devices, iv) == (8, "100ms") else \
+                _reference_ratio(devices, iv) if devices >= 56 else None
+            if limit_ratio is not None:
+                checks.append({"target": f"{devices} GPUs {iv}: ours / HashiCorp's CPU <= {limit_ratio:.3f}",
+                               "value": ratio, "limit": limit_ratio, "pass": ratio <= limit_ratio,
+                               "text": f"{ours['stats'][iv]['cpu_ms_per_s']:.2f} / "
+                                       f"{hc['stats'][iv]['cpu_ms_per_s']:.2f} ms/s = {ratio:.3f}"})
+    return checks
+
+
+def targets_text(checks: list[dict[str, Any]], markdown: bool = False) -> str:
+    if markdown:
+        return "\n".join(["| target | measured | |", "| --- | --- | --- |"] +
+                         [f"| {c['target']} | {c['text']} | {'PASS' if c['pass'] else 'FAIL'} |" for c in checks])
+    return "\n".join(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['text']}" for c in checks)
+
+
 def doc(data: dict[str, Any], plot_path: Path | None, out: Path) -> None:
     """A page with the method, the table and the plot: what `--doc` writes."""
     plugins = {r["plugin"]: r.get("plugin_version") for r in data["results"]}
     img = f"\n![side by side]({plot_path.name})\n" if plot_path and plot_path.parent == out.parent else ""
+    floor = ""
+    if "floor" in plugins:
+        floor = f"""
+The floor is a bare `grpc.aio` server (grpcio {plugins["floor"]}; `benches/runtime_floor.py`)
+that answers Nomad's client with bytes captured from our plugin on the same node, and
+streams that StatsResponse at each interval from a timer on its event loop: no plugin
+code, no protobuf, no NVML. Its per-answer figures are grpcio's own cost of an answer.
+"""
+    checks = data.get("targets") or []
+    checked = f"""
+Targets for our Stats path, as `benches/side_by_side.py` checks them:
+
+{targets_text(checks, markdown=True)}
+""" if checks else ""
+    threads = per_thread(data["results"], data["intervals_s"], markdown=True)
+    threads = f"""
+Per answer by thread at {" and ".join(map(str, FLOOR_SIZES))} GPUs (the Stats phase's CPU ms and wakes
+per answer, threads of one name summed, the process's first thread as "main": the event
+loop in ours and the floor; idle not taken off):
+
+{threads}
+""" if threads.count("\n") > 1 else ""
     out.write_text(f"""# Our plugin beside HashiCorp's Go plugin
 
 Written by `{data['command']}` on {data['datetime']}
@@ -173,17 +320,23 @@ Written by `{data['command']}` on {data['datetime']}
 Plugins: {", ".join(f"{k} {v}" for k, v in plugins.items())}. How to build HashiCorp's plugin
 and what is measured: `benches/side_by_side.py --help`.
 
-Both plugins run with their default config on the simulated driver (whole H100s, no added
+The plugins run with their default config on the simulated driver (whole H100s, no added
 driver latency), driven by the Go harness (`harness cost`, Nomad's client code). Idle: the
 plugin configured with its Fingerprint stream open, no Stats. Stats: one Stats stream at
 that interval. CPU is the plugin process's CPU time in ms per second of wall time over a
 {data['window_s']:g} s window ({data['settle_s']:g} s after the stream's first answer), the simulated
 driver included; answers/s is how many Stats answers arrived per second; RSS is VmRSS at
 the window's end; threads idle / the most with Stats open; handshake is exec to the
-go-plugin handshake line, median of {data['launches']} launches.
-
+go-plugin handshake line, median of {data['launches']} launches. Per answer: the Stats
+phase's CPU (ms) and wakes (the threads' context switches) above the plugin's own idle,
+divided by the answers.
+{floor}
 {table(data["results"], data["intervals_s"], markdown=True)}
-{img}""")
+{checked}{threads}{img}""")
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def plot(data: dict[str, Any], out: Path) -> None:
@@ -199,6 +352,10 @@ def plot(data: dict[str, Any], out: Path) -> None:
                                             lambda r: r["idle"]["cpu_ms_per_s"], False)]
     panels += [(f"CPU with Stats every {iv} (ms per s)", lambda r, iv=iv: r["stats"][iv]["cpu_ms_per_s"], True)
                for iv in ivs]
+    panels += [(f"CPU per Stats answer every {iv}, above idle (ms)",
+                lambda r, iv=iv: (per_answer(r, iv) or (float("nan"),))[0], True) for iv in ivs]
+    panels += [(f"wakes per Stats answer every {iv}, above idle",
+                lambda r, iv=iv: _or_nan((per_answer(r, iv) or (0.0, None))[1]), False) for iv in ivs]
     last = ivs[-1] if ivs else None
     panels += [
         (f"RSS (MiB), with Stats every {last}" if last else "RSS (MiB), idle",
@@ -210,10 +367,11 @@ def plot(data: dict[str, Any], out: Path) -> None:
     ncols = 3
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(15, 4.3 * nrows), squeeze=False)
-    styles = {"ours": "C0-o", "hashicorp": "C3-s"}
-    labels = {"ours": "nomad-device-nvidia (this project)", "hashicorp": "HashiCorp's Go plugin"}
+    styles = {"ours": "C0-o", "hashicorp": "C3-s", "floor": "C7--^"}
+    labels = {"ours": "nomad-device-nvidia (this project)", "hashicorp": "HashiCorp's Go plugin",
+              "floor": "floor: bare grpc.aio server, ready-made answers"}
     for ax, (title, value, logy) in zip(axes.flat, panels):
-        for name in ("ours", "hashicorp"):
+        for name in PLUGINS:
             pts = sorted((r["devices"], value(r)) for r in rows if r["plugin"] == name)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[name], label=labels[name])
@@ -242,6 +400,10 @@ def plot(data: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hashicorp", type=Path, help="HashiCorp's nomad-device-nvidia binary (see above); without it, ours alone")
+    ap.add_argument("--floor", action="store_true",
+                    help="also the streaming floor (benches/runtime_floor.py) on answers captured from ours")
+    ap.add_argument("--floor-dir", type=Path, default=REPO / "build" / "floor",
+                    help="where the floor's captured answers go (default: %(default)s)")
     ap.add_argument("--ours", type=Path, default=REPO / ".venv" / "bin" / "nomad-device-nvidia", help="our plugin (default: %(default)s)")
     ap.add_argument("--harness", type=Path, default=REPO / "build" / "bin" / "harness", help="default: %(default)s")
     ap.add_argument("--sim-dir", type=Path, default=REPO / "build" / "sim", help="directory of the simulated libnvidia-ml.so.1")
@@ -259,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = ap.parse_args(argv)
     if opts.from_json:
         data = json.loads(opts.from_json.read_text())
+        data["targets"] = targets(data["results"], data["intervals_s"])
         print(table(data["results"], data["intervals_s"]))
+        print(per_thread(data["results"], data["intervals_s"]))
+        print(targets_text(data["targets"]))
         if opts.plot:
             plot(data, opts.plot)
         if opts.doc:
@@ -273,29 +438,47 @@ def main(argv: list[str] | None = None) -> int:
     if any(s not in SIZES for s in sizes):
         ap.error(f"--sizes: each one of {SIZES}")
     opts.intervals = [parse_duration(s) for s in opts.intervals.split(",") if s]
-    plugins = {"ours": opts.ours}
+    plugins = {"ours": [str(opts.ours)]}
     if opts.hashicorp:
-        plugins["hashicorp"] = opts.hashicorp.resolve()
-    for what in [opts.harness, opts.sim_dir / "libnvidia-ml.so.1", *plugins.values()]:
+        plugins["hashicorp"] = [str(opts.hashicorp.resolve())]
+    for what in [opts.harness, opts.sim_dir / "libnvidia-ml.so.1", opts.ours, *([opts.hashicorp] if opts.hashicorp else [])]:
         if not what.exists():
             ap.error(f"{what} does not exist (make native sim harness; --hashicorp: see --help)")
+    if opts.floor:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import runtime_floor  # beside this file
 
     started = time.monotonic()
     load = os.getloadavg()
     results: list[dict[str, Any]] = []
+    captured: dict[int, dict[str, int]] = {}
     for devices in sizes:
-        for name, path in plugins.items():  # both at one size before the next: drift hits both alike
+        if opts.floor:
+            answers = opts.floor_dir / f"answers-{devices}.json"
+            try:
+                captured[devices] = runtime_floor.capture_answers(opts.ours, node_env(devices, opts), answers,
+                                                                   timeout=60.0 + devices / 20)
+                plugins["floor"] = runtime_floor.floor_plugin(sys.executable, answers)
+            except Exception as exc:  # the floor's row says so; the plugins' rows still come
+                plugins.pop("floor", None)
+                results.append({"plugin": "floor", "devices": devices, "error": f"capturing our answers: {exc!r}"})
+                print(f"  capturing our answers on {devices} GPUs failed: {exc!r}", file=sys.stderr)
+        for name, cmd in plugins.items():  # all at one size before the next: drift hits all alike
             print(f"{name} on {devices} GPUs ...", file=sys.stderr, flush=True)
             try:
-                results.append(measure(name, path, devices, opts))
+                results.append(measure(name, cmd, devices, opts))
+                if name == "floor":
+                    results[-1]["answers"] = captured[devices]
             except (HarnessError, StopIteration, KeyError) as exc:
                 results.append({"plugin": name, "devices": devices, "error": str(exc) or repr(exc)})
                 print(f"  failed: {exc!r}", file=sys.stderr)
     data = {
         "note": "simulated NVML (build/sim), whole H100s, no added driver latency; each plugin with its default "
         "config; cpu_ms_per_s = CPU time of the plugin's threads (schedstat) per second of wall time over the "
-        "window; responses_per_s = Stats answers per second; RSS = VmRSS at the window's end; handshake = "
-        "exec to the go-plugin handshake line (harness handshake-latency --mode handshake)",
+        "window; wakes_per_s = the threads' voluntary and involuntary context switches per second; "
+        "responses_per_s = Stats answers per second; RSS = VmRSS at the window's end; handshake = "
+        "exec to the go-plugin handshake line (harness handshake-latency --mode handshake); floor = "
+        "benches/runtime_floor.py's bare grpc.aio server streaming a StatsResponse captured from ours",
         "command": "benches/side_by_side.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "datetime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -304,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         "intervals_s": opts.intervals, "sizes": sizes, "elapsed_s": round(time.monotonic() - started, 1),
         "results": results,
     }
+    data["targets"] = targets(results, opts.intervals)
     print(table(results, opts.intervals))
+    print(per_thread(results, opts.intervals))
+    print(targets_text(data["targets"]))
     print(f"({data['elapsed_s']:.0f} s)", file=sys.stderr)
     if opts.json == Path("-"):
         print(json.dumps(data, indent=2))
