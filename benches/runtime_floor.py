@@ -264,7 +264,8 @@ def capture_answers(plugin: str | Path, env: Mapping[str, str], out: Path, *, in
         if len(fields) < 5:
             raise RuntimeError(f"{plugin}: no go-plugin handshake line (exit status {proc.poll()})")
         target = f"unix:{fields[3]}" if fields[2] == "unix" else fields[3]
-        with grpc.insecure_channel(target) as channel:
+        # Our answers at 4,096 GPUs are over grpcio's 4 MiB default; Nomad's client takes any size.
+        with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
             # No (de)serializers: bytes in, the plugin's own bytes out.
             def unary(service: str, method: str, request: bytes = b"") -> bytes:
                 answer: bytes = channel.unary_unary(f"/{service}/{method}")(request, timeout=timeout)

@@ -196,7 +196,7 @@ def table(rows: list[dict[str, Any]], intervals: list[float], markdown: bool = F
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append([str(r["devices"]), r["plugin"], "error: " + r["error"][:80]])
+            lines.append([str(r["devices"]), r["plugin"], "error: " + " ".join(r["error"].split())[:80]])
             continue
         last = r["stats"][ivs[-1]] if ivs else r["idle"]
         lines.append([
@@ -258,16 +258,16 @@ def targets(rows: list[dict[str, Any]], intervals: list[float]) -> list[dict[str
     for devices in sorted({d for _, d in ok}):
         ours, hc, floor = (ok.get((name, devices)) for name in PLUGINS)
         for iv in (go_duration(iv) for iv in intervals):
-            if ours is None:
+            if ours is None or iv not in ours["stats"]:
                 continue
-            if devices in FLOOR_SIZES and floor is not None:
+            if devices in FLOOR_SIZES and floor is not None and iv in floor["stats"]:
                 mine, base = per_answer(ours, iv), per_answer(floor, iv)
                 if mine is not None and base is not None:
                     limit = base[0] + FLOOR_MARGIN_MS
                     checks.append({"target": f"{devices} GPUs {iv}: ours per answer <= floor + {FLOOR_MARGIN_MS} ms",
                                    "value": mine[0], "limit": limit, "pass": mine[0] <= limit,
                                    "text": f"{mine[0]:.3f} ms vs floor {base[0]:.3f} + {FLOOR_MARGIN_MS}"})
-            if hc is None or not hc["stats"][iv]["cpu_ms_per_s"]:
+            if hc is None or not hc["stats"].get(iv, {}).get("cpu_ms_per_s"):
                 continue
             ratio = ours["stats"][iv]["cpu_ms_per_s"] / hc["stats"][iv]["cpu_ms_per_s"]
             limit_ratio = RATIO_AT_8_100MS if (devices, iv) == (8, "100ms") else \
@@ -453,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     captured: dict[int, dict[str, int]] = {}
     for devices in sizes:
+        failed_capture = None
         if opts.floor:
             answers = opts.floor_dir / f"answers-{devices}.json"
             try:
@@ -461,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                 plugins["floor"] = runtime_floor.floor_plugin(sys.executable, answers)
             except Exception as exc:  # the floor's row says so; the plugins' rows still come
                 plugins.pop("floor", None)
-                results.append({"plugin": "floor", "devices": devices, "error": f"capturing our answers: {exc!r}"})
+                failed_capture = {"plugin": "floor", "devices": devices,
+                                  "error": "capturing our answers: " + " ".join(str(exc).split())}
                 print(f"  capturing our answers on {devices} GPUs failed: {exc!r}", file=sys.stderr)
         for name, cmd in plugins.items():  # all at one size before the next: drift hits all alike
             print(f"{name} on {devices} GPUs ...", file=sys.stderr, flush=True)
@@ -472,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             except (HarnessError, StopIteration, KeyError) as exc:
                 results.append({"plugin": name, "devices": devices, "error": str(exc) or repr(exc)})
                 print(f"  failed: {exc!r}", file=sys.stderr)
+        if failed_capture:
+            results.append(failed_capture)
     data = {
         "note": "simulated NVML (build/sim), whole H100s, no added driver latency; each plugin with its default "
         "config; cpu_ms_per_s = CPU time of the plugin's threads (schedstat) per second of wall time over the "

@@ -63,7 +63,7 @@ def test_bad_input_is_one_clear_line(plugin_bin: Path, tmp_path: Path) -> None:
 
 
 def test_runtime_floor_script_measures_both(plugin_bin: Path, tmp_path: Path) -> None:
-    # benches/runtime_floor.py backs the README's figures: it must keep running.
+    # benches/runtime_floor.py measures the runtime's idle floor: it must keep running.
     out = tmp_path / "floor.json"
     run = subprocess.run([sys.executable, str(REPO / "benches" / "runtime_floor.py"),
                           "--plugin", str(plugin_bin), "--launches", "2", "--settle", "0.5", "--window", "1",
