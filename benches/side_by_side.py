@@ -9,7 +9,8 @@ For each plugin and size, one `harness cost` run measures, from /proc/<pid>:
 - idle: the plugin configured, its Fingerprint stream open, no Stats;
 - stats at each interval (1 s, 100 ms): a Stats stream open at that interval;
 
-each phase --settle seconds after its stream's first answer, over --window seconds:
+each phase --settle seconds after its stream's first answer (a Stats phase half an interval off
+the answers' beat, so the window holds whole answers), over --window seconds:
 CPU in ms per second of wall time (the threads' schedstat run time, the simulated driver
 included as it runs inside the plugin), Stats answers per second, threads and VmRSS at
 the window's end, and wakes: the threads' context switches (voluntary and involuntary),

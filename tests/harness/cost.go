@@ -15,8 +15,9 @@ import (
 // as the device manager would use it: first with only the Fingerprint
 // stream open (idle), then with a Stats stream at each --interval in turn.
 // Each phase starts --settle after its stream's first answer (startup work
-// done) and lasts --window; the plugin process is sampled from /proc at both
-// ends, so its CPU is counted over exactly the window.
+// done; a Stats phase at the next half beat of its interval after that) and
+// lasts --window; the plugin process is sampled from /proc at both ends, so
+// its CPU is counted over exactly the window.
 //
 // Events: launch, info, schema, config, set_config (as session), then
 // "first_fingerprint" (ms since launch, devices), one "cost" event per phase
@@ -67,7 +68,16 @@ func runCost(args []string) error {
 	emit("first_fingerprint", fields{"ms": millis(time.Since(t0)), "devices": devices, "pid": pid})
 
 	measure := func(phase string, interval time.Duration, w *watcher) error {
-		time.Sleep(*settle)
+		// Called as the stream's first answer arrives. A Stats window starts
+		// half an interval off the answers' beat, so both its ends fall between
+		// answers (for a --window that is a whole number of intervals): it holds
+		// whole answers, each with all the CPU it took, and counts
+		// window/interval of them, not one more or one less.
+		wait := *settle
+		if interval > 0 {
+			wait = (*settle+interval-1)/interval*interval + interval/2
+		}
+		time.Sleep(wait)
 		before, err := sampleProc(pid)
 		if err != nil {
 			return atStage("sample", err)
