@@ -131,7 +131,7 @@ bench-ci: build venv
 # benches/runtime_floor.py) on 1 to 4,096 simulated GPUs, ending with the Stats targets'
 # PASS/FAIL lines (benches/side_by_side.py; HASHICORP=<its binary>, built as
 # `benches/side_by_side.py --help` says; without it, ours and the floor). SIZES=1,8,56 to
-# measure fewer sizes. About 15 minutes on 2 cores; writes docs/side-by-side.{json,png,md}.
+# measure fewer sizes, WINDOW=30s for steadier per-answer figures at 1 s. 15 to 20 minutes on 2 cores; writes docs/side-by-side.{json,png,md}.
 # Not in `make test`.
 .PHONY: bench-side-by-side
 bench-side-by-side: native sim
@@ -139,7 +139,7 @@ bench-side-by-side: native sim
 	# Bytecode compiled, as pip does for an installed wheel (this environment may set
 	# PYTHONDONTWRITEBYTECODE, and a start that compiles every module is not what operators see).
 	$(VPY) -m compileall -q python/nomad_device_nvidia >/dev/null
-	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) --floor $(if $(SIZES),--sizes $(SIZES)) \
+	$(VPY) benches/side_by_side.py $(if $(HASHICORP),--hashicorp $(HASHICORP)) --floor $(if $(SIZES),--sizes $(SIZES)) $(if $(WINDOW),--window $(WINDOW)) \
 		--json docs/side-by-side.json --plot docs/side-by-side.png --doc docs/side-by-side.md
 
 # The full soak: 100,000 Stats ticks on 56 simulated GPUs with stream churn, config

@@ -35,10 +35,13 @@ above at least as far ahead of HashiCorp (ours / HashiCorp's CPU) as in REFERENC
 
 Without --hashicorp only our plugin runs (and the floor with --floor). The full run
 (5 sizes, 15 s windows, 30 launches) takes about 10 minutes with both plugins on a 2-core
-machine, about 15 with the floor too, about 5 with ours alone; --quick about 40 s per
+machine, 15 to 20 with the floor too, about 5 with ours alone; --quick about 40 s per
 plugin. Keep windows a multiple of 5 s: our plugin
 probes every GPU once per `health.probe_interval` (5 s), so a shorter window may miss the
-probe and understate its idle cost. Prerequisites: `make native sim` and
+probe and understate its idle cost. At 1 s a window of W seconds holds W answers and the
+idle phase's noise counts in full in each: on a busy 2-core machine the per-answer figures
+at 1 s move by 0.3 ms between 10 s runs, more than the 0.15 ms the floor target allows;
+read that target from a quiet machine or --window 30s. Prerequisites: `make native sim` and
 `make -C tests/harness BIN=$PWD/build/bin harness` (or `make bench-side-by-side`, which
 does both and writes docs/side-by-side.{json,png,md}). `--from FILE.json` redraws the
 table, plot and page of an earlier run without measuring.
