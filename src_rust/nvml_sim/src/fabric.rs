@@ -8,7 +8,7 @@ use std::os::raw::c_uint;
 
 use nvml_sys::*;
 
-use crate::api::{gpu_only, on_device, put, R};
+use crate::api::{gpu_only, on_device, put, struct_version, R};
 use crate::fns::Fn;
 use crate::models::Model;
 use crate::sim::{Device, FabricNow, Sim};
@@ -144,13 +144,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfoV(
     info: *mut nvmlGpuFabricInfo_v3_t,
 ) -> nvmlReturn_t {
     on_device(device, Fn::nvmlDeviceGetGpuFabricInfo, |s, i, d| {
-        if info.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let version = (*info).version;
-        if version != nvmlGpuFabricInfo_v2 && version != nvmlGpuFabricInfo_v3 {
-            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-        }
+        let version = struct_version(info, &[nvmlGpuFabricInfo_v2, nvmlGpuFabricInfo_v3])?;
         let f = fabric(s, i, d)?.unwrap_or(FabricNow {
             state: NVML_GPU_FABRIC_STATE_NOT_SUPPORTED,
             cluster_uuid: [0; 16],

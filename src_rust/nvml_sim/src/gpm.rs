@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock, RwLock};
 
 use nvml_sys::*;
 
-use crate::api::{guard, on_device, put, sim, R};
+use crate::api::{guard, on_device, put, put_with, sim, struct_version, R};
 use crate::fns::Fn;
 use crate::sim::{Device, Metric, Sim};
 
@@ -99,16 +99,11 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
     support: *mut nvmlGpmSupport_t,
 ) -> nvmlReturn_t {
     on_device(device, Fn::nvmlGpmQueryDeviceSupport, |s, _, d| {
-        if support.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        if (*support).version != NVML_GPM_SUPPORT_VERSION {
-            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-        }
+        let version = struct_version(support, &[NVML_GPM_SUPPORT_VERSION])?;
         put(
             support,
             nvmlGpmSupport_t {
-                version: NVML_GPM_SUPPORT_VERSION,
+                version,
                 isSupportedDevice: c_uint::from(s.model_of(d).gpm),
             },
         )
@@ -119,15 +114,14 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
 pub unsafe extern "C" fn nvmlGpmSampleAlloc(out: *mut nvmlGpmSample_t) -> nvmlReturn_t {
     guard(|| {
         sim()?;
-        if out.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let mut all = samples().write().unwrap_or_else(|e| e.into_inner());
-        all.push(Sample {
-            live: AtomicBool::new(true),
-            taken: Mutex::new(None),
-        });
-        put(out, (all.len() << 4) as nvmlGpmSample_t)
+        put_with(out, || {
+            let mut all = samples().write().unwrap_or_else(|e| e.into_inner());
+            all.push(Sample {
+                live: AtomicBool::new(true),
+                taken: Mutex::new(None),
+            });
+            (all.len() << 4) as nvmlGpmSample_t
+        })
     })
 }
 
@@ -239,12 +233,7 @@ fn metric(id: c_uint) -> Option<(Metric, bool, &'static CStr, &'static CStr)> {
 pub unsafe extern "C" fn nvmlGpmMetricsGet(get: *mut nvmlGpmMetricsGet_t) -> nvmlReturn_t {
     guard(|| {
         let s = sim()?;
-        if get.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        if (*get).version != NVML_GPM_METRICS_GET_VERSION {
-            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
-        }
+        struct_version(get, &[NVML_GPM_METRICS_GET_VERSION])?;
         let n = (*get).numMetrics as usize;
         if n == 0 || n > NVML_GPM_METRIC_MAX {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
