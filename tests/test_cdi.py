@@ -1,4 +1,4 @@
-"""CDI mode of Reserve (issue 22): `reserve { cdi = true }` answers with the device
+"""CDI mode of Reserve: `reserve { cdi = true }` answers with the device
 nodes, mounts and environment of NVIDIA's CDI spec, and never NVIDIA_VISIBLE_DEVICES.
 
 The spec under test is the one NVIDIA's own `nvidia-ctk cdi generate` (v1.20.2, built

@@ -1,4 +1,4 @@
-"""A GPU task in Docker without NVIDIA's container runtime (issue 22, CDI mode).
+"""A GPU task in Docker without NVIDIA's container runtime (CDI mode).
 
 Nomad's docker driver switches a task to its `nvidia_runtime` whenever the
 reservation's environment has NVIDIA_VISIBLE_DEVICES, and fails the task when

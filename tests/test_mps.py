@@ -1,4 +1,4 @@
-"""MPS (issue 22): the `mps {}` block with HashiCorp's keys, the daemon check as an attribute
+"""MPS: the `mps {}` block with HashiCorp's keys, the daemon check as an attribute
 and as health, Reserve's MPS environment with the limits of the shares taken, MIG instances.
 
 The MPS control daemon is played by tests/mps_standin.py (a process serving a unix socket

@@ -1,4 +1,4 @@
-"""MPS through a real Nomad agent (issue 22): raw_exec tasks see the MPS environment and the
+"""MPS through a real Nomad agent: raw_exec tasks see the MPS environment and the
 limits of their shares.
 
 One `nomad agent -dev` with the plugin on one simulated GPU and
