@@ -41,37 +41,15 @@ fn nvlink(s: &Sim, d: &Device, l: c_uint) -> Result<&'static Model, nvmlReturn_t
     Ok(unsafe { &*(m as *const Model) })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(
-    device: nvmlDevice_t,
-    link: c_uint,
-    is_active: *mut nvmlEnableState_t,
-) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlDeviceGetNvLinkState, |s, _, d| {
+device_queries! {
+    nvmlDeviceGetNvLinkState(link: c_uint, is_active: *mut nvmlEnableState_t) |s, _, d| {
         nvlink(s, d, link)?;
         put(is_active, NVML_FEATURE_ENABLED)
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetNvLinkVersion(
-    device: nvmlDevice_t,
-    link: c_uint,
-    version: *mut c_uint,
-) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlDeviceGetNvLinkVersion, |s, _, d| {
-        put(version, nvlink(s, d, link)?.nvlink_version)
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetNvLinkCapability(
-    device: nvmlDevice_t,
-    link: c_uint,
-    capability: nvmlNvLinkCapability_t,
-    result: *mut c_uint,
-) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlDeviceGetNvLinkCapability, |s, _, d| {
+    };
+    nvmlDeviceGetNvLinkVersion(link: c_uint, version: *mut c_uint)
+        |s, _, d| put(version, nvlink(s, d, link)?.nvlink_version);
+    nvmlDeviceGetNvLinkCapability(
+        link: c_uint, capability: nvmlNvLinkCapability_t, result: *mut c_uint) |s, _, d| {
         nvlink(s, d, link)?;
         // Links go to other GPUs (through NVSwitches), not to system memory.
         let yes = match capability {
@@ -83,7 +61,7 @@ pub unsafe extern "C" fn nvmlDeviceGetNvLinkCapability(
             _ => return Err(NVML_ERROR_INVALID_ARGUMENT),
         };
         put(result, yes)
-    })
+    };
 }
 
 /// The fabric of a GPU, as the info calls answer: Ok(None) on a Hopper or later

@@ -138,26 +138,14 @@ pub unsafe extern "C" fn nvmlGpmSampleFree(sample: nvmlGpmSample_t) -> nvmlRetur
     })
 }
 
-/// A sample of a GPU, or of the GPU instance of a MIG device handle.
-#[no_mangle]
-pub unsafe extern "C" fn nvmlGpmSampleGet(
-    device: nvmlDevice_t,
-    sample: nvmlGpmSample_t,
-) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlGpmSampleGet, |s, i, d| {
+device_queries! {
+    /// A sample of a GPU, or of the GPU instance of a MIG device handle.
+    nvmlGpmSampleGet(sample: nvmlGpmSample_t) |s, i, d| {
         supported(s, d)?;
         take(s, i, sample)
-    })
-}
-
-/// A sample of GPU instance `gpu_instance_id` of a GPU in MIG mode.
-#[no_mangle]
-pub unsafe extern "C" fn nvmlGpmMigSampleGet(
-    device: nvmlDevice_t,
-    gpu_instance_id: c_uint,
-    sample: nvmlGpmSample_t,
-) -> nvmlReturn_t {
-    on_device(device, Fn::nvmlGpmMigSampleGet, |s, _, d| {
+    };
+    /// A sample of GPU instance `gpu_instance_id` of a GPU in MIG mode.
+    nvmlGpmMigSampleGet(gpu_instance_id: c_uint, sample: nvmlGpmSample_t) |s, _, d| {
         if d.mig.is_some() {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
@@ -175,7 +163,7 @@ pub unsafe extern "C" fn nvmlGpmMigSampleGet(
             })
             .ok_or(NVML_ERROR_NOT_FOUND)?;
         take(s, mig, sample)
-    })
+    };
 }
 
 /// A metric the simulator reports: its scenario metric, whether it is a

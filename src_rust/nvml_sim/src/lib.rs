@@ -3,6 +3,8 @@
 //! `libnvidia-ml.so.1`, so nvidia-ml-py, go-nvml and our Rust poller load it as they
 //! would load the real driver. See docs/simulated-driver.md.
 
+// Before the modules that export entry points with its macros (device_queries!).
+#[macro_use]
 pub mod api;
 pub mod branches;
 pub mod errors;
