@@ -157,32 +157,33 @@ mod tests {
 
     #[test]
     fn lookup_strips_versions() {
-        assert_eq!(
-            lookup("nvmlDeviceGetMemoryInfo_v2"),
-            Some(Fn::nvmlDeviceGetMemoryInfo as usize)
-        );
-        assert_eq!(
-            lookup("nvmlDeviceGetPciInfo_v3"),
-            Some(Fn::nvmlDeviceGetPciInfo as usize)
-        );
-        assert_eq!(lookup("nvmlDeviceGetUUID"), Some(0));
-        assert_eq!(lookup("nvmlDeviceFrobnicate"), None);
-        assert_eq!(
-            lookup("nvmlDeviceGetHandleByIndex_v2"),
-            Some(Fn::nvmlDeviceGetHandleByIndex as usize)
-        );
-        assert_eq!(
-            lookup_system("nvmlEventSetWait_v2"),
-            Some(SysFn::nvmlEventSetWait as usize)
-        );
-        assert_eq!(
-            lookup_system("nvmlDeviceGetCount_v2"),
-            Some(SysFn::nvmlDeviceGetCount as usize)
-        );
-        assert_eq!(lookup_system("nvmlDeviceGetPowerUsage"), None);
-        assert_eq!(
-            lookup("nvmlDeviceGetGpuFabricInfoV"),
-            Some(Fn::nvmlDeviceGetGpuFabricInfo as usize)
-        );
+        let id = |f: Fn| Some(f as usize);
+        for (name, want) in [
+            (
+                "nvmlDeviceGetMemoryInfo_v2",
+                id(Fn::nvmlDeviceGetMemoryInfo),
+            ),
+            ("nvmlDeviceGetPciInfo_v3", id(Fn::nvmlDeviceGetPciInfo)),
+            ("nvmlDeviceGetUUID", Some(0)),
+            ("nvmlDeviceFrobnicate", None),
+            (
+                "nvmlDeviceGetHandleByIndex_v2",
+                id(Fn::nvmlDeviceGetHandleByIndex),
+            ),
+            (
+                "nvmlDeviceGetGpuFabricInfoV",
+                id(Fn::nvmlDeviceGetGpuFabricInfo),
+            ),
+        ] {
+            assert_eq!(lookup(name), want, "{name}");
+        }
+        let sys = |f: SysFn| Some(f as usize);
+        for (name, want) in [
+            ("nvmlEventSetWait_v2", sys(SysFn::nvmlEventSetWait)),
+            ("nvmlDeviceGetCount_v2", sys(SysFn::nvmlDeviceGetCount)),
+            ("nvmlDeviceGetPowerUsage", None),
+        ] {
+            assert_eq!(lookup_system(name), want, "{name}");
+        }
     }
 }

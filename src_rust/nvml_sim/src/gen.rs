@@ -147,9 +147,7 @@ impl Gen {
                 period,
                 seed,
             } => {
-                let phase = mix64(device_seed ^ seed) % period;
-                let t = ((n + phase) % period) as f64 / period as f64;
-                let s = (t * std::f64::consts::TAU).sin();
+                let s = (cycle(device_seed ^ seed, period, n) * std::f64::consts::TAU).sin();
                 min + (max - min) * (s + 1.0) / 2.0
             }
             Gen::Ramp {
@@ -157,14 +155,17 @@ impl Gen {
                 max,
                 period,
                 seed,
-            } => {
-                let phase = mix64(device_seed ^ seed) % period;
-                let t = ((n + phase) % period) as f64 / period as f64;
-                min + (max - min) * t
-            }
+            } => min + (max - min) * cycle(device_seed ^ seed, period, n),
             Gen::Counter { start, step } => start + step * n as f64,
         }
     }
+}
+
+/// How far sample `n` is into its period, in [0, 1): each device starts at its
+/// own phase (from `seed`), so devices of one group do not move in step.
+fn cycle(seed: u64, period: u64, n: u64) -> f64 {
+    let phase = mix64(seed) % period;
+    ((n + phase) % period) as f64 / period as f64
 }
 
 #[cfg(test)]

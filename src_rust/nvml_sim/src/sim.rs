@@ -1747,8 +1747,16 @@ mod tests {
         assert!(e.contains("count"), "{e}");
     }
 
-    fn build_err(text: &str) -> String {
-        Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err()
+    /// Asserts that the scenario (after a `name` line) is refused with an error
+    /// that contains `want`.
+    fn refused(text: &str, want: &str) {
+        let e = Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err();
+        assert!(e.contains(want), "{text:?}: {e}");
+    }
+
+    /// One L4 with one fault (the fault table's keys).
+    fn l4_fault(fault: &str) -> String {
+        format!("[[gpus]]\nmodel = \"l4\"\n[[faults]]\n{fault}")
     }
 
     fn build(text: &str) -> Sim {
@@ -1757,57 +1765,49 @@ mod tests {
 
     #[test]
     fn fault_keys_that_do_not_apply_are_errors() {
-        let e =
-            build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\nafter_calls = 3\n");
-        assert!(e.contains("faults[0].after_calls: does not apply"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"lost\"\nafter_s = 1\nrecover_after_calls = 3\n",
+        refused(
+            &l4_fault("kind = \"hang\"\nafter_calls = 3\n"),
+            "faults[0].after_calls: does not apply",
         );
-        assert!(e.contains("faults[0].recover_after_calls"), "{e}");
-        let e =
-            build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"driver_gone\"\ngpu = 0\n");
-        assert!(e.contains("faults[0].gpu: does not apply"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"event_wait_error\"\nerror = \"NOPE\"\n",
+        refused(
+            &l4_fault("kind = \"lost\"\nafter_s = 1\nrecover_after_calls = 3\n"),
+            "faults[0].recover_after_calls",
         );
-        assert!(
-            e.contains("faults[0].error: unknown NVML return code"),
-            "{e}"
+        refused(
+            &l4_fault("kind = \"driver_gone\"\ngpu = 0\n"),
+            "faults[0].gpu: does not apply",
         );
-        let e = build_err(
-            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\nafter_s = 2\nuntil_s = 1\n",
+        refused(
+            &l4_fault("kind = \"event_wait_error\"\nerror = \"NOPE\"\n"),
+            "faults[0].error: unknown NVML return code",
         );
-        assert!(e.contains("faults[0].until_s"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"hang\"\ngpu = 0\nfunction = \"nvmlEventSetWait_v2\"\n",
+        refused(
+            &l4_fault("kind = \"hang\"\nafter_s = 2\nuntil_s = 1\n"),
+            "faults[0].until_s",
         );
-        assert!(e.contains("belong to no GPU"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"not_supported\"\nfunction = \"nvmlDeviceGetHandleByIndex\"\n",
+        refused(
+            &l4_fault("kind = \"hang\"\ngpu = 0\nfunction = \"nvmlEventSetWait_v2\"\n"),
+            "belong to no GPU",
         );
-        assert!(e.contains("unknown per-device query"), "{e}");
-        let e = build_err("[[gpus]]\nmodel = \"l4\"\n[[faults]]\nkind = \"frobnicate\"\n");
-        assert!(e.contains("faults[0].kind: unknown"), "{e}");
+        refused(
+            &l4_fault("kind = \"not_supported\"\nfunction = \"nvmlDeviceGetHandleByIndex\"\n"),
+            "unknown per-device query",
+        );
+        refused(
+            &l4_fault("kind = \"frobnicate\"\n"),
+            "faults[0].kind: unknown",
+        );
     }
 
     #[test]
     fn memory_faults_need_a_gpu_that_repairs_that_way() {
-        let e = build_err(
-            "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"page_retirement_pending\"\ngpu = 0\n",
-        );
-        assert!(e.contains("has no page retirement"), "{e}");
-        let e = build_err(
+        refused("[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"page_retirement_pending\"\ngpu = 0\n", "has no page retirement");
+        refused(
             "[[gpus]]\nmodel = \"v100-sxm2-32gb\"\n[[faults]]\nkind = \"row_remap_failed\"\n",
+            "has no row remapping",
         );
-        assert!(e.contains("has no row remapping"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"a100-sxm4-40gb\"\nmig = []\n[[faults]]\nkind = \"row_remap_pending\"\n",
-        );
-        assert!(e.contains("MIG mode"), "{e}");
-        let e = build_err(
-            "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"row_remap_pending\"\npages = 2\n",
-        );
-        assert!(e.contains("faults[0].pages: does not apply"), "{e}");
+        refused("[[gpus]]\nmodel = \"a100-sxm4-40gb\"\nmig = []\n[[faults]]\nkind = \"row_remap_pending\"\n", "MIG mode");
+        refused("[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[[faults]]\nkind = \"row_remap_pending\"\npages = 2\n", "faults[0].pages: does not apply");
         // Overrides turn the features on and off.
         let s = build(
             "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\npage_retirement = true\nrow_remapping = false\n[[faults]]\nkind = \"page_retirement_pending\"\npages = 3\n",
@@ -1831,10 +1831,14 @@ mod tests {
         );
         let s = build("[[gpus]]\nname = \"iGPU\"\nmemory_mib = 0\n");
         assert_eq!(s.devices[0].memory_total, 0);
-        let e = build_err("[[gpus]]\nname = \"iGPU\"\nmemory_mib = 0\nmemory_reserved_mib = 5\n");
-        assert!(e.contains("gpus[0].memory_reserved_mib"), "{e}");
-        let e = build_err("[[gpus]]\nmodel = \"h100-sxm5-80gb\"\nmemory_mib = 0\nmig = []\n");
-        assert!(e.contains("gpus[0].mig"), "{e}");
+        refused(
+            "[[gpus]]\nname = \"iGPU\"\nmemory_mib = 0\nmemory_reserved_mib = 5\n",
+            "gpus[0].memory_reserved_mib",
+        );
+        refused(
+            "[[gpus]]\nmodel = \"h100-sxm5-80gb\"\nmemory_mib = 0\nmig = []\n",
+            "gpus[0].mig",
+        );
         let s = build("[[gpus]]\nmodel = \"gb10\"\n");
         assert_eq!(s.devices[0].memory_total, 0);
     }

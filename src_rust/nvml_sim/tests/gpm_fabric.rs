@@ -16,7 +16,7 @@ use nvml_sim::sim::{Sim, FABRIC_DEGRADED_MASK, FABRIC_HEALTHY_MASK};
 use nvml_sys::*;
 
 mod common;
-use common::handle;
+use common::{handle, refused};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -509,40 +509,40 @@ nvlink_version = "3.1"
     shutdown();
 }
 
-fn build_err(text: &str) -> String {
-    Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err()
-}
-
 #[test]
 fn fabric_keys_are_checked() {
-    let e = build_err("[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[gpus.fabric]\nclique = 3\n");
-    assert!(
-        e.contains("gpus[0].fabric: NVML reports an NVLink fabric from Hopper on"),
-        "{e}"
+    refused(
+        "[[gpus]]\nmodel = \"a100-sxm4-80gb\"\n[gpus.fabric]\nclique = 3\n",
+        "gpus[0].fabric: NVML reports an NVLink fabric from Hopper on",
     );
-    let e = build_err("[[gpus]]\nmodel = \"gb200\"\n[gpus.fabric]\ncluster_uuid = \"nope\"\n");
-    assert!(e.contains("gpus[0].fabric.cluster_uuid"), "{e}");
-    let e = build_err(
+    refused(
+        "[[gpus]]\nmodel = \"gb200\"\n[gpus.fabric]\ncluster_uuid = \"nope\"\n",
+        "gpus[0].fabric.cluster_uuid",
+    );
+    refused(
         "[[gpus]]\nmodel = \"h100-sxm5-80gb\"\n[[faults]]\nkind = \"fabric_not_ready\"\ngpu = 0\n",
+        "GPU 0 (NVIDIA H100 80GB HBM3) is in no NVLink fabric",
     );
-    assert!(
-        e.contains("GPU 0 (NVIDIA H100 80GB HBM3) is in no NVLink fabric"),
-        "{e}"
-    );
-    let e = build_err(
+    refused(
         "[[gpus]]\nmodel = \"gb200\"\n[[faults]]\nkind = \"fabric_not_ready\"\nstate = \"done\"\n",
+        "faults[0].state",
     );
-    assert!(e.contains("faults[0].state"), "{e}");
-    let e = build_err(
+    refused(
         "[[gpus]]\nmodel = \"gb200\"\n[[faults]]\nkind = \"fabric_not_ready\"\nhealth_mask = 1\n",
+        "faults[0].health_mask: does not apply",
     );
-    assert!(e.contains("faults[0].health_mask: does not apply"), "{e}");
-    let e = build_err("[[gpus]]\nmodel = \"gb200\"\nnvlink_version = \"9.9\"\n");
-    assert!(e.contains("gpus[0].nvlink_version"), "{e}");
-    let e = build_err("[[gpus]]\nmodel = \"gb200\"\nnvlink_links = 99\n");
-    assert!(e.contains("gpus[0].nvlink_links"), "{e}");
-    let e = build_err("[[gpus]]\nmodel = \"gb200\"\nstats.gpm_bogus = 1\n");
-    assert!(e.contains("gpm_graphics_util"), "{e}");
+    refused(
+        "[[gpus]]\nmodel = \"gb200\"\nnvlink_version = \"9.9\"\n",
+        "gpus[0].nvlink_version",
+    );
+    refused(
+        "[[gpus]]\nmodel = \"gb200\"\nnvlink_links = 99\n",
+        "gpus[0].nvlink_links",
+    );
+    refused(
+        "[[gpus]]\nmodel = \"gb200\"\nstats.gpm_bogus = 1\n",
+        "gpm_graphics_util",
+    );
     // A GB200 without a fabric table still has one; `enabled = false` takes it away.
     let s = Sim::from_toml("x", "name = \"t\"\n[[gpus]]\nmodel = \"gb200\"\n").unwrap();
     assert!(s.fabric_now(0).is_some());

@@ -22,3 +22,11 @@ pub fn new_set() -> nvmlEventSet_t {
     assert_eq!(unsafe { nvmlEventSetCreate(&mut set) }, NVML_SUCCESS);
     set
 }
+
+/// Asserts that the scenario (after a `name` line) is refused with an error that
+/// contains `want`.
+#[allow(dead_code)]
+pub fn refused(text: &str, want: &str) {
+    let e = nvml_sim::sim::Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err();
+    assert!(e.contains(want), "{text:?}: {e}");
+}
