@@ -116,6 +116,11 @@ impl Window {
     }
 }
 
+/// The code of the first of `windows` open at `now`.
+fn code_at(windows: &[Window], now: u64) -> Option<nvmlReturn_t> {
+    windows.iter().find(|w| w.covers(now)).map(|w| w.code)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryKind {
     PageRetirementPending,
@@ -1453,11 +1458,7 @@ impl Sim {
 
     /// The error an init starting a new session answers now, if the driver is gone.
     pub fn gone_for_new_session(&self) -> Option<nvmlReturn_t> {
-        let now = self.elapsed_ns();
-        self.driver_gone
-            .iter()
-            .find(|w| w.covers(now))
-            .map(|w| w.code)
+        code_at(&self.driver_gone, self.elapsed_ns())
     }
 
     /// The error an event-set wait answers now (driver gone or event_wait_error).
@@ -1468,11 +1469,7 @@ impl Sim {
         if self.event_wait_errors.is_empty() {
             return None;
         }
-        let now = self.elapsed_ns();
-        self.event_wait_errors
-            .iter()
-            .find(|w| w.covers(now))
-            .map(|w| w.code)
+        code_at(&self.event_wait_errors, self.elapsed_ns())
     }
 
     /// Nanoseconds until the next driver_gone or event_wait_error window opens.

@@ -449,28 +449,22 @@ nvlink_version = "3.1"
         NVML_SUCCESS
     );
     assert_eq!(v, NVML_FEATURE_ENABLED);
-    assert_eq!(
-        unsafe { nvmlDeviceGetNvLinkState(gb200, 18, &mut v) },
-        NVML_ERROR_NOT_SUPPORTED
-    );
-    assert_eq!(
-        unsafe { nvmlDeviceGetNvLinkState(gb200, NVML_NVLINK_MAX_LINKS, &mut v) },
-        NVML_ERROR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        unsafe { nvmlDeviceGetNvLinkState(l4, 0, &mut v) },
-        NVML_ERROR_NOT_SUPPORTED
-    );
-    assert_eq!(
-        unsafe { nvmlDeviceGetNvLinkVersion(gb200, 0, &mut v) },
-        NVML_SUCCESS
-    );
-    assert_eq!(v, NVML_NVLINK_VERSION_5_0);
-    assert_eq!(
-        unsafe { nvmlDeviceGetNvLinkVersion(custom, 3, &mut v) },
-        NVML_SUCCESS
-    );
-    assert_eq!(v, NVML_NVLINK_VERSION_3_1);
+    // Past the GPU's links, past NVML's, and a GPU without NVLink.
+    for (h, link, want) in [
+        (gb200, 18, NVML_ERROR_NOT_SUPPORTED),
+        (gb200, NVML_NVLINK_MAX_LINKS, NVML_ERROR_INVALID_ARGUMENT),
+        (l4, 0, NVML_ERROR_NOT_SUPPORTED),
+    ] {
+        let got = unsafe { nvmlDeviceGetNvLinkState(h, link, &mut v) };
+        assert_eq!(got, want, "link {link}");
+    }
+    for (h, link, want) in [
+        (gb200, 0, NVML_NVLINK_VERSION_5_0),
+        (custom, 3, NVML_NVLINK_VERSION_3_1),
+    ] {
+        let got = unsafe { nvmlDeviceGetNvLinkVersion(h, link, &mut v) };
+        assert_eq!((got, v), (NVML_SUCCESS, want));
+    }
     for (cap, want) in [
         (NVML_NVLINK_CAP_P2P_SUPPORTED, 1),
         (NVML_NVLINK_CAP_SYSMEM_ACCESS, 0),

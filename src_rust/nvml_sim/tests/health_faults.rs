@@ -6,8 +6,8 @@
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nvml_sim::api::*;
@@ -20,7 +20,7 @@ use common::handle;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
+fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -31,12 +31,35 @@ fn tmp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Writes the scenario, points NVML_SIM_SCENARIO at it and inits.
-fn init_with(dir: &Path, file: &str, text: &str) -> nvmlReturn_t {
-    let path = dir.join(file);
-    std::fs::write(&path, text).unwrap();
-    std::env::set_var("NVML_SIM_SCENARIO", &path);
-    nvmlInit_v2()
+/// One test's hold on the library (LOCK) and its scratch folder, fresh at the
+/// start and removed at the end.
+struct Held {
+    dir: PathBuf,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Held {
+    fn new(tag: &str) -> Held {
+        let _lock = lock();
+        Held {
+            dir: tmp_dir(tag),
+            _lock,
+        }
+    }
+
+    /// Writes the scenario as `file`, points NVML_SIM_SCENARIO at it and inits.
+    fn init(&self, file: &str, text: &str) -> nvmlReturn_t {
+        let path = self.dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        std::env::set_var("NVML_SIM_SCENARIO", &path);
+        nvmlInit_v2()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn machine() -> &'static Sim {
@@ -120,10 +143,9 @@ uncorrectable_rows = 7
 
 #[test]
 fn memory_repair_state_and_support() {
-    let _g = lock();
-    let dir = tmp_dir("repair");
+    let held = Held::new("repair");
     std::env::remove_var("NVML_SIM_PERSIST_DIR");
-    assert_eq!(init_with(&dir, "repair.toml", REPAIR), NVML_SUCCESS);
+    assert_eq!(held.init("repair.toml", REPAIR), NVML_SUCCESS);
     let (v100, pending, failed, healthy, mig_gpu) =
         (handle(0), handle(1), handle(2), handle(3), handle(4));
 
@@ -207,9 +229,8 @@ fn memory_repair_state_and_support() {
 
 #[test]
 fn memory_repair_state_persists_in_the_persist_dir() {
-    let _g = lock();
-    let dir = tmp_dir("persist");
-    let store = dir.join("inforom");
+    let held = Held::new("persist");
+    let store = held.dir.join("inforom");
     let scenario = |after_s: f64| {
         format!(
             "name = \"persist me\"\n[[gpus]]\nmodel = \"a100-sxm4-80gb\"\ncount = 2\n\
@@ -219,14 +240,14 @@ fn memory_repair_state_persists_in_the_persist_dir() {
     };
     // Without the variable nothing is written.
     std::env::remove_var("NVML_SIM_PERSIST_DIR");
-    assert_eq!(init_with(&dir, "a.toml", &scenario(0.0)), NVML_SUCCESS);
+    assert_eq!(held.init("a.toml", &scenario(0.0)), NVML_SUCCESS);
     assert_eq!(remapped_rows(handle(1)), Ok([0, 0, 0, 1]));
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
     assert!(!store.exists());
 
     // With it, the failure is recorded once it has happened...
     std::env::set_var("NVML_SIM_PERSIST_DIR", &store);
-    assert_eq!(init_with(&dir, "b.toml", &scenario(0.5)), NVML_SUCCESS);
+    assert_eq!(held.init("b.toml", &scenario(0.5)), NVML_SUCCESS);
     let gpu1 = handle(1);
     assert_eq!(remapped_rows(gpu1), Ok([0, 0, 0, 0]));
     let marker = store.join("persist_me.gpu1.row_remap_failed");
@@ -242,12 +263,11 @@ fn memory_repair_state_persists_in_the_persist_dir() {
 
     // ...and a later init of that scenario (a fresh machine, as in a new process)
     // has it from time 0, even though this text says it comes in an hour.
-    assert_eq!(init_with(&dir, "c.toml", &scenario(3600.0)), NVML_SUCCESS);
+    assert_eq!(held.init("c.toml", &scenario(3600.0)), NVML_SUCCESS);
     assert_eq!(remapped_rows(handle(1)), Ok([0, 0, 0, 1]));
     assert_eq!(remapped_rows(handle(0)), Ok([0, 0, 0, 0]));
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
     std::env::remove_var("NVML_SIM_PERSIST_DIR");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -326,12 +346,11 @@ fn integrated_gpu_has_no_memory_info() {
 
 #[test]
 fn driver_gone_fails_every_call_until_a_new_session_after_recovery() {
-    let _g = lock();
-    let dir = tmp_dir("gone");
+    let held = Held::new("gone");
     let text = "name = \"gone\"\n[[gpus]]\nmodel = \"l4\"\ncount = 2\n\
                 [[faults]]\nkind = \"driver_gone\"\nerror = \"LIB_RM_VERSION_MISMATCH\"\n\
                 after_s = 0.2\nrecover_after_s = 0.3\n";
-    assert_eq!(init_with(&dir, "gone.toml", text), NVML_SUCCESS);
+    assert_eq!(held.init("gone.toml", text), NVML_SUCCESS);
     let s = machine();
     let gpu0 = handle(0);
     let mut set = std::ptr::null_mut();
@@ -376,20 +395,15 @@ fn driver_gone_fails_every_call_until_a_new_session_after_recovery() {
     assert_eq!(nvmlInit_v2(), NVML_SUCCESS);
     assert_eq!(count(), Ok(2));
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn driver_not_there_at_first_then_loaded() {
-    let _g = lock();
-    let dir = tmp_dir("late");
+    let held = Held::new("late");
     // The default error; from time 0 for 0.3 s: inits fail until then.
     let text = "name = \"late\"\n[[gpus]]\nmodel = \"l4\"\n\
                 [[faults]]\nkind = \"driver_gone\"\nrecover_after_s = 0.3\n";
-    assert_eq!(
-        init_with(&dir, "late.toml", text),
-        NVML_ERROR_DRIVER_NOT_LOADED
-    );
+    assert_eq!(held.init("late.toml", text), NVML_ERROR_DRIVER_NOT_LOADED);
     assert_eq!(count(), Err(NVML_ERROR_UNINITIALIZED));
     assert_eq!(nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
     let s = machine();
@@ -403,20 +417,18 @@ fn driver_not_there_at_first_then_loaded() {
     assert!(s.elapsed_ns() >= 300_000_000);
     assert_eq!(count(), Ok(1));
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn event_waits_fail_in_their_window_and_take_no_event() {
-    let _g = lock();
-    let dir = tmp_dir("waits");
+    let held = Held::new("waits");
     let text = "name = \"waits\"\n[[gpus]]\nmodel = \"a100-sxm4-40gb\"\ncount = 2\n\
                 mig = [\"3g.20gb\", \"3g.20gb\"]\n\
                 [[faults]]\nkind = \"event_wait_error\"\nerror = \"GPU_IS_LOST\"\n\
                 after_s = 1.0\nrecover_after_s = 1.0\n\
                 [[events]]\ngpu = 1\nat_s = 0.5\nxid = 94\ngpu_instance = 2\ncompute_instance = 0\n\
                 [[events]]\ngpu = 0\nat_s = 1.5\nxid = 79\n";
-    assert_eq!(init_with(&dir, "waits.toml", text), NVML_SUCCESS);
+    assert_eq!(held.init("waits.toml", text), NVML_SUCCESS);
     let s = machine();
     let (gpu0, gpu1) = (handle(0), handle(1));
     let mut set = std::ptr::null_mut();
@@ -470,13 +482,11 @@ fn event_waits_fail_in_their_window_and_take_no_event() {
         assert_eq!(nvmlEventSetFree(set), NVML_SUCCESS);
     }
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn hangs_on_any_call_until_a_time_or_for_good() {
-    let _g = lock();
-    let dir = tmp_dir("hangs");
+    let held = Held::new("hangs");
     // GPU 1: every call (lookups too) hangs until 2 s. GPU 2: power hangs for good.
     // nvmlDeviceGetCount hangs 300 ms, once.
     let text = "name = \"hangs\"\n[[gpus]]\nmodel = \"h100-sxm5-80gb\"\ncount = 3\n\
@@ -484,7 +494,7 @@ fn hangs_on_any_call_until_a_time_or_for_good() {
                 [[faults]]\nkind = \"hang\"\ngpu = 2\nfunction = \"nvmlDeviceGetPowerUsage\"\n\
                 [[faults]]\nkind = \"hang\"\nfunctions = [\"nvmlDeviceGetCount_v2\"]\n\
                 duration_ms = 300\ncalls = 1\n";
-    let path = dir.join("hangs.toml");
+    let path = held.dir.join("hangs.toml");
     std::fs::write(&path, text).unwrap();
     std::env::set_var("NVML_SIM_SCENARIO", &path);
     assert_eq!(nvmlInit_v2(), NVML_SUCCESS);
@@ -520,17 +530,15 @@ fn hangs_on_any_call_until_a_time_or_for_good() {
     assert_eq!(power(handle(1)), NVML_SUCCESS);
     assert!(!forever.is_finished());
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn every_gpu_lost_when_lost_names_none() {
-    let _g = lock();
-    let dir = tmp_dir("lost");
+    let held = Held::new("lost");
     let text = "name = \"all-lost\"\n[[gpus]]\nmodel = \"h100-sxm5-80gb\"\ncount = 2\n\
                 mig = [\"3g.40gb\"]\n\
                 [[faults]]\nkind = \"lost\"\nafter_s = 0\n";
-    assert_eq!(init_with(&dir, "lost.toml", text), NVML_SUCCESS);
+    assert_eq!(held.init("lost.toml", text), NVML_SUCCESS);
     assert_eq!(count(), Ok(2));
     for i in 0..2 {
         let h = handle(i);
@@ -542,5 +550,4 @@ fn every_gpu_lost_when_lost_names_none() {
         );
     }
     assert_eq!(nvmlShutdown(), NVML_SUCCESS);
-    let _ = std::fs::remove_dir_all(&dir);
 }

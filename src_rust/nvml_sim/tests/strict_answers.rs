@@ -56,30 +56,19 @@ fn utilization_is_not_supported_on_a_mig_enabled_gpu() {
                     [[gpus]]\nmodel = \"h100-sxm5-80gb\"\n";
     session("mig-util", scenario, || unsafe {
         let (parent, plain) = (handle(0), handle(1));
-        let mut u: nvmlUtilization_t = std::mem::zeroed();
-        let (mut v, mut period) = (0, 0);
-        assert_eq!(
-            nvmlDeviceGetUtilizationRates(parent, &mut u),
-            NVML_ERROR_NOT_SUPPORTED
-        );
-        assert_eq!(
-            nvmlDeviceGetEncoderUtilization(parent, &mut v, &mut period),
-            NVML_ERROR_NOT_SUPPORTED
-        );
-        assert_eq!(
-            nvmlDeviceGetDecoderUtilization(parent, &mut v, &mut period),
-            NVML_ERROR_NOT_SUPPORTED
-        );
+        // Utilization, encoder and decoder utilization.
+        let answers = |h| {
+            let mut u: nvmlUtilization_t = std::mem::zeroed();
+            let (mut v, mut period) = (0, 0);
+            [
+                nvmlDeviceGetUtilizationRates(h, &mut u),
+                nvmlDeviceGetEncoderUtilization(h, &mut v, &mut period),
+                nvmlDeviceGetDecoderUtilization(h, &mut v, &mut period),
+            ]
+        };
+        assert_eq!(answers(parent), [NVML_ERROR_NOT_SUPPORTED; 3]);
         // A GPU not in MIG mode answers.
-        assert_eq!(nvmlDeviceGetUtilizationRates(plain, &mut u), NVML_SUCCESS);
-        assert_eq!(
-            nvmlDeviceGetEncoderUtilization(plain, &mut v, &mut period),
-            NVML_SUCCESS
-        );
-        assert_eq!(
-            nvmlDeviceGetDecoderUtilization(plain, &mut v, &mut period),
-            NVML_SUCCESS
-        );
+        assert_eq!(answers(plain), [NVML_SUCCESS; 3]);
     });
 }
 
