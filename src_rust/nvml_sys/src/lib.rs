@@ -12,25 +12,28 @@ pub use fields::*;
 
 // ---------------------------------------------------------------- handles
 
-/// Opaque targets of the handle pointers (never dereferenced by callers), and the
-/// handle types that point at them.
-macro_rules! opaque_handles {
-    ($($target:ident => $handle:ident;)*) => {$(
-        #[repr(C)]
-        pub struct $target {
-            _private: [u8; 0],
-        }
-        pub type $handle = *mut $target;
-    )*};
+/// Opaque targets of the handle pointers; never dereferenced by callers.
+#[repr(C)]
+pub struct nvmlDevice_st {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct nvmlGpuInstance_st {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct nvmlComputeInstance_st {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct nvmlEventSet_st {
+    _private: [u8; 0],
 }
 
-opaque_handles! {
-    nvmlDevice_st => nvmlDevice_t;
-    nvmlGpuInstance_st => nvmlGpuInstance_t;
-    nvmlComputeInstance_st => nvmlComputeInstance_t;
-    nvmlEventSet_st => nvmlEventSet_t;
-    nvmlGpmSample_st => nvmlGpmSample_t;
-}
+pub type nvmlDevice_t = *mut nvmlDevice_st;
+pub type nvmlGpuInstance_t = *mut nvmlGpuInstance_st;
+pub type nvmlComputeInstance_t = *mut nvmlComputeInstance_st;
+pub type nvmlEventSet_t = *mut nvmlEventSet_st;
 
 // C enums are `int`-sized; NVML passes them as unsigned values.
 pub type nvmlReturn_t = c_uint;
@@ -54,49 +57,81 @@ pub type nvmlPageRetirementCause_t = c_uint;
 
 // ---------------------------------------------------------------- return codes
 
-/// The return codes, and RETURN_CODE_NAMES: each with its C name, for error-name
-/// parsing and messages.
-macro_rules! return_codes {
-    ($($name:ident = $value:literal,)*) => {
-        $(pub const $name: nvmlReturn_t = $value;)*
-        pub const RETURN_CODE_NAMES: &[(nvmlReturn_t, &str)] = &[$(($name, stringify!($name))),*];
+pub const NVML_SUCCESS: nvmlReturn_t = 0;
+pub const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
+pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
+pub const NVML_ERROR_NOT_SUPPORTED: nvmlReturn_t = 3;
+pub const NVML_ERROR_NO_PERMISSION: nvmlReturn_t = 4;
+pub const NVML_ERROR_ALREADY_INITIALIZED: nvmlReturn_t = 5;
+pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
+pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+pub const NVML_ERROR_INSUFFICIENT_POWER: nvmlReturn_t = 8;
+pub const NVML_ERROR_DRIVER_NOT_LOADED: nvmlReturn_t = 9;
+pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
+pub const NVML_ERROR_IRQ_ISSUE: nvmlReturn_t = 11;
+pub const NVML_ERROR_LIBRARY_NOT_FOUND: nvmlReturn_t = 12;
+pub const NVML_ERROR_FUNCTION_NOT_FOUND: nvmlReturn_t = 13;
+pub const NVML_ERROR_CORRUPTED_INFOROM: nvmlReturn_t = 14;
+pub const NVML_ERROR_GPU_IS_LOST: nvmlReturn_t = 15;
+pub const NVML_ERROR_RESET_REQUIRED: nvmlReturn_t = 16;
+pub const NVML_ERROR_OPERATING_SYSTEM: nvmlReturn_t = 17;
+pub const NVML_ERROR_LIB_RM_VERSION_MISMATCH: nvmlReturn_t = 18;
+pub const NVML_ERROR_IN_USE: nvmlReturn_t = 19;
+pub const NVML_ERROR_MEMORY: nvmlReturn_t = 20;
+pub const NVML_ERROR_NO_DATA: nvmlReturn_t = 21;
+pub const NVML_ERROR_VGPU_ECC_NOT_SUPPORTED: nvmlReturn_t = 22;
+pub const NVML_ERROR_INSUFFICIENT_RESOURCES: nvmlReturn_t = 23;
+pub const NVML_ERROR_FREQ_NOT_SUPPORTED: nvmlReturn_t = 24;
+pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
+pub const NVML_ERROR_DEPRECATED: nvmlReturn_t = 26;
+pub const NVML_ERROR_NOT_READY: nvmlReturn_t = 27;
+pub const NVML_ERROR_GPU_NOT_FOUND: nvmlReturn_t = 28;
+pub const NVML_ERROR_INVALID_STATE: nvmlReturn_t = 29;
+pub const NVML_ERROR_RESET_TYPE_NOT_SUPPORTED: nvmlReturn_t = 30;
+pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
+
+/// `[(CODE, "CODE"), ...]`: each code with its C name, written once.
+macro_rules! with_names {
+    ($($code:ident),* $(,)?) => {
+        &[$(($code, stringify!($code))),*]
     };
 }
 
-return_codes! {
-    NVML_SUCCESS = 0,
-    NVML_ERROR_UNINITIALIZED = 1,
-    NVML_ERROR_INVALID_ARGUMENT = 2,
-    NVML_ERROR_NOT_SUPPORTED = 3,
-    NVML_ERROR_NO_PERMISSION = 4,
-    NVML_ERROR_ALREADY_INITIALIZED = 5,
-    NVML_ERROR_NOT_FOUND = 6,
-    NVML_ERROR_INSUFFICIENT_SIZE = 7,
-    NVML_ERROR_INSUFFICIENT_POWER = 8,
-    NVML_ERROR_DRIVER_NOT_LOADED = 9,
-    NVML_ERROR_TIMEOUT = 10,
-    NVML_ERROR_IRQ_ISSUE = 11,
-    NVML_ERROR_LIBRARY_NOT_FOUND = 12,
-    NVML_ERROR_FUNCTION_NOT_FOUND = 13,
-    NVML_ERROR_CORRUPTED_INFOROM = 14,
-    NVML_ERROR_GPU_IS_LOST = 15,
-    NVML_ERROR_RESET_REQUIRED = 16,
-    NVML_ERROR_OPERATING_SYSTEM = 17,
-    NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18,
-    NVML_ERROR_IN_USE = 19,
-    NVML_ERROR_MEMORY = 20,
-    NVML_ERROR_NO_DATA = 21,
-    NVML_ERROR_VGPU_ECC_NOT_SUPPORTED = 22,
-    NVML_ERROR_INSUFFICIENT_RESOURCES = 23,
-    NVML_ERROR_FREQ_NOT_SUPPORTED = 24,
-    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
-    NVML_ERROR_DEPRECATED = 26,
-    NVML_ERROR_NOT_READY = 27,
-    NVML_ERROR_GPU_NOT_FOUND = 28,
-    NVML_ERROR_INVALID_STATE = 29,
-    NVML_ERROR_RESET_TYPE_NOT_SUPPORTED = 30,
-    NVML_ERROR_UNKNOWN = 999,
-}
+/// Every return code with its C name, for error-name parsing and messages.
+pub const RETURN_CODE_NAMES: &[(nvmlReturn_t, &str)] = with_names![
+    NVML_SUCCESS,
+    NVML_ERROR_UNINITIALIZED,
+    NVML_ERROR_INVALID_ARGUMENT,
+    NVML_ERROR_NOT_SUPPORTED,
+    NVML_ERROR_NO_PERMISSION,
+    NVML_ERROR_ALREADY_INITIALIZED,
+    NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_INSUFFICIENT_SIZE,
+    NVML_ERROR_INSUFFICIENT_POWER,
+    NVML_ERROR_DRIVER_NOT_LOADED,
+    NVML_ERROR_TIMEOUT,
+    NVML_ERROR_IRQ_ISSUE,
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_FUNCTION_NOT_FOUND,
+    NVML_ERROR_CORRUPTED_INFOROM,
+    NVML_ERROR_GPU_IS_LOST,
+    NVML_ERROR_RESET_REQUIRED,
+    NVML_ERROR_OPERATING_SYSTEM,
+    NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+    NVML_ERROR_IN_USE,
+    NVML_ERROR_MEMORY,
+    NVML_ERROR_NO_DATA,
+    NVML_ERROR_VGPU_ECC_NOT_SUPPORTED,
+    NVML_ERROR_INSUFFICIENT_RESOURCES,
+    NVML_ERROR_FREQ_NOT_SUPPORTED,
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+    NVML_ERROR_DEPRECATED,
+    NVML_ERROR_NOT_READY,
+    NVML_ERROR_GPU_NOT_FOUND,
+    NVML_ERROR_INVALID_STATE,
+    NVML_ERROR_RESET_TYPE_NOT_SUPPORTED,
+    NVML_ERROR_UNKNOWN,
+];
 
 /// The C name of a return code (`"NVML_ERROR_GPU_IS_LOST"`), if it is one.
 pub fn return_code_name(code: nvmlReturn_t) -> Option<&'static str> {
@@ -257,24 +292,6 @@ pub const NVML_DEVICE_SERIAL_BUFFER_SIZE: usize = 30;
 pub const NVML_DEVICE_VBIOS_VERSION_BUFFER_SIZE: usize = 32;
 
 // ---------------------------------------------------------------- structs
-
-/// The versions of one NVML struct, `#[repr(C)]`: each has its own leading fields,
-/// the fields every version shares, then its own trailing fields, in that order.
-macro_rules! struct_versions {
-    (shared $shared:tt $($(#[$m:meta])* $name:ident { $($lead:tt)* } .. { $($trail:tt)* })*) => {
-        $(struct_versions!(@one $(#[$m])* $name { $($lead)* } $shared { $($trail)* });)*
-    };
-    (@one $(#[$m:meta])* $name:ident
-        { $($lf:ident: $lt:ty,)* } { $($sf:ident: $st:ty,)* } { $($tf:ident: $tt:ty,)* }) => {
-        $(#[$m])*
-        #[repr(C)]
-        pub struct $name {
-            $(pub $lf: $lt,)*
-            $(pub $sf: $st,)*
-            $(pub $tf: $tt,)*
-        }
-    };
-}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -438,33 +455,56 @@ pub struct nvmlGpuInstancePlacement_t {
     pub size: c_uint,
 }
 
-struct_versions! {
-    shared {
-        sliceCount: c_uint,
-        instanceCount: c_uint,
-        multiprocessorCount: c_uint,
-        copyEngineCount: c_uint,
-        decoderCount: c_uint,
-        encoderCount: c_uint,
-        jpegCount: c_uint,
-        ofaCount: c_uint,
-        memorySizeMB: c_ulonglong,
-    }
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    nvmlGpuInstanceProfileInfo_t { id: c_uint, isP2pSupported: c_uint, } .. {}
-    #[derive(Debug, Clone, Copy)]
-    nvmlGpuInstanceProfileInfo_v2_t {
-        version: c_uint,
-        id: c_uint,
-        isP2pSupported: c_uint,
-    } .. {
-        name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
-    }
-    #[derive(Debug, Clone, Copy)]
-    nvmlGpuInstanceProfileInfo_v3_t { version: c_uint, id: c_uint, } .. {
-        name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
-        capabilities: c_uint,
-    }
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuInstanceProfileInfo_t {
+    pub id: c_uint,
+    pub isP2pSupported: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub copyEngineCount: c_uint,
+    pub decoderCount: c_uint,
+    pub encoderCount: c_uint,
+    pub jpegCount: c_uint,
+    pub ofaCount: c_uint,
+    pub memorySizeMB: c_ulonglong,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpuInstanceProfileInfo_v2_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub isP2pSupported: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub copyEngineCount: c_uint,
+    pub decoderCount: c_uint,
+    pub encoderCount: c_uint,
+    pub jpegCount: c_uint,
+    pub ofaCount: c_uint,
+    pub memorySizeMB: c_ulonglong,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpuInstanceProfileInfo_v3_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub copyEngineCount: c_uint,
+    pub decoderCount: c_uint,
+    pub encoderCount: c_uint,
+    pub jpegCount: c_uint,
+    pub ofaCount: c_uint,
+    pub memorySizeMB: c_ulonglong,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+    pub capabilities: c_uint,
 }
 
 #[repr(C)]
@@ -483,29 +523,51 @@ pub struct nvmlComputeInstancePlacement_t {
     pub size: c_uint,
 }
 
-struct_versions! {
-    shared {
-        id: c_uint,
-        sliceCount: c_uint,
-        instanceCount: c_uint,
-        multiprocessorCount: c_uint,
-        sharedCopyEngineCount: c_uint,
-        sharedDecoderCount: c_uint,
-        sharedEncoderCount: c_uint,
-        sharedJpegCount: c_uint,
-        sharedOfaCount: c_uint,
-    }
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    nvmlComputeInstanceProfileInfo_t {} .. {}
-    #[derive(Debug, Clone, Copy)]
-    nvmlComputeInstanceProfileInfo_v2_t { version: c_uint, } .. {
-        name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
-    }
-    #[derive(Debug, Clone, Copy)]
-    nvmlComputeInstanceProfileInfo_v3_t { version: c_uint, } .. {
-        name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
-        capabilities: c_uint,
-    }
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlComputeInstanceProfileInfo_t {
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlComputeInstanceProfileInfo_v2_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlComputeInstanceProfileInfo_v3_t {
+    pub version: c_uint,
+    pub id: c_uint,
+    pub sliceCount: c_uint,
+    pub instanceCount: c_uint,
+    pub multiprocessorCount: c_uint,
+    pub sharedCopyEngineCount: c_uint,
+    pub sharedDecoderCount: c_uint,
+    pub sharedEncoderCount: c_uint,
+    pub sharedJpegCount: c_uint,
+    pub sharedOfaCount: c_uint,
+    pub name: [c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE],
+    pub capabilities: c_uint,
 }
 
 #[repr(C)]
@@ -599,33 +661,56 @@ pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_HEALTHY: u8 = 1;
 pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_UNHEALTHY: u8 = 2;
 pub const NVML_GPU_FABRIC_HEALTH_SUMMARY_LIMITED_CAPACITY: u8 = 3;
 
-struct_versions! {
-    shared {
-        clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
-        status: nvmlReturn_t,
-        cliqueId: c_uint,
-        state: nvmlGpuFabricState_t,
-        _pad: [u8; 3],
-    }
-    /// nvmlDeviceGetGpuFabricInfo (the unversioned call). `state` is one byte; the
-    /// three bytes after it are padding, written as zeros (some bindings read a
-    /// 4-byte state).
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    nvmlGpuFabricInfo_t {} .. {}
-    /// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v2.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    nvmlGpuFabricInfo_v2_t { version: c_uint, } .. { healthMask: c_uint, }
-    /// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v3
-    /// (nvmlGpuFabricInfoV_t in the current header).
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    nvmlGpuFabricInfo_v3_t { version: c_uint, } .. {
-        healthMask: c_uint,
-        healthSummary: u8,
-        _pad2: [u8; 3],
-    }
+/// nvmlDeviceGetGpuFabricInfo (the unversioned call). `state` is one byte; the
+/// three bytes after it are padding, written as zeros (some bindings read a
+/// 4-byte state).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_t {
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+}
+
+/// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v2.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_v2_t {
+    pub version: c_uint,
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+    pub healthMask: c_uint,
+}
+
+/// nvmlDeviceGetGpuFabricInfoV with version nvmlGpuFabricInfo_v3
+/// (nvmlGpuFabricInfoV_t in the current header).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct nvmlGpuFabricInfo_v3_t {
+    pub version: c_uint,
+    pub clusterUuid: [u8; NVML_GPU_FABRIC_UUID_LEN],
+    pub status: nvmlReturn_t,
+    pub cliqueId: c_uint,
+    pub state: nvmlGpuFabricState_t,
+    pub _pad: [u8; 3],
+    pub healthMask: c_uint,
+    pub healthSummary: u8,
+    pub _pad2: [u8; 3],
 }
 
 // ---------------------------------------------------------------- GPM
+
+/// An opaque sample buffer from nvmlGpmSampleAlloc.
+#[repr(C)]
+pub struct nvmlGpmSample_st {
+    _private: [u8; 0],
+}
+pub type nvmlGpmSample_t = *mut nvmlGpmSample_st;
 
 // nvmlGpmMetricId_t: the metrics the plugin reads, and the array bound of the
 // header these layouts follow.
@@ -737,80 +822,117 @@ pub const nvmlGpuFabricInfo_v3: c_uint =
 // can `dlsym` a name and transmute to these, and the simulator checks its exports against
 // them at compile time.
 
+pub type nvmlInit_v2_fn = unsafe extern "C" fn() -> nvmlReturn_t;
+pub type nvmlInitWithFlags_fn = unsafe extern "C" fn(c_uint) -> nvmlReturn_t;
+pub type nvmlShutdown_fn = unsafe extern "C" fn() -> nvmlReturn_t;
 pub type nvmlErrorString_fn = unsafe extern "C" fn(nvmlReturn_t) -> *const c_char;
-
-/// `pub type name = unsafe extern "C" fn(args) -> nvmlReturn_t;` for each entry.
-macro_rules! signatures {
-    ($($name:ident($($arg:ty),* $(,)?);)*) => {
-        $(pub type $name = unsafe extern "C" fn($($arg),*) -> nvmlReturn_t;)*
-    };
-}
-
-signatures! {
-    nvmlInit_v2_fn();
-    nvmlInitWithFlags_fn(c_uint);
-    nvmlShutdown_fn();
-    nvmlSystemGetDriverVersion_fn(*mut c_char, c_uint);
-    nvmlSystemGetCudaDriverVersion_fn(*mut c_int);
-    nvmlDeviceGetCount_v2_fn(*mut c_uint);
-    nvmlDeviceGetHandleByIndex_v2_fn(c_uint, *mut nvmlDevice_t);
-    nvmlDeviceGetHandleByUUID_fn(*const c_char, *mut nvmlDevice_t);
-    nvmlDeviceGetString_fn(nvmlDevice_t, *mut c_char, c_uint);
-    nvmlDeviceGetUint_fn(nvmlDevice_t, *mut c_uint);
-    nvmlDeviceGetUlonglong_fn(nvmlDevice_t, *mut c_ulonglong);
-    nvmlDeviceGetMemoryInfo_fn(nvmlDevice_t, *mut nvmlMemory_t);
-    nvmlDeviceGetMemoryInfo_v2_fn(nvmlDevice_t, *mut nvmlMemory_v2_t);
-    nvmlDeviceGetBAR1MemoryInfo_fn(nvmlDevice_t, *mut nvmlBAR1Memory_t);
-    nvmlDeviceGetUtilizationRates_fn(nvmlDevice_t, *mut nvmlUtilization_t);
-    nvmlDeviceGetCodecUtilization_fn(nvmlDevice_t, *mut c_uint, *mut c_uint);
-    nvmlDeviceGetTemperature_fn(nvmlDevice_t, nvmlTemperatureSensors_t, *mut c_uint);
-    nvmlDeviceGetClockInfo_fn(nvmlDevice_t, nvmlClockType_t, *mut c_uint);
-    nvmlDeviceGetPcieThroughput_fn(nvmlDevice_t, nvmlPcieUtilCounter_t, *mut c_uint);
-    nvmlDeviceGetTotalEccErrors_fn(
-        nvmlDevice_t, nvmlMemoryErrorType_t, nvmlEccCounterType_t,
-        *mut c_ulonglong,
-    );
-    nvmlDeviceGetDetailedEccErrors_fn(
-        nvmlDevice_t, nvmlMemoryErrorType_t, nvmlEccCounterType_t,
-        *mut nvmlEccErrorCounts_t,
-    );
-    nvmlDeviceGetMemoryErrorCounter_fn(
-        nvmlDevice_t, nvmlMemoryErrorType_t, nvmlEccCounterType_t,
-        nvmlMemoryLocation_t, *mut c_ulonglong,
-    );
-    nvmlDeviceGetPciInfo_v3_fn(nvmlDevice_t, *mut nvmlPciInfo_t);
-    nvmlDeviceGetFieldValues_fn(nvmlDevice_t, c_int, *mut nvmlFieldValue_t);
-    nvmlDeviceGetMigMode_fn(nvmlDevice_t, *mut c_uint, *mut c_uint);
-    nvmlDeviceGetMigDeviceHandleByIndex_fn(nvmlDevice_t, c_uint, *mut nvmlDevice_t);
-    nvmlDeviceGetDeviceHandleFromMigDeviceHandle_fn(nvmlDevice_t, *mut nvmlDevice_t);
-    nvmlEventSetCreate_fn(*mut nvmlEventSet_t);
-    nvmlDeviceRegisterEvents_fn(nvmlDevice_t, c_ulonglong, nvmlEventSet_t);
-    nvmlEventSetWait_v2_fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint);
-    nvmlEventSetFree_fn(nvmlEventSet_t);
-    nvmlDeviceGetRetiredPagesPendingStatus_fn(nvmlDevice_t, *mut nvmlEnableState_t);
-    nvmlDeviceGetRetiredPages_fn(
-        nvmlDevice_t, nvmlPageRetirementCause_t, *mut c_uint,
-        *mut c_ulonglong,
-    );
-    nvmlDeviceGetRetiredPages_v2_fn(
-        nvmlDevice_t, nvmlPageRetirementCause_t, *mut c_uint,
-        *mut c_ulonglong, *mut c_ulonglong,
-    );
-    nvmlDeviceGetRemappedRows_fn(nvmlDevice_t, *mut c_uint, *mut c_uint, *mut c_uint, *mut c_uint);
-    nvmlDeviceGetRemappedRows_v2_fn(nvmlDevice_t, *mut nvmlRemappedRowsInfo_v2_t);
-    nvmlDeviceGetGpuInstanceId_fn(nvmlDevice_t, *mut c_uint);
-    nvmlDeviceGetGpuFabricInfo_fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_t);
-    nvmlDeviceGetGpuFabricInfoV_fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_v3_t);
-    nvmlDeviceGetNvLinkState_fn(nvmlDevice_t, c_uint, *mut nvmlEnableState_t);
-    nvmlDeviceGetNvLinkVersion_fn(nvmlDevice_t, c_uint, *mut c_uint);
-    nvmlDeviceGetNvLinkCapability_fn(nvmlDevice_t, c_uint, nvmlNvLinkCapability_t, *mut c_uint);
-    nvmlGpmQueryDeviceSupport_fn(nvmlDevice_t, *mut nvmlGpmSupport_t);
-    nvmlGpmSampleAlloc_fn(*mut nvmlGpmSample_t);
-    nvmlGpmSampleFree_fn(nvmlGpmSample_t);
-    nvmlGpmSampleGet_fn(nvmlDevice_t, nvmlGpmSample_t);
-    nvmlGpmMigSampleGet_fn(nvmlDevice_t, c_uint, nvmlGpmSample_t);
-    nvmlGpmMetricsGet_fn(*mut nvmlGpmMetricsGet_t);
-}
+pub type nvmlSystemGetDriverVersion_fn = unsafe extern "C" fn(*mut c_char, c_uint) -> nvmlReturn_t;
+pub type nvmlSystemGetCudaDriverVersion_fn = unsafe extern "C" fn(*mut c_int) -> nvmlReturn_t;
+pub type nvmlDeviceGetCount_v2_fn = unsafe extern "C" fn(*mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetHandleByIndex_v2_fn =
+    unsafe extern "C" fn(c_uint, *mut nvmlDevice_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetHandleByUUID_fn =
+    unsafe extern "C" fn(*const c_char, *mut nvmlDevice_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetString_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_char, c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetUint_fn = unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetUlonglong_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_ulonglong) -> nvmlReturn_t;
+pub type nvmlDeviceGetMemoryInfo_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetMemoryInfo_v2_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetBAR1MemoryInfo_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlBAR1Memory_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetUtilizationRates_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlUtilization_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetCodecUtilization_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetTemperature_fn =
+    unsafe extern "C" fn(nvmlDevice_t, nvmlTemperatureSensors_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetClockInfo_fn =
+    unsafe extern "C" fn(nvmlDevice_t, nvmlClockType_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetPcieThroughput_fn =
+    unsafe extern "C" fn(nvmlDevice_t, nvmlPcieUtilCounter_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetTotalEccErrors_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlMemoryErrorType_t,
+    nvmlEccCounterType_t,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetDetailedEccErrors_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlMemoryErrorType_t,
+    nvmlEccCounterType_t,
+    *mut nvmlEccErrorCounts_t,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetMemoryErrorCounter_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlMemoryErrorType_t,
+    nvmlEccCounterType_t,
+    nvmlMemoryLocation_t,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetPciInfo_v3_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlPciInfo_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetFieldValues_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_int, *mut nvmlFieldValue_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetMigMode_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetMigDeviceHandleByIndex_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlDevice_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetDeviceHandleFromMigDeviceHandle_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlDevice_t) -> nvmlReturn_t;
+pub type nvmlEventSetCreate_fn = unsafe extern "C" fn(*mut nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlDeviceRegisterEvents_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_ulonglong, nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlEventSetWait_v2_fn =
+    unsafe extern "C" fn(nvmlEventSet_t, *mut nvmlEventData_t, c_uint) -> nvmlReturn_t;
+pub type nvmlEventSetFree_fn = unsafe extern "C" fn(nvmlEventSet_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPagesPendingStatus_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlEnableState_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPages_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlPageRetirementCause_t,
+    *mut c_uint,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRetiredPages_v2_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    nvmlPageRetirementCause_t,
+    *mut c_uint,
+    *mut c_ulonglong,
+    *mut c_ulonglong,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRemappedRows_fn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    *mut c_uint,
+    *mut c_uint,
+    *mut c_uint,
+    *mut c_uint,
+) -> nvmlReturn_t;
+pub type nvmlDeviceGetRemappedRows_v2_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlRemappedRowsInfo_v2_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuInstanceId_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuFabricInfo_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetGpuFabricInfoV_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_v3_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkState_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut nvmlEnableState_t) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkVersion_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlDeviceGetNvLinkCapability_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, nvmlNvLinkCapability_t, *mut c_uint) -> nvmlReturn_t;
+pub type nvmlGpmQueryDeviceSupport_fn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpmSupport_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleAlloc_fn = unsafe extern "C" fn(*mut nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleFree_fn = unsafe extern "C" fn(nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmSampleGet_fn = unsafe extern "C" fn(nvmlDevice_t, nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmMigSampleGet_fn =
+    unsafe extern "C" fn(nvmlDevice_t, c_uint, nvmlGpmSample_t) -> nvmlReturn_t;
+pub type nvmlGpmMetricsGet_fn = unsafe extern "C" fn(*mut nvmlGpmMetricsGet_t) -> nvmlReturn_t;
 
 #[cfg(test)]
 mod layout_tests {
