@@ -205,29 +205,31 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 def test_checker_reports_each_kind_of_breach(tmp_path: Path) -> None:
     py = tmp_path / "python"
-    p = f"python/{PKG}"
-    for rel in ("__init__.py", "nvidia/__init__.py", "_proto/__init__.py", "_proto/nomad/__init__.py",
-                "_proto/nomad/device_pb2.py", "nvidia/plugin.py", "cli.py"):
-        _write(tmp_path, f"{p}/{rel}", "")
-    _write(tmp_path, f"{p}/sdk/__init__.py", '__all__ = ["DevicePlugin", "serve"]\n')
-    _write(tmp_path, f"{p}/sdk/model.py", "import json\nfrom nomad_device_nvidia._proto.nomad import device_pb2\n")
-    _write(tmp_path, f"{p}/sdk/bad.py", "def f():\n    from nomad_device_nvidia.nvidia.plugin import X\n")
-    _write(tmp_path, f"{p}/sdk/relative.py", "from ..nvidia import plugin\n")
-    _write(tmp_path, f"{p}/sdk/native.py", "from nomad_device_nvidia import _native\n")
-    _write(tmp_path, f"{p}/sdk/dynamic.py", 'import importlib\nimportlib.import_module("nomad_device_nvidia.cli")\n')
-    _write(tmp_path, f"{p}/nvidia/typed.py",
-           "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nomad_device_nvidia._proto.nomad import x\n")
-    _write(tmp_path, f"{p}/nvidia/stats/python.py", "from nomad_device_nvidia._proto.nomad import device_pb2\n")
-    _write(tmp_path, f"{p}/nvidia/upward.py", "import nomad_device_nvidia.probe\n")
-    _write(tmp_path, f"{p}/nvidia/nvml/executor.py", "from nomad_device_nvidia.nvidia.health import book\n")
-    _write(tmp_path, f"{p}/nvidia/health/book.py", "from nomad_device_nvidia.nvidia.nvml import executor\n")
-    _write(tmp_path, f"{p}/nvidia/device_watch.py",
-           "from nomad_device_nvidia.nvidia.stats.contract import X\nfrom nomad_device_nvidia.nvidia.stats.hub import Y\n")
-    _write(tmp_path, f"{p}/nvidia/stats/contract.py", "")
-    _write(tmp_path, f"{p}/nvidia/stats/hub.py", "from nomad_device_nvidia.nvidia.plugin import Z\n")
-    _write(tmp_path, f"{p}/nvidia/fine.py", "from nomad_device_nvidia.sdk import serve\nfrom nomad_device_nvidia import _native\n")
-    _write(tmp_path, f"{p}/probe.py", "from nomad_device_nvidia._proto.nomad import device_pb2\n")
-    _write(tmp_path, f"{p}/newthing.py", "")
+    # Each file of the fake package, with its source ("" for an empty module).
+    files = dict.fromkeys(("__init__.py", "nvidia/__init__.py", "_proto/__init__.py", "_proto/nomad/__init__.py",
+                           "_proto/nomad/device_pb2.py", "nvidia/plugin.py", "cli.py", "nvidia/stats/contract.py",
+                           "newthing.py"), "")
+    files |= {
+        "sdk/__init__.py": '__all__ = ["DevicePlugin", "serve"]\n',
+        "sdk/model.py": "import json\nfrom nomad_device_nvidia._proto.nomad import device_pb2\n",
+        "sdk/bad.py": "def f():\n    from nomad_device_nvidia.nvidia.plugin import X\n",
+        "sdk/relative.py": "from ..nvidia import plugin\n",
+        "sdk/native.py": "from nomad_device_nvidia import _native\n",
+        "sdk/dynamic.py": 'import importlib\nimportlib.import_module("nomad_device_nvidia.cli")\n',
+        "nvidia/typed.py":
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from nomad_device_nvidia._proto.nomad import x\n",
+        "nvidia/stats/python.py": "from nomad_device_nvidia._proto.nomad import device_pb2\n",
+        "nvidia/upward.py": "import nomad_device_nvidia.probe\n",
+        "nvidia/nvml/executor.py": "from nomad_device_nvidia.nvidia.health import book\n",
+        "nvidia/health/book.py": "from nomad_device_nvidia.nvidia.nvml import executor\n",
+        "nvidia/device_watch.py":
+            "from nomad_device_nvidia.nvidia.stats.contract import X\nfrom nomad_device_nvidia.nvidia.stats.hub import Y\n",
+        "nvidia/stats/hub.py": "from nomad_device_nvidia.nvidia.plugin import Z\n",
+        "nvidia/fine.py": "from nomad_device_nvidia.sdk import serve\nfrom nomad_device_nvidia import _native\n",
+        "probe.py": "from nomad_device_nvidia._proto.nomad import device_pb2\n",
+    }
+    for rel, text in files.items():
+        _write(tmp_path, f"python/{PKG}/{rel}", text)
     _write(tmp_path, "examples/ex/plugin.py",
            "from nomad_device_nvidia.sdk import DevicePlugin, Secret\n"
            "from nomad_device_nvidia.sdk.convert import stats_bytes\n"

@@ -152,6 +152,30 @@ def _compile_c(tmp: Path, source: str, header: str, name: str, link: bool) -> Pa
     return out
 
 
+# What both dumps print, one line each: "<probe> <value>". The expressions of the five
+# probes, size, align, offset, fieldsize and const (t: the type or constant, f: the field),
+# in C and in Rust.
+C_PROBES = ("sizeof({t})", "_Alignof({t})", "offsetof({t}, {f})", "sizeof((({t} *)0)->{f})", "(long long)({t})")
+RUST_PROBES = ("size_of::<{t}>()", "align_of::<{t}>()", "offset_of!({t}, {f})",
+               "field_size(|s: &{t}| unsafe {{ &s.{f} }})", "{t} as i128")
+
+
+def _probes(abi: RustAbi, exprs: tuple[str, ...], c_names: bool) -> list[tuple[str, str]]:
+    """(line label, expression) for every line of a dump; `c_names`: name types and
+    constants as nvml.h does."""
+    size, align, offset, fieldsize, const = exprs
+    out: list[tuple[str, str]] = []
+    for name, fields in abi.structs.items():
+        t = ANONYMOUS.get(name, name) if c_names else name
+        out += [(f"size {name}", size.format(t=t)), (f"align {name}", align.format(t=t))]
+        for f in fields:
+            out += [(f"offset {name}.{f}", offset.format(t=t, f=f)),
+                    (f"fieldsize {name}.{f}", fieldsize.format(t=t, f=f))]
+    for name in abi.constants:
+        out.append((f"const {name}", const.format(t=OWN_CONSTANTS.get(name, name) if c_names else name)))
+    return out
+
+
 def _rust_dump(tmp: Path, abi: RustAbi) -> str:
     lines = [
         "#![allow(unused_unsafe, non_snake_case)]",
@@ -160,14 +184,8 @@ def _rust_dump(tmp: Path, abi: RustAbi) -> str:
         "fn field_size<T, F>(_: fn(&T) -> &F) -> usize { size_of::<F>() }",
         "fn main() {",
     ]
-    for name, fields in abi.structs.items():
-        lines.append(f'    println!("size {name} {{}}", size_of::<{name}>());')
-        lines.append(f'    println!("align {name} {{}}", align_of::<{name}>());')
-        for f in fields:
-            lines.append(f'    println!("offset {name}.{f} {{}}", offset_of!({name}, {f}));')
-            lines.append(f'    println!("fieldsize {name}.{f} {{}}", field_size(|s: &{name}| unsafe {{ &s.{f} }}));')
-    for name in abi.constants:
-        lines.append(f'    println!("const {name} {{}}", {name} as i128);')
+    for label, expr in _probes(abi, RUST_PROBES, c_names=False):
+        lines.append(f'    println!("{label} {{}}", {expr});')
     lines.append("}")
     (tmp / "dump.rs").write_text("\n".join(lines) + "\n")
     rlib = tmp / "libnvml_sys.rlib"
@@ -182,16 +200,8 @@ def _rust_dump(tmp: Path, abi: RustAbi) -> str:
 
 def _c_dump(tmp: Path, abi: RustAbi, header: str) -> str:
     lines = ["#include <stddef.h>", "#include <stdio.h>", "#include <nvml.h>", "int main(void) {"]
-    for name, fields in abi.structs.items():
-        ct = ANONYMOUS.get(name, name)
-        lines.append(f'    printf("size {name} %zu\\n", sizeof({ct}));')
-        lines.append(f'    printf("align {name} %zu\\n", _Alignof({ct}));')
-        for f in fields:
-            lines.append(f'    printf("offset {name}.{f} %zu\\n", offsetof({ct}, {f}));')
-            lines.append(f'    printf("fieldsize {name}.{f} %zu\\n", sizeof((({ct} *)0)->{f}));')
-    for name in abi.constants:
-        expr = OWN_CONSTANTS.get(name, name)
-        lines.append(f'    printf("const {name} %lld\\n", (long long)({expr}));')
+    for label, expr in _probes(abi, C_PROBES, c_names=True):
+        lines.append(f'    printf("{label} %{"lld" if label.startswith("const ") else "zu"}\\n", {expr});')
     lines += ["    return 0;", "}"]
     exe = _compile_c(tmp, "\n".join(lines) + "\n", header, "dump_c", link=True)
     return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
