@@ -7,6 +7,9 @@ use std::os::raw::c_char;
 use nvml_sim::api::*;
 use nvml_sys::*;
 
+mod common;
+use common::xid_set;
+
 fn uuid(h: nvmlDevice_t) -> String {
     let mut buf = [0 as c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE];
     assert_eq!(
@@ -90,13 +93,7 @@ fn hammer_from_many_threads() {
                     if n % 100 == 0 {
                         // Refcounted: the main thread's init keeps the machine up.
                         assert_eq!(nvmlInit_v2(), NVML_SUCCESS);
-                        let mut set = std::ptr::null_mut();
-                        assert_eq!(nvmlEventSetCreate(&mut set), NVML_SUCCESS);
-                        assert_eq!(
-                            nvmlDeviceRegisterEvents(h, nvmlEventTypeXidCriticalError, set),
-                            NVML_SUCCESS
-                        );
-                        assert_eq!(nvmlEventSetFree(set), NVML_SUCCESS);
+                        assert_eq!(nvmlEventSetFree(xid_set(&[h])), NVML_SUCCESS);
                         assert_eq!(nvmlShutdown(), NVML_SUCCESS);
                     }
                 }

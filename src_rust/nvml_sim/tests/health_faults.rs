@@ -16,7 +16,7 @@ use nvml_sim::state;
 use nvml_sys::*;
 
 mod common;
-use common::handle;
+use common::{handle, xid_set};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -287,33 +287,22 @@ fn integrated_gpu_has_no_memory_info() {
             CStr::from_ptr(buf.as_ptr()).to_str().unwrap(),
             "NVIDIA GB10"
         );
+        // No dedicated memory: no memory info, no BAR1, no memory clock.
         let mut mem = nvmlMemory_t::default();
-        assert_eq!(
-            nvmlDeviceGetMemoryInfo(h, &mut mem),
-            NVML_ERROR_NOT_SUPPORTED
-        );
         let mut mem2 = nvmlMemory_v2_t {
             version: nvmlMemory_v2,
             ..Default::default()
         };
-        assert_eq!(
-            nvmlDeviceGetMemoryInfo_v2(h, &mut mem2),
-            NVML_ERROR_NOT_SUPPORTED
-        );
         let mut bar1 = nvmlBAR1Memory_t::default();
-        assert_eq!(
-            nvmlDeviceGetBAR1MemoryInfo(h, &mut bar1),
-            NVML_ERROR_NOT_SUPPORTED
-        );
         let mut clock = 0;
-        assert_eq!(
+        let answers = [
+            nvmlDeviceGetMemoryInfo(h, &mut mem),
+            nvmlDeviceGetMemoryInfo_v2(h, &mut mem2),
+            nvmlDeviceGetBAR1MemoryInfo(h, &mut bar1),
             nvmlDeviceGetMaxClockInfo(h, NVML_CLOCK_MEM, &mut clock),
-            NVML_ERROR_NOT_SUPPORTED
-        );
-        assert_eq!(
             nvmlDeviceGetClockInfo(h, NVML_CLOCK_MEM, &mut clock),
-            NVML_ERROR_NOT_SUPPORTED
-        );
+        ];
+        assert_eq!(answers, [NVML_ERROR_NOT_SUPPORTED; 5]);
         assert_eq!(
             nvmlDeviceGetMaxClockInfo(h, NVML_CLOCK_SM, &mut clock),
             NVML_SUCCESS
@@ -431,15 +420,8 @@ fn event_waits_fail_in_their_window_and_take_no_event() {
     assert_eq!(held.init("waits.toml", text), NVML_SUCCESS);
     let s = machine();
     let (gpu0, gpu1) = (handle(0), handle(1));
-    let mut set = std::ptr::null_mut();
+    let set = xid_set(&[gpu0, gpu1]);
     unsafe {
-        assert_eq!(nvmlEventSetCreate(&mut set), NVML_SUCCESS);
-        for h in [gpu0, gpu1] {
-            assert_eq!(
-                nvmlDeviceRegisterEvents(h, nvmlEventTypeXidCriticalError, set),
-                NVML_SUCCESS
-            );
-        }
         let mut e: nvmlEventData_t = std::mem::zeroed();
         // A MIG-attributed XID carries its GPU and compute instance ids (due
         // after the registration: events before it are not recorded).
@@ -470,12 +452,7 @@ fn event_waits_fail_in_their_window_and_take_no_event() {
         // the old set keeps its place.
         assert_eq!(nvmlShutdown(), NVML_SUCCESS);
         assert_eq!(nvmlInit_v2(), NVML_SUCCESS);
-        let mut fresh = std::ptr::null_mut();
-        assert_eq!(nvmlEventSetCreate(&mut fresh), NVML_SUCCESS);
-        assert_eq!(
-            nvmlDeviceRegisterEvents(gpu1, nvmlEventTypeXidCriticalError, fresh),
-            NVML_SUCCESS
-        );
+        let fresh = xid_set(&[gpu1]);
         assert_eq!(nvmlEventSetWait_v2(fresh, &mut e, 0), NVML_ERROR_TIMEOUT);
         assert_eq!(nvmlEventSetWait_v2(set, &mut e, 0), NVML_ERROR_TIMEOUT);
         assert_eq!(nvmlEventSetFree(fresh), NVML_SUCCESS);

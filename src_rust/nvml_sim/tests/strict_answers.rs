@@ -13,7 +13,7 @@ use nvml_sim::gpm::*;
 use nvml_sys::*;
 
 mod common;
-use common::{handle, new_set};
+use common::{handle, new_set, xid_set};
 
 /// NVML is one per process: the tests take turns, each in a session of its own.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -79,8 +79,7 @@ fn events_before_the_registration_are_not_recorded() {
                     [[events]]\ngpu = 0\nat_s = 0.0\nxid = 79\n\
                     [[events]]\ngpu = 0\nat_s = 1.0\nxid = 48\n";
     session("before-register", scenario, || unsafe {
-        let set = new_set();
-        assert_eq!(nvmlDeviceRegisterEvents(handle(0), XID, set), NVML_SUCCESS);
+        let set = xid_set(&[handle(0)]);
         assert_eq!(wait(set, 30_000), Ok((XID, 48)));
         assert_eq!(wait(set, 0), Err(NVML_ERROR_TIMEOUT));
         assert_eq!(nvmlEventSetFree(set), NVML_SUCCESS);
@@ -103,9 +102,8 @@ fn waits_can_time_out_early_when_the_scenario_says_so() {
     let scenario = "[choices]\nevent_wait_early_timeout_every = 2\n\
                     [[gpus]]\nmodel = \"h100-sxm5-80gb\"\n\
                     [[events]]\ngpu = 0\nat_s = 1.0\nxid = 79\n";
-    session("early-timeout", scenario, || unsafe {
-        let set = new_set();
-        assert_eq!(nvmlDeviceRegisterEvents(handle(0), XID, set), NVML_SUCCESS);
+    session("early-timeout", scenario, || {
+        let set = xid_set(&[handle(0)]);
         // The first blocking wait sleeps until the event comes due.
         assert_eq!(wait(set, 30_000), Ok((XID, 79)));
         // A wait that finds something ready, or does not block, is not counted.

@@ -30,3 +30,16 @@ pub fn refused(text: &str, want: &str) {
     let e = nvml_sim::sim::Sim::from_toml("x", &format!("name = \"t\"\n{text}")).unwrap_err();
     assert!(e.contains(want), "{text:?}: {e}");
 }
+
+/// A new event set with XID events registered on each of `gpus`; the calls must succeed.
+#[allow(dead_code)]
+pub fn xid_set(gpus: &[nvmlDevice_t]) -> nvmlEventSet_t {
+    let set = new_set();
+    for &h in gpus {
+        assert_eq!(
+            unsafe { nvmlDeviceRegisterEvents(h, nvmlEventTypeXidCriticalError, set) },
+            NVML_SUCCESS
+        );
+    }
+    set
+}
