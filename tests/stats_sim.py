@@ -15,10 +15,47 @@ from pathlib import Path
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2
+from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, StatsEngine, make_stats_engine
 from nomad_device_nvidia.nvidia.stats.contract import TrackedDevice
 
 REPO = Path(__file__).resolve().parent.parent
 SIM_LIB = Path(os.environ.get("NOMAD_DEVICE_NVIDIA_SIM_LIB", REPO / "build" / "sim" / "libnvidia-ml.so.1"))
+
+# Three H100s: GPUs 0 and 1 whole, GPU 2 in MIG mode with three instances.
+MIXED_GPUS = """[[gpus]]
+model = "h100-sxm5-80gb"
+count = 2
+[[gpus]]
+model = "h100-sxm5-80gb"
+count = 1
+mig = ["3g.40gb", "2g.20gb", "1g.10gb"]
+"""
+MIXED = 'name = "stats-mixed"\n' + MIXED_GPUS
+
+# XIDs for MIXED_GPUS, due a while after the engines' first tick registered the GPUs
+# (nvml.h records no event from before the registration): 79 and 48 on GPU 0, 13 on
+# GPU 2 (in MIG mode).
+XID_EVENTS = """[[events]]
+gpu = 0
+at_s = 3.0
+xid = 79
+[[events]]
+gpu = 0
+at_s = 3.0
+xid = 48
+[[events]]
+gpu = 2
+at_s = 3.0
+xid = 13
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "scenario.toml") -> Path:
+    """The scenario `text` as a file in `tmp_path`."""
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
 
 _loaded: list[ctypes.CDLL] = []
 
@@ -96,3 +133,16 @@ def value_form(v: object) -> object:
     if v.HasField("int_denominator_val"):  # type: ignore[attr-defined]
         return (v.int_numerator_val.value, v.int_denominator_val.value)  # type: ignore[attr-defined]
     return v.int_numerator_val.value  # type: ignore[attr-defined]
+
+
+@contextmanager
+def tracking(
+    kind: str, devices: list[TrackedDevice], extended: bool = False, *, options: EngineOptions | None = None
+) -> Iterator[StatsEngine]:
+    """A new engine of `kind` (make_stats_engine's arguments) tracking `devices`, closed on leaving."""
+    engine = make_stats_engine(kind, extended, options=options)
+    try:
+        engine.track(devices)
+        yield engine
+    finally:
+        engine.close()

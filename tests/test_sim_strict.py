@@ -12,7 +12,7 @@ from typing import Any
 
 import pynvml
 import pytest
-from stats_sim import decode, nvml_session, tracked_devices, value_form
+from stats_sim import MIXED_GPUS, XID_EVENTS, decode, nvml_session, tracked_devices, tracking, value_form, write
 from test_nvidia_sim import devices, scenario, stream
 
 from nomad_device_nvidia.nvidia.stats.choose import TrackedDevice, make_stats_engine
@@ -24,12 +24,6 @@ UTILIZATION = ("GPU utilization", "Memory utilization", "Encoder utilization", "
 EARLY_TIMEOUTS = ["", "event_wait_early_timeout_every = 2\n"]
 NOT_A_MIG_DEVICE = ['not_a_mig_device = "INVALID_ARGUMENT"\n', 'not_a_mig_device = "NOT_SUPPORTED"\n']
 GPM_CLOSE = ['gpm_close_samples = "zero"\n', 'gpm_close_samples = "error"\n']
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "scenario.toml"
-    p.write_text(text)
-    return p
 
 
 def by_device(data: bytes) -> dict[str, Any]:
@@ -51,12 +45,8 @@ mig = ["3g.40gb"]
         tracked = [TrackedDevice(u, u, "H100") for u in (plain, parent)]
         sent = {}
         for kind in ("native", "python"):
-            engine = make_stats_engine(kind)
-            try:
-                engine.track(tracked)
+            with tracking(kind, tracked) as engine:
                 stats = by_device(engine.collect())
-            finally:
-                engine.close()
             sent[kind] = {dev: {n: value_form(v) for n, v in ds.stats.attributes.items()} for dev, ds in stats.items()}
     for kind, got in sent.items():
         for name in UTILIZATION:
@@ -76,35 +66,12 @@ def test_both_engines_count_xids_whatever_the_driver_answers(tmp_path: Path, ear
     """XIDs due after the engines registered are counted once per set, a MIG instance
     counting its GPU's, whichever answer a whole GPU gives for its MIG parent and
     whether waits return early."""
-    text = f"""name = "strict-xids"
-[choices]
-{early}{not_mig}
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 2
-[[gpus]]
-model = "h100-sxm5-80gb"
-mig = ["3g.40gb", "2g.20gb"]
-# Due a while after the engines' first tick registers the GPUs (events before
-# the registration are not recorded).
-[[events]]
-gpu = 0
-at_s = 3.0
-xid = 79
-[[events]]
-gpu = 0
-at_s = 3.0
-xid = 48
-[[events]]
-gpu = 2
-at_s = 3.0
-xid = 13
-"""
+    text = f'name = "strict-xids"\n[choices]\n{early}{not_mig}' + MIXED_GPUS + XID_EVENTS
     with nvml_session(write(tmp_path, text)):
         tracked = tracked_devices()
         gpus = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(3)]
         expected = {pynvml.nvmlDeviceGetUUID(gpus[0]): 2, pynvml.nvmlDeviceGetUUID(gpus[1]): 0}
-        for j in range(2):
+        for j in range(3):  # GPU 2's MIG instances
             expected[pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpus[2], j))] = 1
         engines = {kind: make_stats_engine(kind, extended=True) for kind in ("native", "python")}
         got: dict[str, dict[str, object]] = {}

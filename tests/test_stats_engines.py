@@ -15,7 +15,7 @@ from pathlib import Path
 import pynvml
 import pytest
 import sim_branches
-from stats_sim import decode, nvml_session, tracked_devices, value_form
+from stats_sim import MIXED, XID_EVENTS, decode, nvml_session, tracked_devices, tracking, value_form, write
 
 from nomad_device_nvidia.nvidia.stats import vocabulary as stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
@@ -26,22 +26,6 @@ from nomad_device_nvidia.nvidia.stats.python import GPM_MIN_INTERVAL, PythonStat
 
 STANDARD = {s.name: s for s in stats_vocabulary.STANDARD}
 
-MIXED = """
-name = "stats-mixed"
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 2
-[[gpus]]
-model = "h100-sxm5-80gb"
-count = 1
-mig = ["3g.40gb", "2g.20gb", "1g.10gb"]
-"""
-
-
-def write(tmp_path: Path, text: str, name: str = "scenario.toml") -> Path:
-    p = tmp_path / name
-    p.write_text(text)
-    return p
 
 
 @pytest.fixture
@@ -52,13 +36,9 @@ def mixed(tmp_path: Path) -> Iterator[list[TrackedDevice]]:
 
 @pytest.mark.parametrize("kind", ["native", "python"])
 def test_stats_follow_the_go_plugin_and_nvml(mixed: list[TrackedDevice], kind: str) -> None:
-    engine = make_stats_engine(kind)
-    assert isinstance(engine, NativeStatsEngine if kind == "native" else PythonStatsEngine)
-    try:
-        engine.track(mixed)
+    with tracking(kind, mixed) as engine:
+        assert isinstance(engine, NativeStatsEngine if kind == "native" else PythonStatsEngine)
         resp = decode(engine.collect(), clear_timestamps=False)
-    finally:
-        engine.close()
     groups = {g.name: g for g in resp.groups}
     assert set(groups) == {d.group for d in mixed}
     assert [g.name for g in resp.groups] == sorted(groups)
@@ -90,12 +70,8 @@ def test_stats_follow_the_go_plugin_and_nvml(mixed: list[TrackedDevice], kind: s
 
 
 def test_full_gpu_values(mixed: list[TrackedDevice]) -> None:
-    engine = make_stats_engine("native")
-    try:
-        engine.track(mixed)
+    with tracking("native", mixed) as engine:
         resp = decode(engine.collect())
-    finally:
-        engine.close()
     d = next(d for d in mixed if "MIG" not in d.device_id)
     attrs = next(g for g in resp.groups if g.name == d.group).instance_stats[d.device_id].stats.attributes
     h = pynvml.nvmlDeviceGetHandleByUUID(d.uuid)
@@ -115,14 +91,11 @@ def test_full_gpu_values(mixed: list[TrackedDevice]) -> None:
 @pytest.mark.parametrize("by_options", [False, True])
 def test_extended_stats_are_nested_objects(mixed: list[TrackedDevice], kind: str, by_options: bool) -> None:
     if by_options:
-        engine = make_stats_engine(kind, options=EngineOptions(extended=True, timeout=5.0))
+        engine_of = tracking(kind, mixed, options=EngineOptions(extended=True, timeout=5.0))
     else:
-        engine = make_stats_engine(kind, extended=True)
-    try:
-        engine.track(mixed)
+        engine_of = tracking(kind, mixed, extended=True)
+    with engine_of as engine:
         resp = decode(engine.collect())
-    finally:
-        engine.close()
     for g in resp.groups:
         for ds in g.instance_stats.values():
             # H100s (and their MIG instances) have GPM.
@@ -228,23 +201,8 @@ def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
                 assert all(isinstance(forms[k], int) for k in GPM_NAMES[5:])
 
 
-# MIXED's GPUs (0 and 1 whole, 2 in MIG mode) with events.
-XIDS = MIXED + """
-# Due a while after the engines' first tick registered the GPUs: nvml.h records
-# no event from before the registration.
-[[events]]
-gpu = 0
-at_s = 3.0
-xid = 79
-[[events]]
-gpu = 0
-at_s = 3.0
-xid = 48
-[[events]]
-gpu = 2
-at_s = 3.0
-xid = 13
-[[events]]
+# MIXED with XID_EVENTS, a P-state change, and an XID not due within the test.
+XIDS = MIXED + XID_EVENTS + """[[events]]
 gpu = 1
 at_s = 3.0
 type = "pstate"
@@ -312,12 +270,8 @@ functions = ["nvmlDeviceGetTemperature", "nvmlDeviceGetBAR1MemoryInfo"]
 def test_what_nvml_cannot_tell_reads_na(tmp_path: Path, kind: str) -> None:
     with nvml_session(write(tmp_path, NOT_SUPPORTED)):
         devices = tracked_devices()
-        engine = make_stats_engine(kind)
-        try:
-            engine.track(devices)
+        with tracking(kind, devices) as engine:
             resp = decode(engine.collect())
-        finally:
-            engine.close()
         broken = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(1))
     (group,) = resp.groups
     for device_id, ds in group.instance_stats.items():
@@ -439,12 +393,8 @@ def test_shares_of_a_gpu_are_read_once(tmp_path: Path, kind: str) -> None:
     with nvml_session(write(tmp_path, SHARED)):
         shared, single = tracked_devices()
         shares = [TrackedDevice(sid, shared.uuid, shared.group) for sid in share_ids(shared.device_id, MAX_SHARES)]
-        engine = make_stats_engine(kind)
-        try:
-            engine.track([*shares, single])
+        with tracking(kind, [*shares, single]) as engine:
             ticks = [decode(engine.collect()) for _ in range(3)]
-        finally:
-            engine.close()
     temperatures = []
     for resp in ticks:
         (group,) = resp.groups
