@@ -31,7 +31,7 @@ until_s = 8.0
     let mut engine = common::hang_engine(&nvml, &ids, 4);
     let place = common::places(&ids);
     let stuck = [place(1), place(2)];
-    let xids = |s: &[DeviceSample], gpu: usize| s[place(gpu)].extended.unwrap().xid_count;
+    let xids = |s: &[DeviceSample], gpu: usize| common::xid_count(&ids, s, gpu);
     // Each stuck GPU (1 and 2) has an event of `level` saying `text`.
     let logged_for_stuck = |log: &[LogEvent], level: Level, text: &str| {
         for gpu in [1, 2] {
@@ -55,16 +55,7 @@ until_s = 8.0
             t.elapsed()
         );
     }
-    for samples in &ticks {
-        for (i, s) in samples.iter().enumerate() {
-            if stuck.contains(&i) {
-                assert_eq!(s.memory_mib, Reading::NotAvailable);
-                assert_eq!(s.extended.unwrap().xid_count, Reading::NotAvailable);
-            } else {
-                assert!(matches!(s.memory_mib, Reading::Ratio(_, 81559)), "{s:?}");
-            }
-        }
-    }
+    common::stuck_read_na(&ticks, &stuck);
     // The first tick's drain waits for that tick's registrations, two of
     // which are stuck (behind the handle lookups): the counts are current
     // from the next tick on.

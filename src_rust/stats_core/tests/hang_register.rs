@@ -16,19 +16,10 @@ fn a_gpu_stuck_in_xid_registration_delays_nothing() {
     let hung = place(1);
 
     let ticks: Vec<_> = (0..2).map(|_| common::bounded_tick(&mut engine)).collect();
-    for samples in &ticks {
-        for (i, s) in samples.iter().enumerate() {
-            if i == hung {
-                assert_eq!(s.memory_mib, Reading::NotAvailable);
-                assert_eq!(s.extended.unwrap().xid_count, Reading::NotAvailable);
-            } else {
-                assert!(matches!(s.memory_mib, Reading::Ratio(_, 81559)), "{s:?}");
-            }
-        }
-    }
+    common::stuck_read_na(&ticks, &[hung]);
     // The first tick's drain waits for that tick's registrations, one of
     // which is stuck: the counts are current from the next tick on.
-    let xids = |s: &[DeviceSample], gpu: usize| s[place(gpu)].extended.unwrap().xid_count;
+    let xids = |s: &[DeviceSample], gpu: usize| common::xid_count(&ids, s, gpu);
     // GPU 0 is registered (its XID comes due at 2 s, counted below).
     assert!(matches!(
         xids(&ticks[1], 0),

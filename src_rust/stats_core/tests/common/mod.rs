@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stats_core::{DeviceSample, Engine, EngineConfig, Nvml, TrackedDevice};
+use stats_core::{DeviceSample, Engine, EngineConfig, Nvml, Reading, TrackedDevice};
 
 /// The tick deadline of the hang tests.
 pub const TIMEOUT: Duration = Duration::from_millis(800);
@@ -177,4 +177,25 @@ pub fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
         }
     }
     None
+}
+
+/// The hang tests' check of each tick: the devices at `stuck` (places in the
+/// samples) read N/A, memory and XID count alike; the others an H100's memory.
+pub fn stuck_read_na(ticks: &[Vec<DeviceSample>], stuck: &[usize]) {
+    for samples in ticks {
+        for (i, s) in samples.iter().enumerate() {
+            if stuck.contains(&i) {
+                assert_eq!(s.memory_mib, Reading::NotAvailable);
+                assert_eq!(s.extended.unwrap().xid_count, Reading::NotAvailable);
+            } else {
+                assert!(matches!(s.memory_mib, Reading::Ratio(_, 81559)), "{s:?}");
+            }
+        }
+    }
+}
+
+/// The XID count of the GPU at `gpu` in `ids` (scenario order), from samples
+/// that go by UUID.
+pub fn xid_count(ids: &[String], samples: &[DeviceSample], gpu: usize) -> Reading {
+    samples[places(ids)(gpu)].extended.unwrap().xid_count
 }
