@@ -19,13 +19,8 @@ fn a_gpu_stuck_in_xid_registration_delays_nothing() {
     common::stuck_read_na(&ticks, &[hung]);
     // The first tick's drain waits for that tick's registrations, one of
     // which is stuck: the counts are current from the next tick on.
+    common::healthy_gpus_count_xids(&ids, &ticks[1], 2);
     let xids = |s: &[DeviceSample], gpu: usize| common::xid_count(&ids, s, gpu);
-    // GPU 0 is registered (its XID comes due at 2 s, counted below).
-    assert!(matches!(
-        xids(&ticks[1], 0),
-        Reading::Int(0) | Reading::Int(1)
-    ));
-    assert_eq!(xids(&ticks[1], 2), Reading::Int(0));
     let log = engine.take_log();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0].level, Level::Warning);

@@ -199,3 +199,14 @@ pub fn stuck_read_na(ticks: &[Vec<DeviceSample>], stuck: &[usize]) {
 pub fn xid_count(ids: &[String], samples: &[DeviceSample], gpu: usize) -> Reading {
     samples[places(ids)(gpu)].extended.unwrap().xid_count
 }
+
+/// A tick after the registrations of the healthy GPUs: GPU 0 counts its XID
+/// (due at 2 s, [`XID_ON_GPU0`]) or none yet, GPU `other` none.
+pub fn healthy_gpus_count_xids(ids: &[String], tick: &[DeviceSample], other: usize) {
+    let gpu0 = xid_count(ids, tick, 0);
+    assert!(
+        matches!(gpu0, Reading::Int(0) | Reading::Int(1)),
+        "{gpu0:?}"
+    );
+    assert_eq!(xid_count(ids, tick, other), Reading::Int(0));
+}
