@@ -28,15 +28,13 @@ import (
 // window's end, top_threads: the busiest threads by name, each with its
 // cpu_ms_per_s and wakes_per_s), then shutdown.
 func runCost(args []string) error {
-	var o launchOpts
-	fs := newFlags("cost", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("cost")
 	window := fs.Duration("window", 15*time.Second, "length of each measured phase")
 	settle := fs.Duration("settle", 2*time.Second, "wait after a phase's first answer before measuring")
 	idle := fs.Bool("idle", true, "measure the idle phase (Fingerprint open, no Stats)")
 	var ivs durationsFlag
 	fs.Var(&ivs, "interval", "a Stats interval to measure (repeatable, in order)")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	if *window <= 0 || *settle < 0 {

@@ -11,9 +11,7 @@ import (
 // times every unary call while they are all open: the plugin's stream bounds
 // must refuse the excess (RESOURCE_EXHAUSTED) and leave unary calls answered.
 func runLimits(args []string) error {
-	var o launchOpts
-	fs := newFlags("limits", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("limits")
 	nfp := fs.Int("fingerprints", 0, "Fingerprint streams to open")
 	nst := fs.Int("stats", 0, "Stats streams to open")
 	interval := fs.Duration("interval", time.Second, "stats collection interval")

@@ -82,6 +82,15 @@ type configFlags struct {
 	o          *launchOpts
 }
 
+// newConfiguredFlags gives a command that launches and configures the plugin its
+// flags: the launch flags (newFlags, into the options returned) and the config
+// flags (newConfigFlags).
+func newConfiguredFlags(name string) (*flag.FlagSet, *launchOpts, configFlags) {
+	o := new(launchOpts)
+	fs := newFlags(name, o)
+	return fs, o, newConfigFlags(fs, o)
+}
+
 func newConfigFlags(fs *flag.FlagSet, o *launchOpts) configFlags {
 	return configFlags{
 		path: fs.String("config", "", "HCL file: agent form (plugin blocks) or launcher form (a config block)"),
@@ -159,9 +168,7 @@ func runInfo(args []string) error {
 }
 
 func runSession(args []string) error {
-	var o launchOpts
-	fs := newFlags("session", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("session")
 	rawB64 := fs.String("raw-config-msgpack-b64", "", "send these msgpack bytes to SetConfig instead of an encoded HCL config")
 	noAgent := fs.Bool("no-agent-config", false, "send SetConfig without the client's AgentConfig (as the loader's validation does)")
 	fingerprints := fs.Int("fingerprints", 1, "fingerprint responses to wait for")
@@ -171,7 +178,7 @@ func runSession(args []string) error {
 	var reserves listFlag
 	fs.Var(&reserves, "reserve", "comma-separated device IDs to Reserve (repeatable; empty string: no IDs)")
 	reserveFirst := fs.Int("reserve-first", 0, "also Reserve the first N device IDs of the first fingerprinted group")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	src := configSource{hclPath: *cf.path}
@@ -183,7 +190,7 @@ func runSession(args []string) error {
 		src = raws[0]
 	}
 
-	s, err := start(&o)
+	s, err := start(o)
 	if err != nil {
 		return err
 	}
@@ -246,14 +253,12 @@ func runSession(args []string) error {
 }
 
 func runConfigs(args []string) error {
-	var o launchOpts
-	fs := newFlags("configs", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("configs")
 	var steps listFlag
 	fs.Var(&steps, "step", "hcl:PATH (encode as the agent does, then SetConfig), msgpack:BASE64 (SetConfig with these bytes), "+
 		"probe (PluginInfo and the first fingerprint), stats:N (Fingerprint and Stats open until N stats answers), "+
 		"reserve:N (Reserve the first N devices of the last fingerprint seen) or wait:PATH (until PATH exists); repeatable, run in order")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	if len(steps) == 0 {
@@ -262,7 +267,7 @@ func runConfigs(args []string) error {
 	if *cf.path != "" {
 		return usageError{"configs takes its configs as --step hcl:PATH, not --config"}
 	}
-	s, err := start(&o)
+	s, err := start(o)
 	if err != nil {
 		return err
 	}
@@ -391,9 +396,7 @@ func (s *started) probe(step int, timeout time.Duration) []*device.DeviceGroup {
 }
 
 func runStreams(args []string) error {
-	var o launchOpts
-	fs := newFlags("streams", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("streams")
 	cycles := fs.Int("cycles", 5, "open/cancel cycles")
 	perCycle := fs.Int("stats-per-cycle", 2, "stats responses to wait for in each cycle")
 	interval := fs.Duration("interval", 100*time.Millisecond, "stats collection interval")

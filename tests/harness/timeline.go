@@ -53,9 +53,7 @@ import (
 // is not met in time or the plugin ends the Fingerprint stream before it; the
 // shutdown still happens and is reported.
 func runTimeline(args []string) error {
-	var o launchOpts
-	fs := newFlags("timeline", &o)
-	cf := newConfigFlags(fs, &o)
+	fs, o, cf := newConfiguredFlags("timeline")
 	withStats := fs.Bool("stats", false, "open Stats after the first fingerprint response, as the device manager does")
 	interval := fs.Duration("interval", time.Second, "stats collection interval sent to the plugin")
 	within := fs.Duration("within", 0, "default bounded wait of each step, counted from the previous step (default: --timeout)")
@@ -63,7 +61,7 @@ func runTimeline(args []string) error {
 	fs.Var(&untils, "until", "a step (see the command's doc), repeatable, met in order")
 	fs.Var(&reserves, "reserve", "after the steps: Reserve these comma-separated device IDs (repeatable; empty string: no IDs)")
 	kill := fs.Bool("kill", false, "end with SIGKILL to the plugin (a crash), not Shutdown")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	if *within <= 0 {
@@ -82,7 +80,7 @@ func runTimeline(args []string) error {
 	printLogs := o.logs
 	o.logs = false
 	t0 := time.Now()
-	s, err := start(&o)
+	s, err := start(o)
 	if err != nil {
 		return err
 	}
