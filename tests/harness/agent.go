@@ -23,13 +23,12 @@ import (
 // the config with SetConfig, kill) and then the device manager (launch,
 // SetConfig with the agent config, Fingerprint, Stats, Reserve, Shutdown).
 func runAgent(args []string) error {
-	var o launchOpts
-	fs := newFlags("agent", &o)
+	fs, o := newFlags("agent")
 	cfgPath := fs.String("config", "", "HCL config file (agent or launcher form)")
 	name := fs.String("name", "", "the plugin's file name in plugin_dir, which the plugin block must name (default: --plugin's base name)")
 	interval := fs.Duration("stats-interval", time.Second, "the client's stats collection interval")
 	reserveFirst := fs.Int("reserve-first", 0, "Reserve the first N device IDs of the first group through the device manager")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	binName := *name

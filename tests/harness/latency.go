@@ -19,11 +19,10 @@ import (
 //   - first_rpc: what the agent waits for, go-plugin's client from exec to a
 //     PluginInfo answer (handshake parsed, gRPC connected, first call done).
 func runLatency(args []string) error {
-	var o launchOpts
-	fs := newFlags("handshake-latency", &o)
+	fs, o := newFlags("handshake-latency")
 	n := fs.Int("n", 20, "launches per measurement")
 	mode := fs.String("mode", "both", "handshake, first_rpc or both")
-	if err := parseFlags(fs, &o, args); err != nil {
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
 	if *n < 1 || (*mode != "both" && *mode != "handshake" && *mode != "first_rpc") {
@@ -34,7 +33,7 @@ func runLatency(args []string) error {
 		var samples []float64
 		extra := []string{}
 		for i := 0; i < *n; i++ {
-			ms, line, rest, err := handshakeOnce(&o)
+			ms, line, rest, err := handshakeOnce(o)
 			if err != nil {
 				return atStage("handshake", fmt.Errorf("launch %d: %w", i+1, err))
 			}
@@ -53,7 +52,7 @@ func runLatency(args []string) error {
 		var samples []float64
 		for i := 0; i < *n; i++ {
 			start := time.Now()
-			p, err := launch(&o, false)
+			p, err := launch(o, false)
 			if err != nil {
 				return fmt.Errorf("launch %d: %w", i+1, err)
 			}

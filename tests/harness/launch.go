@@ -38,7 +38,8 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
-func newFlags(name string, o *launchOpts) *flag.FlagSet {
+func newFlags(name string) (*flag.FlagSet, *launchOpts) {
+	o := new(launchOpts)
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&o.plugin, "plugin", "", "plugin executable (required)")
 	fs.Var(&o.args, "arg", "argument for the plugin executable (repeatable)")
@@ -48,7 +49,7 @@ func newFlags(name string, o *launchOpts) *flag.FlagSet {
 	fs.UintVar(&o.maxPort, "max-port", 0, "PLUGIN_MAX_PORT (go-plugin default 25000)")
 	fs.BoolVar(&o.logs, "logs", false, "print every log line the client records (the plugin's stderr included) as a log event")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Second, "limit for any single wait on the plugin")
-	return fs
+	return fs, o
 }
 
 func parseFlags(fs *flag.FlagSet, o *launchOpts, args []string) error {

@@ -83,11 +83,9 @@ type configFlags struct {
 }
 
 // newConfiguredFlags gives a command that launches and configures the plugin its
-// flags: the launch flags (newFlags, into the options returned) and the config
-// flags (newConfigFlags).
+// flags: the launch flags (newFlags) and the config flags (newConfigFlags).
 func newConfiguredFlags(name string) (*flag.FlagSet, *launchOpts, configFlags) {
-	o := new(launchOpts)
-	fs := newFlags(name, o)
+	fs, o := newFlags(name)
 	return fs, o, newConfigFlags(fs, o)
 }
 
@@ -142,12 +140,11 @@ func reserveAll(dev device.DevicePlugin, reserves []string) {
 }
 
 func runInfo(args []string) error {
-	var o launchOpts
-	fs := newFlags("info", &o)
-	if err := parseFlags(fs, &o, args); err != nil {
+	fs, o := newFlags("info")
+	if err := parseFlags(fs, o, args); err != nil {
 		return err
 	}
-	p, err := launch(&o, false)
+	p, err := launch(o, false)
 	if err != nil {
 		return err
 	}
