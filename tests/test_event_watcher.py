@@ -30,7 +30,7 @@ def blocked_events() -> Iterator[CallRunner]:
     gate = threading.Event()
     runner.submit(EVENTS, lambda c: c(nvmlEventSetWait_v2, gate))
     for _ in range(int(WAIT / 0.05)):
-        if EVENTS in runner.stuck_lanes():
+        if EVENTS in runner.stuck():
             break
         threading.Event().wait(0.05)
     else:

@@ -15,6 +15,7 @@ use nvml_sys::nvmlDevice_st;
 
 use crate::encode::{encode_stats_response, GroupView, Timestamp};
 use crate::gpm::Gpm;
+use crate::lanes::{Hold, Lanes};
 use crate::nvml::{Handle, Nvml, NvmlError};
 use crate::pool::{Batch, Pool};
 use crate::sample::{DeviceSample, ReadOptions, Reading};
@@ -29,13 +30,18 @@ pub struct TrackedDevice {
     pub uuid: String,
     /// The device group (DeviceGroup.name) it belongs to.
     pub group: String,
+    /// The physical GPU's UUID: the lane its reads take (a MIG instance
+    /// shares its GPU's). Empty: `uuid` is the GPU's own.
+    pub gpu: String,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
     pub extended: bool,
     pub batched: bool,
-    /// How long one tick waits for a device before its values read "N/A".
+    /// How long one tick waits for a device before its values read "N/A",
+    /// for an engine with lanes of its own; an engine given the process's
+    /// lanes ([`Engine::with_lanes`]) takes the deadline from them at each tick.
     pub timeout: Duration,
     /// Workers reading devices at once.
     pub max_workers: usize,
@@ -96,6 +102,11 @@ fn log(sink: &LogSink, level: Level, message: String) {
 /// UUID) are read once per tick.
 struct Slot {
     uuid: String,
+    /// The lane its reads take: the physical GPU's UUID.
+    gpu: String,
+    /// Its owner id on the lanes (one per slot: two MIG instances of one GPU
+    /// are two holders of its one lane).
+    owner: u64,
     /// The first tracked device ID reading this UUID, to name it in logs.
     label: Mutex<String>,
     handle: AtomicPtr<nvmlDevice_st>,
@@ -106,7 +117,9 @@ struct Slot {
     xid_retry: AtomicBool,
     /// The XID registration failure was reported.
     xid_reported: AtomicBool,
-    /// A read is in progress (set by the worker for the duration of the read).
+    /// A read is in progress (set by the worker for the duration of the read),
+    /// so a read stuck in the driver is not followed into it by the next
+    /// tick's (which the lane, held by this slot's owner, would let through).
     busy: AtomicBool,
     /// A hang was reported and the device has not answered since.
     hung_reported: AtomicBool,
@@ -117,9 +130,12 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(uuid: String, label: String) -> Slot {
+    fn new(uuid: String, gpu: String, label: String, owner: u64) -> Slot {
+        let gpu = if gpu.is_empty() { uuid.clone() } else { gpu };
         Slot {
             uuid,
+            gpu,
+            owner,
             label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
@@ -224,6 +240,13 @@ struct Tick {
     log: LogSink,
     slots: Vec<Arc<Slot>>,
     results: Vec<OnceLock<DeviceSample>>,
+    /// The process's per-GPU lanes; a read takes its GPU's, waiting for it
+    /// until `deadline` at most, and skips a GPU stuck in another call.
+    lanes: Arc<Lanes>,
+    deadline: Instant,
+    /// Slots skipped because their GPU's lane is stuck in a call of someone
+    /// else's (a probe, a scan): what holds it.
+    held_elsewhere: Vec<OnceLock<String>>,
     /// Extended stats: XID registrations in the reads, and the drain.
     xid: Option<Arc<Xid>>,
     /// This tick drains the XID event set.
@@ -265,12 +288,28 @@ impl Batch for Tick {
             let registers = self.drain && self.registers[i];
             if slot.busy.swap(true, Ordering::AcqRel) {
                 // Still stuck in an earlier tick's call: leave it N/A.
-                let run_drain = registers && self.release_drain();
-                self.complete();
-                if run_drain {
-                    self.run_drain();
-                }
+                self.skip(registers);
                 continue;
+            }
+            match self
+                .lanes
+                .hold(&slot.gpu, slot.owner, STATS_READ, self.deadline)
+            {
+                Hold::Taken => {}
+                Hold::Busy => {
+                    // Busy with another caller's calls all tick long: N/A this tick.
+                    slot.busy.store(false, Ordering::Release);
+                    self.skip(registers);
+                    continue;
+                }
+                Hold::Stuck(held) => {
+                    // Stuck in someone else's call: that thread is the one this
+                    // GPU holds; no read follows it in.
+                    slot.busy.store(false, Ordering::Release);
+                    let _ = self.held_elsewhere[i].set(held.what);
+                    self.skip(registers);
+                    continue;
+                }
             }
             let start = Instant::now();
             let handle = slot.handle(&self.nvml, &self.log);
@@ -291,6 +330,7 @@ impl Batch for Tick {
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
+            self.lanes.release(&slot.gpu, slot.owner);
             slot.busy.store(false, Ordering::Release);
             if slot.hung_reported.swap(false, Ordering::AcqRel) {
                 log(
@@ -310,6 +350,15 @@ impl Batch for Tick {
 }
 
 impl Tick {
+    /// A slot left N/A this tick.
+    fn skip(&self, registers: bool) {
+        let run_drain = registers && self.release_drain();
+        self.complete();
+        if run_drain {
+            self.run_drain();
+        }
+    }
+
     fn complete(&self) {
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.items {
             let _g = self.finished.lock().unwrap_or_else(|p| p.into_inner());
@@ -350,6 +399,8 @@ const SLICE_NS: u64 = 500_000;
 const STALL: Duration = Duration::from_millis(2);
 // Stand-in threads for workers stuck in hung calls, at most this many.
 const MAX_STAND_INS: usize = 64;
+/// What a read holding a GPU's lane is doing, for whoever finds it stuck.
+pub const STATS_READ: &str = "the stats engine's read";
 
 pub struct Engine {
     nvml: Arc<Nvml>,
@@ -365,10 +416,21 @@ pub struct Engine {
     buf: Vec<u8>,
     /// Extended stats only.
     xid: Option<Arc<Xid>>,
+    /// Per-GPU lanes, the process's when given ([`Engine::with_lanes`]).
+    lanes: Arc<Lanes>,
 }
 
 impl Engine {
+    /// An engine with lanes of its own, and `config.timeout` as its tick deadline.
     pub fn new(nvml: Arc<Nvml>, config: EngineConfig) -> Engine {
+        let lanes = Arc::new(Lanes::new(config.timeout));
+        Engine::with_lanes(nvml, config, lanes)
+    }
+
+    /// An engine whose reads take the GPUs' lanes from `lanes` (shared with
+    /// the other NVML callers of the process), and whose tick deadline is
+    /// theirs, read at each tick.
+    pub fn with_lanes(nvml: Arc<Nvml>, config: EngineConfig, lanes: Arc<Lanes>) -> Engine {
         let workers = config.max_workers.max(1);
         let log_sink = LogSink::default();
         let xid = if config.extended {
@@ -404,12 +466,31 @@ impl Engine {
             per_device_ns: 0,
             buf: Vec::new(),
             xid,
+            lanes,
         }
     }
 
     /// Opens NVML from `library` and builds an engine on it.
     pub fn open(library: &str, config: EngineConfig) -> Result<Engine, NvmlError> {
         Ok(Engine::new(Arc::new(Nvml::open(library)?), config))
+    }
+
+    /// As [`Engine::open`], on the process's lanes when given.
+    pub fn open_with(
+        library: &str,
+        config: EngineConfig,
+        lanes: Option<Arc<Lanes>>,
+    ) -> Result<Engine, NvmlError> {
+        let nvml = Arc::new(Nvml::open(library)?);
+        Ok(match lanes {
+            Some(lanes) => Engine::with_lanes(nvml, config, lanes),
+            None => Engine::new(nvml, config),
+        })
+    }
+
+    /// The lanes its reads take.
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.lanes
     }
 
     /// Threads of the worker pool (stand-ins included), for the tests that
@@ -445,7 +526,12 @@ impl Engine {
                                 s.set_label(&d.device_id);
                                 s
                             }
-                            None => Arc::new(Slot::new(d.uuid.clone(), d.device_id.clone())),
+                            None => Arc::new(Slot::new(
+                                d.uuid.clone(),
+                                d.gpu.clone(),
+                                d.device_id.clone(),
+                                self.lanes.new_owner(),
+                            )),
                         };
                         self.slots.push(slot);
                         by_uuid.insert(d.uuid, self.slots.len() - 1);
@@ -567,7 +653,9 @@ impl Engine {
         if n == 0 {
             return Vec::new();
         }
-        let deadline = Instant::now() + self.config.timeout;
+        // The process's one deadline, as it is now (SetConfig may have changed it).
+        let timeout = self.lanes.deadline();
+        let deadline = Instant::now() + timeout;
         let stuck = self
             .slots
             .iter()
@@ -600,6 +688,9 @@ impl Engine {
             log: self.log.clone(),
             slots: self.slots.clone(),
             results: (0..n).map(|_| OnceLock::new()).collect(),
+            lanes: Arc::clone(&self.lanes),
+            deadline,
+            held_elsewhere: (0..n).map(|_| OnceLock::new()).collect(),
             xid: self.xid.clone(),
             drain,
             registers,
@@ -628,20 +719,22 @@ impl Engine {
             self.per_device_ns = tick.read_ns.load(Ordering::Relaxed) / answered as u64;
         }
         let mut out = Vec::with_capacity(n);
-        for (slot, r) in tick.slots.iter().zip(&tick.results) {
+        for ((slot, r), elsewhere) in tick.slots.iter().zip(&tick.results).zip(&tick.held_elsewhere) {
             match r.get() {
                 Some(s) => out.push(*s),
                 None => {
-                    if slot.busy.load(Ordering::Acquire)
+                    let held = elsewhere.get();
+                    if (slot.busy.load(Ordering::Acquire) || held.is_some())
                         && !slot.hung_reported.swap(true, Ordering::AcqRel)
                     {
+                        let by = held.map_or(String::new(), |w| format!(" ({w} is stuck on its GPU)"));
                         log(
                             &self.log,
                             Level::Warning,
                             format!(
-                                "device {} did not answer NVML within {:?}; its stats read N/A until it does",
+                                "device {} did not answer NVML within {:?}{by}; its stats read N/A until it does",
                                 slot.label(),
-                                self.config.timeout
+                                timeout
                             ),
                         );
                     }
@@ -660,7 +753,7 @@ impl Engine {
                     Level::Warning,
                     format!(
                         "the XID event drain (nvmlEventSetWait_v2) did not return within {:?}; XID counts keep their last values until it does",
-                        self.config.timeout
+                        timeout
                     ),
                 );
             }

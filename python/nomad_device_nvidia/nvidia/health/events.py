@@ -110,7 +110,7 @@ class EventWatcher:
 
     def check(self) -> None:
         """Report a wait blocked past the deadline (called from the device watch's probe rounds)."""
-        call = self._runner.stuck_lanes().get(EVENTS)
+        call = self._runner.stuck().get(EVENTS, (0.0, ""))[1]
         if call:
             self._trouble(str(CallTimeout(call, self._runner.timeout, EVENTS)))
 
@@ -172,7 +172,7 @@ class EventWatcher:
             self._registered = set()
         if event_set is None:
             return
-        if EVENTS in self._runner.stuck_lanes():
+        if EVENTS in self._runner.stuck():
             log.debug("an NVML event wait is still blocked; the event set is left allocated")
             return
         try:
