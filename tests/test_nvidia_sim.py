@@ -933,6 +933,61 @@ def test_a_blocked_gpu_holds_one_thread_however_much_work_comes(tmp_path: Path) 
     assert out[5]["names"].count("nvml-call") <= 8 + 2 + 1, out[5]["names"]
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_hung_gpu_holds_at_most_one_thread_in_the_whole_process(tmp_path: Path, engine: str) -> None:
+    # Eight GPUs; GPU 1's every call blocks for good once the first scan is done.
+    # Scans every second, probes every 100 ms, an open Stats stream and then eight
+    # more all have work for it, on the Python executor and in the Rust engine's
+    # pool (native) alike: whichever enters it first holds its lane, the rest skip
+    # it. The simulated driver counts the calls blocked in the hang: exactly the
+    # threads the GPU holds.
+    path = scenario(
+        tmp_path,
+        """
+        [[gpus]]
+        model = "h100-sxm5-80gb"
+        count = 8
+
+        [[faults]]
+        kind = "hang"
+        gpu = 1
+        after_s = 3.0
+        """,
+    )
+    config = {
+        "simulate": path,
+        "fingerprint_period": "1s",
+        "stats_engine": engine,
+        "health": {"probe_interval": "100ms", "call_timeout": "300ms"},
+    }
+    out, log = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": "sum(len(g['devices']) for g in groups) == 8"},
+            {"op": "stats_start"},
+            {"op": "stats_wait", "ticks": 2},
+            {"op": "wait", "until": why_contains("did not return within 300ms"), "max_s": 60},
+            {"op": "blocked", "gpu": 1, "samples": 100},
+            {"op": "stats_streams", "n": 8, "ticks": 20, "interval": 0.02},
+            {"op": "blocked", "gpu": 1, "samples": 50},
+            {"op": "stats_wait", "ticks": 10**6, "max_s": 1},
+            {"op": "stats_stop"},
+            {"op": "stop"},
+        ]
+    )
+    assert "timeout" not in out[2] and "timeout" not in out[5], out[5]
+    (stuck,) = unhealthy(out[5]["groups"])
+    assert f"stats engine: {engine}" in log
+    for seen in (out[6], out[8]):
+        # Entered (this test can fail), and by one thread only, all along.
+        assert seen["most"] == 1 and seen["last"] == 1, (seen, out)
+    for report in out[7]["reports"]:
+        assert len(report["ticks"]) >= 20 and report["error"] == "", report  # the others kept their pace
+    # The stats engine reads it N/A, and says so.
+    assert f"device {stuck['id']} did not answer NVML within" in log, log
+
+
 def test_the_lost_gpu_of_a_one_gpu_node_is_that_gpu_not_the_driver(tmp_path: Path) -> None:
     path = scenario(
         tmp_path,
