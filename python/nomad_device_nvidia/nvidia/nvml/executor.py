@@ -345,6 +345,21 @@ class Executor:
         """One NVML call on `lane` under the deadline."""
         return self.run(lane, lambda c: c(fn, *args, **kwargs))
 
+    def claim(self, lane: Hashable, what: str) -> object | None:
+        """Hold `lane` for a thread of its own that calls NVML itself (the event watcher's
+        wait), at once: a claim to give back with `unclaim`, or None when the lane is taken."""
+        with self._cond:
+            if self._closed:
+                raise RunnerClosed("the plugin is shutting down")
+            claim: Job[None] = Job(self, lane, lambda c: None, what=what)
+            return claim if self._take(lane, claim) is None else None  # type: ignore[arg-type]
+
+    def unclaim(self, lane: Hashable, claim: object) -> None:
+        with self._cond:
+            if claim is not None and self._lanes.get(lane) is claim:
+                self._give_back(lane, claim)  # type: ignore[arg-type]
+                self._freed.notify_all()
+
     def _hold(self, job: Job[object], lane: Hashable, until: float) -> bool:
         with self._cond:
             while True:
