@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -137,12 +137,6 @@ def test_a_job_is_timed_per_call_not_as_a_whole(runner: Executor) -> None:
     assert runner.run("gpu0", work) == 10
 
 
-def test_grace_extends_a_call_that_waits_on_purpose(runner: Executor) -> None:
-    assert runner.run("events", lambda c: c(time.sleep, 0.4) or "waited", grace=0.5) == "waited"
-    with pytest.raises(CallTimeout):
-        runner.run("events", lambda c: c(time.sleep, 0.4))
-
-
 def test_errors_of_the_work_reach_the_caller(runner: Executor) -> None:
     def fail(c: Calls) -> None:
         raise KeyError("nvml said no")
@@ -197,3 +191,66 @@ def test_a_job_holding_a_lane_makes_other_work_there_wait_or_be_refused(runner: 
     gate.set()
     assert runner.wait_until(job, time.monotonic() + WAIT) and job.result() == "answered"
     assert runner.call("gpu0", quick, 2) == 2  # released with the job
+
+
+# -- the GPU lanes shared with the native stats engine --
+# Its reads take a GPU's lane in the same table (`executor.lanes`); here the test
+# holds one there itself, as a read would, with an owner of its own.
+
+ENGINE = 1 << 62  # an owner id as the native engine hands them out
+
+
+def wait_until(what: str, cond: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if cond():
+            return
+        time.sleep(0.01)
+    pytest.fail(f"never: {what}")
+
+
+def test_a_gpu_lane_held_by_the_stats_engine_is_waited_for_then_refused_once_stuck(runner: Executor) -> None:
+    runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read")
+    # Another GPU and the system lane are not held up.
+    assert runner.call("GPU-b", quick, 1) == 1 and runner.call("system", quick, 2) == 2
+    wait_until("the engine's read is past the deadline", lambda: "GPU-a" in runner.stuck())
+    assert runner.stuck()["GPU-a"][1] == "the stats engine's read"
+    ran: list[int] = []
+    with pytest.raises(CallTimeout, match="the stats engine's read did not return within 200ms"):
+        runner.call("GPU-a", ran.append, 1)
+    assert ran == [] and runner.overdue_on("GPU-a") == "the stats engine's read"
+
+    def probe(c: Calls) -> bool:
+        return c.hold("GPU-a", time.monotonic() + WAIT)
+
+    assert runner.run("probe", probe) is False, "a probe skips the GPU at once"
+    # The read returns: the GPU's lane is free for the plugin's work again.
+    assert runner.lanes.release("GPU-a", ENGINE)
+    assert runner.call("GPU-a", quick, 3) == 3 and runner.stuck() == {}
+
+
+def test_the_stats_engine_finds_the_lane_of_a_gpu_stuck_in_a_job(runner: Executor) -> None:
+    gate = threading.Event()
+    job = runner.submit("GPU-a", lambda c: c(nvmlDeviceGetPowerUsage, gate), what="a scan")
+    holder = runner.lanes.holder("GPU-a")
+    assert holder is not None and holder[2] == "a scan", holder
+    assert runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read") is not None
+    with pytest.raises(CallTimeout):
+        runner.wait(job)
+    gate.set()
+    wait_until("the lane is given back", lambda: runner.lanes.holder("GPU-a") is None)
+    assert runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read") is None
+    runner.lanes.release("GPU-a", ENGINE)
+
+
+def test_the_system_and_probe_lanes_stay_out_of_the_shared_table(runner: Executor) -> None:
+    gate = threading.Event()
+    runner.submit("system", lambda c: c(gate.wait, WAIT))
+    runner.submit(("probe", object()), lambda c: c(gate.wait, WAIT))
+    assert runner.lanes.held() == []
+    gate.set()
+
+
+def test_one_deadline_reaches_the_shared_table(runner: Executor) -> None:
+    assert runner.lanes.deadline == pytest.approx(0.2)
+    runner.set_timeout(3.0)
+    assert runner.lanes.deadline == pytest.approx(3.0)

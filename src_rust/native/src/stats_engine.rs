@@ -80,7 +80,11 @@ impl StatsEngine {
 
     /// Replaces the tracked set with (device_id, uuid, group, gpu) tuples;
     /// gpu is the physical GPU's UUID ("": uuid is the GPU's own).
-    fn track(&self, py: Python<'_>, devices: Vec<(String, String, String, String)>) -> PyResult<()> {
+    fn track(
+        &self,
+        py: Python<'_>,
+        devices: Vec<(String, String, String, String)>,
+    ) -> PyResult<()> {
         let devices = devices
             .into_iter()
             .map(|(device_id, uuid, group, gpu)| TrackedDevice {

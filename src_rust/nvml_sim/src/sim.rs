@@ -1588,7 +1588,12 @@ impl Sim {
             Some(_) => return None,
             None => &self.system_hangs,
         };
-        Some(hangs.iter().map(|h| h.blocked.load(Ordering::Acquire)).sum())
+        Some(
+            hangs
+                .iter()
+                .map(|h| h.blocked.load(Ordering::Acquire))
+                .sum(),
+        )
     }
 
     /// Whether a memory fault of GPU `gpu` is active; the first time it is, its

@@ -719,7 +719,12 @@ impl Engine {
             self.per_device_ns = tick.read_ns.load(Ordering::Relaxed) / answered as u64;
         }
         let mut out = Vec::with_capacity(n);
-        for ((slot, r), elsewhere) in tick.slots.iter().zip(&tick.results).zip(&tick.held_elsewhere) {
+        for ((slot, r), elsewhere) in tick
+            .slots
+            .iter()
+            .zip(&tick.results)
+            .zip(&tick.held_elsewhere)
+        {
             match r.get() {
                 Some(s) => out.push(*s),
                 None => {
@@ -727,7 +732,8 @@ impl Engine {
                     if (slot.busy.load(Ordering::Acquire) || held.is_some())
                         && !slot.hung_reported.swap(true, Ordering::AcqRel)
                     {
-                        let by = held.map_or(String::new(), |w| format!(" ({w} is stuck on its GPU)"));
+                        let by =
+                            held.map_or(String::new(), |w| format!(" ({w} is stuck on its GPU)"));
                         log(
                             &self.log,
                             Level::Warning,

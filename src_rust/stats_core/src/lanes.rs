@@ -259,14 +259,20 @@ mod tests {
     #[test]
     fn a_lane_held_past_the_deadline_is_stuck_and_skipped_at_once() {
         let lanes = Lanes::new(LONG);
-        lanes.try_hold("GPU-a", 1, "nvmlDeviceGetMemoryInfo").unwrap();
-        lanes.try_hold("GPU-b", 1, "nvmlDeviceGetMemoryInfo").unwrap();
+        lanes
+            .try_hold("GPU-a", 1, "nvmlDeviceGetMemoryInfo")
+            .unwrap();
+        lanes
+            .try_hold("GPU-b", 1, "nvmlDeviceGetMemoryInfo")
+            .unwrap();
         assert!(lanes.stuck().is_empty());
         // The deadline lowered to nothing: both holders are past it now, and a
         // caller willing to wait an hour gives up at once.
         lanes.set_deadline(Duration::ZERO);
         match lanes.hold("GPU-a", 2, "read", Instant::now() + LONG) {
-            Hold::Stuck(h) => assert_eq!((h.owner, h.what.as_str()), (1, "nvmlDeviceGetMemoryInfo")),
+            Hold::Stuck(h) => {
+                assert_eq!((h.owner, h.what.as_str()), (1, "nvmlDeviceGetMemoryInfo"))
+            }
             other => panic!("{other:?}"),
         }
         let mut stuck: Vec<String> = lanes.stuck().into_iter().map(|h| h.key).collect();
@@ -280,7 +286,9 @@ mod tests {
     #[test]
     fn a_waiter_gives_up_when_its_holder_turns_stuck() {
         let lanes = Arc::new(Lanes::new(LONG));
-        lanes.try_hold("GPU-a", 1, "nvmlDeviceGetPowerUsage").unwrap();
+        lanes
+            .try_hold("GPU-a", 1, "nvmlDeviceGetPowerUsage")
+            .unwrap();
         let (tx, rx) = mpsc::channel();
         let waiter = {
             let lanes = Arc::clone(&lanes);

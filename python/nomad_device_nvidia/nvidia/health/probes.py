@@ -142,7 +142,7 @@ def probe_all(runner: Executor, devices: Sequence[GpuDevice], book: HealthBook) 
     blocked: tuple[Sequence[GpuDevice], CallTimeout] | None = None
     try:
         # A lane of its own each round: a round whose job is blocked does not hold up the next.
-        runner.run((PROBE, object()), work)
+        runner.run((PROBE, object()), work, what="a health probe")
     except CallTimeout as exc:
         if reading:
             blocked = (reading[0], exc)

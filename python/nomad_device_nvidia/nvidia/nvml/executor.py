@@ -111,14 +111,12 @@ def _name(fn: Callable[..., object]) -> str:
 class Job(Generic[T]):
     """One piece of work on a lane; records which NVML call it is in and since when."""
 
-    def __init__(self, runner: Executor, lane: Hashable, work: Callable[[Calls], T], grace: float = 0.0,
-                 what: str = "") -> None:
+    def __init__(self, runner: Executor, lane: Hashable, work: Callable[[Calls], T], what: str = "") -> None:
         self._runner = runner
         self.lane = lane
         self.what = what or "an NVML call of the plugin"  # for the native engine, should it find this stuck
         self.held: set[Hashable] = set()  # other lanes this job holds now
         self._work = work
-        self.grace = grace  # seconds added to the deadline (a call that waits on purpose)
         self.done = threading.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
@@ -152,7 +150,7 @@ class Job(Generic[T]):
     def overdue(self, timeout: float, now: float) -> str:
         """The call in flight when it has run past `timeout`, else ""."""
         started, call = self.call_started, self.call
-        if started and now - started >= timeout + self.grace:
+        if started and now - started >= timeout:
             return call or self.last_call
         return ""
 
@@ -278,7 +276,7 @@ class Executor:
     # -- submitting and waiting --
 
     def try_submit(self, lane: Hashable, work: Callable[[Calls], T], until: float = 0.0, *,
-                   grace: float = 0.0, what: str = "") -> Job[T] | None:
+                   what: str = "") -> Job[T] | None:
         """Queue `work` on `lane` once it is free, waiting for it until time.monotonic()
         reaches `until` at most; None when it is still busy then, or its call is overdue."""
         def pause(busy: Job[object] | _Elsewhere) -> float | None:
@@ -286,23 +284,23 @@ class Executor:
             if now >= until or busy.overdue(self._timeout, now):
                 return None
             return min(until - now, _POLL_S)
-        return self._when_free(lane, work, grace, what, pause)
+        return self._when_free(lane, work, what, pause)
 
-    def submit(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0, what: str = "") -> Job[T]:
+    def submit(self, lane: Hashable, work: Callable[[Calls], T], *, what: str = "") -> Job[T]:
         """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue.
         `what` names the work for the native engine, should it find the GPU stuck in it."""
         def pause(busy: Job[object] | _Elsewhere) -> float:
             self._check_overdue(busy)  # raises when the lane's call is stuck
             return _POLL_S
-        job = self._when_free(lane, work, grace, what, pause)
+        job = self._when_free(lane, work, what, pause)
         assert job is not None  # this pause never gives up: it raises
         return job
 
-    def _when_free(self, lane: Hashable, work: Callable[[Calls], T], grace: float, what: str,
+    def _when_free(self, lane: Hashable, work: Callable[[Calls], T], what: str,
                    pause: Callable[[Job[object] | _Elsewhere], float | None]) -> Job[T] | None:
         """Queue `work` on `lane` once it is free. While it is busy, `pause(its holder)`
         says how long to wait before looking again, or None to give up (None back)."""
-        job: Job[T] = Job(self, lane, work, grace, what)
+        job: Job[T] = Job(self, lane, work, what)
         with self._cond:
             while True:
                 if self._closed:
@@ -338,8 +336,8 @@ class Executor:
             with self._cond:
                 self._reap()
 
-    def run(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> T:
-        return self.wait(self.submit(lane, work, grace=grace))
+    def run(self, lane: Hashable, work: Callable[[Calls], T], *, what: str = "") -> T:
+        return self.wait(self.submit(lane, work, what=what))
 
     def call(self, lane: Hashable, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """One NVML call on `lane` under the deadline."""
@@ -407,10 +405,10 @@ class Executor:
         # overdue, so close() needs no wake-up of its own.
         started = job.call_started
         if started:
-            return max(0.005, min(_WAIT_SLICE_S, started + self._timeout + job.grace - time.monotonic()))
+            return max(0.005, min(_WAIT_SLICE_S, started + self._timeout - time.monotonic()))
         # Not started yet: its first call starts soon (a worker is on its way), and
         # a call that starts is not overdue before a full timeout anyway.
-        return min(_WAIT_SLICE_S, self._timeout + job.grace)
+        return min(_WAIT_SLICE_S, self._timeout)
 
     def _check_overdue(self, job: Job[object] | Job[T] | _Elsewhere) -> None:
         call = job.overdue(self._timeout, time.monotonic())

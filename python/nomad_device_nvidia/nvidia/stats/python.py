@@ -412,7 +412,7 @@ class PythonStatsEngine:
                     read[d.uuid] = stats
 
         self._ticks += 1
-        job = self._calls.submit(("stats", id(self), self._ticks), work)
+        job = self._calls.submit(("stats", id(self), self._ticks), work, what="the python stats engine's read")
         self._calls.wait_until(job, deadline)
         tick.cancelled = True  # a tick still running stops at the next GPU
         for d in readers:
