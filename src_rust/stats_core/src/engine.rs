@@ -104,9 +104,6 @@ struct Slot {
     uuid: String,
     /// The lane its reads take: the physical GPU's UUID.
     gpu: String,
-    /// Its owner id on the lanes (one per slot: two MIG instances of one GPU
-    /// are two holders of its one lane).
-    owner: u64,
     /// The first tracked device ID reading this UUID, to name it in logs.
     label: Mutex<String>,
     handle: AtomicPtr<nvmlDevice_st>,
@@ -117,9 +114,9 @@ struct Slot {
     xid_retry: AtomicBool,
     /// The XID registration failure was reported.
     xid_reported: AtomicBool,
-    /// A read is in progress (set by the worker for the duration of the read),
-    /// so a read stuck in the driver is not followed into it by the next
-    /// tick's (which the lane, held by this slot's owner, would let through).
+    /// A read is in progress (set by the worker once it holds the GPU's
+    /// lane, until the read returns), so a read stuck in the driver is
+    /// skipped without a look at the lanes, and named at close.
     busy: AtomicBool,
     /// A hang was reported and the device has not answered since.
     hung_reported: AtomicBool,
@@ -130,12 +127,11 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(uuid: String, gpu: String, label: String, owner: u64) -> Slot {
+    fn new(uuid: String, gpu: String, label: String) -> Slot {
         let gpu = if gpu.is_empty() { uuid.clone() } else { gpu };
         Slot {
             uuid,
             gpu,
-            owner,
             label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
@@ -286,31 +282,31 @@ impl Batch for Tick {
             let i = item - first_slot;
             let slot = &self.slots[i];
             let registers = self.drain && self.registers[i];
-            if slot.busy.swap(true, Ordering::AcqRel) {
+            if slot.busy.load(Ordering::Acquire) {
                 // Still stuck in an earlier tick's call: leave it N/A.
                 self.skip(registers);
                 continue;
             }
-            match self
-                .lanes
-                .hold(&slot.gpu, slot.owner, STATS_READ, self.deadline)
-            {
+            // An owner per read: the lane itself keeps two reads of one GPU apart
+            // (two MIG instances, or a read that waited past its tick and the next).
+            let owner = self.lanes.new_owner();
+            match self.lanes.hold(&slot.gpu, owner, STATS_READ, self.deadline) {
                 Hold::Taken => {}
                 Hold::Busy => {
                     // Busy with another caller's calls all tick long: N/A this tick.
-                    slot.busy.store(false, Ordering::Release);
                     self.skip(registers);
                     continue;
                 }
                 Hold::Stuck(held) => {
-                    // Stuck in someone else's call: that thread is the one this
-                    // GPU holds; no read follows it in.
-                    slot.busy.store(false, Ordering::Release);
+                    // Stuck in another call (a probe's, a scan's, a sibling MIG
+                    // instance's read): that is the one thread this GPU holds;
+                    // no read follows it in.
                     let _ = self.held_elsewhere[i].set(held.what);
                     self.skip(registers);
                     continue;
                 }
             }
+            slot.busy.store(true, Ordering::Release);
             let start = Instant::now();
             let handle = slot.handle(&self.nvml, &self.log);
             if let (Some(h), Some(xid)) = (handle, &self.xid) {
@@ -330,7 +326,7 @@ impl Batch for Tick {
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
-            self.lanes.release(&slot.gpu, slot.owner);
+            self.lanes.release(&slot.gpu, owner);
             slot.busy.store(false, Ordering::Release);
             if slot.hung_reported.swap(false, Ordering::AcqRel) {
                 log(
@@ -530,7 +526,6 @@ impl Engine {
                                 d.uuid.clone(),
                                 d.gpu.clone(),
                                 d.device_id.clone(),
-                                self.lanes.new_owner(),
                             )),
                         };
                         self.slots.push(slot);
