@@ -52,7 +52,10 @@ impl Lanes {
     /// Takes `key` for `owner` if it is free (or already theirs): None;
     /// else its holder as (owner, seconds held, what).
     fn try_hold(&self, key: &str, owner: u64, what: &str) -> Option<Holder> {
-        self.inner.try_hold(key, owner, what).err().map(holder)
+        self.inner
+            .try_hold(key, owner, what.to_string())
+            .err()
+            .map(holder)
     }
 
     /// Gives `key` back; False when `owner` does not hold it.

@@ -15,7 +15,7 @@ use nvml_sys::nvmlDevice_st;
 
 use crate::encode::{encode_stats_response, GroupView, Timestamp};
 use crate::gpm::Gpm;
-use crate::lanes::{Hold, Lanes};
+use crate::lanes::{Hold, LaneId, Lanes};
 use crate::nvml::{Handle, Nvml, NvmlError};
 use crate::pool::{Batch, Pool};
 use crate::sample::{DeviceSample, ReadOptions, Reading};
@@ -102,8 +102,8 @@ fn log(sink: &LogSink, level: Level, message: String) {
 /// UUID) are read once per tick.
 struct Slot {
     uuid: String,
-    /// The lane its reads take: the physical GPU's UUID.
-    gpu: String,
+    /// The lane its reads take: the physical GPU's (its UUID's) in the lanes.
+    lane: LaneId,
     /// The first tracked device ID reading this UUID, to name it in logs.
     label: Mutex<String>,
     handle: AtomicPtr<nvmlDevice_st>,
@@ -127,11 +127,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(uuid: String, gpu: String, label: String) -> Slot {
-        let gpu = if gpu.is_empty() { uuid.clone() } else { gpu };
+    fn new(uuid: String, label: String, lane: LaneId) -> Slot {
         Slot {
             uuid,
-            gpu,
+            lane,
             label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
@@ -290,7 +289,10 @@ impl Batch for Tick {
             // An owner per read: the lane itself keeps two reads of one GPU apart
             // (two MIG instances, or a read that waited past its tick and the next).
             let owner = self.lanes.new_owner();
-            match self.lanes.hold(&slot.gpu, owner, STATS_READ, self.deadline) {
+            match self
+                .lanes
+                .hold_id(slot.lane, owner, STATS_READ, self.deadline)
+            {
                 Hold::Taken => {}
                 Hold::Busy => {
                     // Busy with another caller's calls all tick long: N/A this tick.
@@ -326,7 +328,7 @@ impl Batch for Tick {
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
-            self.lanes.release(&slot.gpu, owner);
+            self.lanes.release_id(slot.lane, owner);
             slot.busy.store(false, Ordering::Release);
             if slot.hung_reported.swap(false, Ordering::AcqRel) {
                 log(
@@ -522,11 +524,14 @@ impl Engine {
                                 s.set_label(&d.device_id);
                                 s
                             }
-                            None => Arc::new(Slot::new(
-                                d.uuid.clone(),
-                                d.gpu.clone(),
-                                d.device_id.clone(),
-                            )),
+                            None => {
+                                let gpu = if d.gpu.is_empty() { &d.uuid } else { &d.gpu };
+                                Arc::new(Slot::new(
+                                    d.uuid.clone(),
+                                    d.device_id.clone(),
+                                    self.lanes.id(gpu),
+                                ))
+                            }
                         };
                         self.slots.push(slot);
                         by_uuid.insert(d.uuid, self.slots.len() - 1);

@@ -13,6 +13,7 @@
 //! call_timeout }`): the Python executor sets it, the stats engine's tick
 //! reads it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -43,12 +44,41 @@ pub enum Hold {
 struct Holder {
     owner: u64,
     since: Instant,
-    what: String,
+    what: Cow<'static, str>,
+}
+
+/// A lane of the table, by its index: what a caller that takes the same lane
+/// often (a stats slot) keeps, so that taking it hashes no key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneId(usize);
+
+struct Lane {
+    key: String,
+    holder: Option<Holder>,
 }
 
 struct State {
-    held: HashMap<String, Holder>,
+    /// Lanes are never removed: one per GPU the process has seen.
+    ids: HashMap<String, usize>,
+    lanes: Vec<Lane>,
     deadline: Duration,
+    /// Callers waiting in `hold`: a release wakes them only when there are
+    /// some (a wake is a system call, on every read of every tick otherwise).
+    waiters: usize,
+}
+
+impl State {
+    fn id(&mut self, key: &str) -> usize {
+        if let Some(&i) = self.ids.get(key) {
+            return i;
+        }
+        self.lanes.push(Lane {
+            key: key.to_string(),
+            holder: None,
+        });
+        self.ids.insert(key.to_string(), self.lanes.len() - 1);
+        self.lanes.len() - 1
+    }
 }
 
 pub struct Lanes {
@@ -65,8 +95,10 @@ impl Lanes {
     pub fn new(deadline: Duration) -> Lanes {
         Lanes {
             state: Mutex::new(State {
-                held: HashMap::new(),
+                ids: HashMap::new(),
+                lanes: Vec::new(),
                 deadline,
+                waiters: 0,
             }),
             freed: Condvar::new(),
             next_owner: AtomicU64::new(FIRST_OWNER),
@@ -94,22 +126,31 @@ impl Lanes {
         self.next_owner.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The lane of `key`, to take by id from then on.
+    pub fn id(&self, key: &str) -> LaneId {
+        LaneId(self.lock().id(key))
+    }
+
     /// Takes `key` now if it is free (or already `owner`'s); else who holds it.
-    pub fn try_hold(&self, key: &str, owner: u64, what: &str) -> Result<(), Held> {
+    pub fn try_hold(
+        &self,
+        key: &str,
+        owner: u64,
+        what: impl Into<Cow<'static, str>>,
+    ) -> Result<(), Held> {
         let mut st = self.lock();
+        let i = st.id(key);
+        let lane = &mut st.lanes[i];
         let now = Instant::now();
-        match st.held.get(key) {
-            Some(h) if h.owner != owner => Err(held(key, h, now)),
+        match &lane.holder {
+            Some(h) if h.owner != owner => Err(held(&lane.key, h, now)),
             Some(_) => Ok(()),
             None => {
-                st.held.insert(
-                    key.to_string(),
-                    Holder {
-                        owner,
-                        since: now,
-                        what: what.to_string(),
-                    },
-                );
+                lane.holder = Some(Holder {
+                    owner,
+                    since: now,
+                    what: what.into(),
+                });
                 Ok(())
             }
         }
@@ -117,27 +158,45 @@ impl Lanes {
 
     /// Takes `key`, waiting for it until `until` at most; gives up at once
     /// when its holder has held it past the deadline.
-    pub fn hold(&self, key: &str, owner: u64, what: &str, until: Instant) -> Hold {
+    pub fn hold(
+        &self,
+        key: &str,
+        owner: u64,
+        what: impl Into<Cow<'static, str>>,
+        until: Instant,
+    ) -> Hold {
+        let id = self.id(key);
+        self.hold_id(id, owner, what, until)
+    }
+
+    /// [`Lanes::hold`] by the lane's id.
+    pub fn hold_id(
+        &self,
+        id: LaneId,
+        owner: u64,
+        what: impl Into<Cow<'static, str>>,
+        until: Instant,
+    ) -> Hold {
         let mut st = self.lock();
+        let mut what = Some(what);
         loop {
             let now = Instant::now();
-            let stuck_at = match st.held.get(key) {
+            let deadline = st.deadline;
+            let lane = &mut st.lanes[id.0];
+            let stuck_at = match &lane.holder {
                 None => {
-                    st.held.insert(
-                        key.to_string(),
-                        Holder {
-                            owner,
-                            since: now,
-                            what: what.to_string(),
-                        },
-                    );
+                    lane.holder = Some(Holder {
+                        owner,
+                        since: now,
+                        what: what.take().map_or(Cow::Borrowed(""), Into::into),
+                    });
                     return Hold::Taken;
                 }
                 Some(h) if h.owner == owner => return Hold::Taken,
                 Some(h) => {
-                    let stuck_at = h.since + st.deadline;
+                    let stuck_at = h.since + deadline;
                     if now >= stuck_at {
-                        return Hold::Stuck(held(key, h, now));
+                        return Hold::Stuck(held(&lane.key, h, now));
                     }
                     stuck_at
                 }
@@ -148,21 +207,39 @@ impl Lanes {
             // Woken by a release; else at whichever comes first of the
             // caller's limit and the holder turning stuck.
             let wake = until.min(stuck_at);
+            st.waiters += 1;
             st = self
                 .freed
                 .wait_timeout(st, wake - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            st.waiters -= 1;
         }
     }
 
     /// Gives `key` back; false when `owner` does not hold it.
     pub fn release(&self, key: &str, owner: u64) -> bool {
+        let id = {
+            let st = self.lock();
+            match st.ids.get(key) {
+                Some(&i) => LaneId(i),
+                None => return false,
+            }
+        };
+        self.release_id(id, owner)
+    }
+
+    /// [`Lanes::release`] by the lane's id.
+    pub fn release_id(&self, id: LaneId, owner: u64) -> bool {
         let mut st = self.lock();
-        if st.held.get(key).is_some_and(|h| h.owner == owner) {
-            st.held.remove(key);
+        let lane = &mut st.lanes[id.0];
+        if lane.holder.as_ref().is_some_and(|h| h.owner == owner) {
+            lane.holder = None;
+            let waiters = st.waiters > 0;
             drop(st);
-            self.freed.notify_all();
+            if waiters {
+                self.freed.notify_all();
+            }
             true
         } else {
             false
@@ -172,24 +249,26 @@ impl Lanes {
     /// Who holds `key`, if anyone.
     pub fn holder(&self, key: &str) -> Option<Held> {
         let st = self.lock();
-        st.held.get(key).map(|h| held(key, h, Instant::now()))
+        let lane = &st.lanes[*st.ids.get(key)?];
+        lane.holder.as_ref().map(|h| held(key, h, Instant::now()))
     }
 
     /// Every lane held now.
     pub fn held(&self) -> Vec<Held> {
         let st = self.lock();
         let now = Instant::now();
-        st.held.iter().map(|(k, h)| held(k, h, now)).collect()
+        st.lanes
+            .iter()
+            .filter_map(|l| l.holder.as_ref().map(|h| held(&l.key, h, now)))
+            .collect()
     }
 
     /// The lanes held past the deadline: the stuck GPUs, and what holds each.
     pub fn stuck(&self) -> Vec<Held> {
-        let st = self.lock();
-        let now = Instant::now();
-        st.held
-            .iter()
-            .filter(|(_, h)| now.duration_since(h.since) >= st.deadline)
-            .map(|(k, h)| held(k, h, now))
+        let deadline = self.lock().deadline;
+        self.held()
+            .into_iter()
+            .filter(|h| h.held_for >= deadline)
             .collect()
     }
 }
@@ -199,7 +278,7 @@ fn held(key: &str, h: &Holder, now: Instant) -> Held {
         key: key.to_string(),
         owner: h.owner,
         held_for: now.duration_since(h.since),
-        what: h.what.clone(),
+        what: h.what.to_string(),
     }
 }
 
