@@ -291,7 +291,7 @@ impl Batch for Tick {
             let owner = self.lanes.new_owner();
             match self
                 .lanes
-                .hold_id(slot.lane, owner, STATS_READ, self.deadline)
+                .hold_id(&slot.lane, owner, STATS_READ, self.deadline)
             {
                 Hold::Taken => {}
                 Hold::Busy => {
@@ -328,7 +328,7 @@ impl Batch for Tick {
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
-            self.lanes.release_id(slot.lane, owner);
+            self.lanes.release_id(&slot.lane, owner);
             slot.busy.store(false, Ordering::Release);
             if slot.hung_reported.swap(false, Ordering::AcqRel) {
                 log(

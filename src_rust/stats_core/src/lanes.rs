@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Who holds a lane, since when, doing what.
@@ -47,43 +47,38 @@ struct Holder {
     what: Cow<'static, str>,
 }
 
-/// A lane of the table, by its index: what a caller that takes the same lane
-/// often (a stats slot) keeps, so that taking it hashes no key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaneId(usize);
-
-struct Lane {
-    key: String,
+struct LaneState {
     holder: Option<Holder>,
-}
-
-struct State {
-    /// Lanes are never removed: one per GPU the process has seen.
-    ids: HashMap<String, usize>,
-    lanes: Vec<Lane>,
-    deadline: Duration,
     /// Callers waiting in `hold`: a release wakes them only when there are
     /// some (a wake is a system call, on every read of every tick otherwise).
     waiters: usize,
 }
 
-impl State {
-    fn id(&mut self, key: &str) -> usize {
-        if let Some(&i) = self.ids.get(key) {
-            return i;
-        }
-        self.lanes.push(Lane {
-            key: key.to_string(),
-            holder: None,
-        });
-        self.ids.insert(key.to_string(), self.lanes.len() - 1);
-        self.lanes.len() - 1
+/// One GPU's lane, with a lock of its own: the reads of different GPUs
+/// never wait for each other's bookkeeping.
+struct Lane {
+    key: String,
+    state: Mutex<LaneState>,
+    freed: Condvar,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        // Nothing panics while holding it; recover if something did.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// A lane of the table, as a caller that takes the same lane often (a
+/// stats slot) keeps it: taking it then hashes no key.
+#[derive(Clone)]
+pub struct LaneId(Arc<Lane>);
+
 pub struct Lanes {
-    state: Mutex<State>,
-    freed: Condvar,
+    /// Lanes are never removed: one per GPU the process has seen.
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    /// The deadline, in nanoseconds.
+    deadline_ns: AtomicU64,
     next_owner: AtomicU64,
 }
 
@@ -91,34 +86,35 @@ pub struct Lanes {
 /// the Python side uses as an owner (`id()` of its job).
 const FIRST_OWNER: u64 = 1 << 62;
 
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
 impl Lanes {
     pub fn new(deadline: Duration) -> Lanes {
         Lanes {
-            state: Mutex::new(State {
-                ids: HashMap::new(),
-                lanes: Vec::new(),
-                deadline,
-                waiters: 0,
-            }),
-            freed: Condvar::new(),
+            lanes: Mutex::new(HashMap::new()),
+            deadline_ns: AtomicU64::new(nanos(deadline)),
             next_owner: AtomicU64::new(FIRST_OWNER),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding it; recover if something did.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Lane>>> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The NVML deadline: a lane held longer is stuck; a stats tick waits this long.
     pub fn deadline(&self) -> Duration {
-        self.lock().deadline
+        Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire))
     }
 
     pub fn set_deadline(&self, deadline: Duration) {
-        self.lock().deadline = deadline;
+        self.deadline_ns.store(nanos(deadline), Ordering::Release);
         // Waiters recompute when their holder turns stuck.
-        self.freed.notify_all();
+        for lane in self.map().values() {
+            let _g = lane.lock();
+            lane.freed.notify_all();
+        }
     }
 
     /// A fresh owner id, for holders that have none of their own.
@@ -128,7 +124,24 @@ impl Lanes {
 
     /// The lane of `key`, to take by id from then on.
     pub fn id(&self, key: &str) -> LaneId {
-        LaneId(self.lock().id(key))
+        let mut map = self.map();
+        if let Some(lane) = map.get(key) {
+            return LaneId(Arc::clone(lane));
+        }
+        let lane = Arc::new(Lane {
+            key: key.to_string(),
+            state: Mutex::new(LaneState {
+                holder: None,
+                waiters: 0,
+            }),
+            freed: Condvar::new(),
+        });
+        map.insert(key.to_string(), Arc::clone(&lane));
+        LaneId(lane)
+    }
+
+    fn find(&self, key: &str) -> Option<Arc<Lane>> {
+        self.map().get(key).cloned()
     }
 
     /// Takes `key` now if it is free (or already `owner`'s); else who holds it.
@@ -138,15 +151,14 @@ impl Lanes {
         owner: u64,
         what: impl Into<Cow<'static, str>>,
     ) -> Result<(), Held> {
-        let mut st = self.lock();
-        let i = st.id(key);
-        let lane = &mut st.lanes[i];
+        let lane = self.id(key).0;
+        let mut st = lane.lock();
         let now = Instant::now();
-        match &lane.holder {
+        match &st.holder {
             Some(h) if h.owner != owner => Err(held(&lane.key, h, now)),
             Some(_) => Ok(()),
             None => {
-                lane.holder = Some(Holder {
+                st.holder = Some(Holder {
                     owner,
                     since: now,
                     what: what.into(),
@@ -166,26 +178,25 @@ impl Lanes {
         until: Instant,
     ) -> Hold {
         let id = self.id(key);
-        self.hold_id(id, owner, what, until)
+        self.hold_id(&id, owner, what, until)
     }
 
     /// [`Lanes::hold`] by the lane's id.
     pub fn hold_id(
         &self,
-        id: LaneId,
+        id: &LaneId,
         owner: u64,
         what: impl Into<Cow<'static, str>>,
         until: Instant,
     ) -> Hold {
-        let mut st = self.lock();
+        let lane = &id.0;
+        let mut st = lane.lock();
         let mut what = Some(what);
         loop {
             let now = Instant::now();
-            let deadline = st.deadline;
-            let lane = &mut st.lanes[id.0];
-            let stuck_at = match &lane.holder {
+            let stuck_at = match &st.holder {
                 None => {
-                    lane.holder = Some(Holder {
+                    st.holder = Some(Holder {
                         owner,
                         since: now,
                         what: what.take().map_or(Cow::Borrowed(""), Into::into),
@@ -194,7 +205,7 @@ impl Lanes {
                 }
                 Some(h) if h.owner == owner => return Hold::Taken,
                 Some(h) => {
-                    let stuck_at = h.since + deadline;
+                    let stuck_at = h.since + self.deadline();
                     if now >= stuck_at {
                         return Hold::Stuck(held(&lane.key, h, now));
                     }
@@ -208,7 +219,7 @@ impl Lanes {
             // caller's limit and the holder turning stuck.
             let wake = until.min(stuck_at);
             st.waiters += 1;
-            st = self
+            st = lane
                 .freed
                 .wait_timeout(st, wake - now)
                 .unwrap_or_else(|p| p.into_inner())
@@ -219,26 +230,20 @@ impl Lanes {
 
     /// Gives `key` back; false when `owner` does not hold it.
     pub fn release(&self, key: &str, owner: u64) -> bool {
-        let id = {
-            let st = self.lock();
-            match st.ids.get(key) {
-                Some(&i) => LaneId(i),
-                None => return false,
-            }
-        };
-        self.release_id(id, owner)
+        match self.find(key) {
+            Some(lane) => self.release_id(&LaneId(lane), owner),
+            None => false,
+        }
     }
 
     /// [`Lanes::release`] by the lane's id.
-    pub fn release_id(&self, id: LaneId, owner: u64) -> bool {
-        let mut st = self.lock();
-        let lane = &mut st.lanes[id.0];
-        if lane.holder.as_ref().is_some_and(|h| h.owner == owner) {
-            lane.holder = None;
-            let waiters = st.waiters > 0;
-            drop(st);
-            if waiters {
-                self.freed.notify_all();
+    pub fn release_id(&self, id: &LaneId, owner: u64) -> bool {
+        let lane = &id.0;
+        let mut st = lane.lock();
+        if st.holder.as_ref().is_some_and(|h| h.owner == owner) {
+            st.holder = None;
+            if st.waiters > 0 {
+                lane.freed.notify_all();
             }
             true
         } else {
@@ -248,24 +253,24 @@ impl Lanes {
 
     /// Who holds `key`, if anyone.
     pub fn holder(&self, key: &str) -> Option<Held> {
-        let st = self.lock();
-        let lane = &st.lanes[*st.ids.get(key)?];
-        lane.holder.as_ref().map(|h| held(key, h, Instant::now()))
+        let lane = self.find(key)?;
+        let st = lane.lock();
+        st.holder.as_ref().map(|h| held(key, h, Instant::now()))
     }
 
     /// Every lane held now.
     pub fn held(&self) -> Vec<Held> {
-        let st = self.lock();
+        let lanes: Vec<Arc<Lane>> = self.map().values().cloned().collect();
         let now = Instant::now();
-        st.lanes
+        lanes
             .iter()
-            .filter_map(|l| l.holder.as_ref().map(|h| held(&l.key, h, now)))
+            .filter_map(|l| l.lock().holder.as_ref().map(|h| held(&l.key, h, now)))
             .collect()
     }
 
     /// The lanes held past the deadline: the stuck GPUs, and what holds each.
     pub fn stuck(&self) -> Vec<Held> {
-        let deadline = self.lock().deadline;
+        let deadline = self.deadline();
         self.held()
             .into_iter()
             .filter(|h| h.held_for >= deadline)
