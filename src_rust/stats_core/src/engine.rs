@@ -234,6 +234,8 @@ struct Tick {
     opts: ReadOptions,
     log: LogSink,
     slots: Vec<Arc<Slot>>,
+    /// The order the slots are read in (indexes into `slots`).
+    order: Arc<Vec<usize>>,
     results: Vec<OnceLock<DeviceSample>>,
     /// The process's per-GPU lanes; a read takes its GPU's, waiting for it
     /// until `deadline` at most, and skips a GPU stuck in another call.
@@ -278,7 +280,7 @@ impl Batch for Tick {
                 }
                 continue;
             }
-            let i = item - first_slot;
+            let i = self.order[item - first_slot];
             let slot = &self.slots[i];
             let registers = self.drain && self.registers[i];
             if slot.busy.load(Ordering::Acquire) {
@@ -400,12 +402,40 @@ const MAX_STAND_INS: usize = 64;
 /// What a read holding a GPU's lane is doing, for whoever finds it stuck.
 pub const STATS_READ: &str = "the stats engine's read";
 
+/// Slot indexes, the GPUs in turn: the first slot of each lane (in slot
+/// order), then the second of each, and so on.
+fn interleaved(slots: &[Arc<Slot>]) -> Vec<usize> {
+    let mut by_lane: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut at: HashMap<usize, usize> = HashMap::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let k = *at.entry(slot.lane.addr()).or_insert_with(|| {
+            by_lane.push((0, Vec::new()));
+            by_lane.len() - 1
+        });
+        by_lane[k].1.push(i);
+    }
+    let mut order = Vec::with_capacity(slots.len());
+    while order.len() < slots.len() {
+        for (next, members) in &mut by_lane {
+            if let Some(&i) = members.get(*next) {
+                order.push(i);
+                *next += 1;
+            }
+        }
+    }
+    order
+}
+
 pub struct Engine {
     nvml: Arc<Nvml>,
     config: EngineConfig,
     log: LogSink,
     /// One per distinct UUID, in the order of first appearance in `groups`.
     slots: Vec<Arc<Slot>>,
+    /// The order a tick reads them in: the GPUs in turn, so that the reads
+    /// of one GPU's MIG instances (which take its one lane, one at a time)
+    /// are spread over the tick instead of queueing for the lane together.
+    order: Arc<Vec<usize>>,
     /// Group name -> (device ID, index into `slots`), sorted by name then
     /// device ID. Shares of one GPU point at the same slot.
     groups: Vec<(String, Vec<(String, usize)>)>,
@@ -459,6 +489,7 @@ impl Engine {
             },
             log: log_sink,
             slots: Vec::new(),
+            order: Arc::new(Vec::new()),
             groups: Vec::new(),
             pool: Pool::new(workers + MAX_STAND_INS),
             per_device_ns: 0,
@@ -542,6 +573,7 @@ impl Engine {
             }
             self.groups.push((name, members));
         }
+        self.order = Arc::new(interleaved(&self.slots));
         self.want_xids();
     }
 
@@ -687,6 +719,7 @@ impl Engine {
             opts,
             log: self.log.clone(),
             slots: self.slots.clone(),
+            order: Arc::clone(&self.order),
             results: (0..n).map(|_| OnceLock::new()).collect(),
             lanes: Arc::clone(&self.lanes),
             deadline,

@@ -74,6 +74,13 @@ impl Lane {
 #[derive(Clone)]
 pub struct LaneId(Arc<Lane>);
 
+impl LaneId {
+    /// Which lane it is: equal for two ids of one lane.
+    pub fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
 pub struct Lanes {
     /// Lanes are never removed: one per GPU the process has seen.
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
