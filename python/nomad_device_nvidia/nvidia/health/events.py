@@ -120,7 +120,7 @@ class EventWatcher:
         self._config = config
         self._on_trouble = on_trouble
         self._wait_ms = event_wait_ms(config)
-        self._ended = False  # the job has run to its end
+        self._ended = False  # the thread has run to its end
         self._after: list[Callable[[], None]] = []  # what runs then
         self._lock = threading.Lock()
         self._devices: tuple[GpuDevice, ...] = ()
