@@ -2,7 +2,7 @@
 probe_interval): 8, 56 (8 GPUs x 7 MIG), 512 and 4,096 simulated devices, with
 the simulated driver at zero latency and at 50 us per call.
 
-The round runs through a real CallRunner (one hand-off to its worker, each
+The round runs through a real Executor (one hand-off to its worker, each
 GPU's lane held while it is read) and records into a HealthBook. Its CPU per
 round divided by probe_interval (5 s by default) is the probes' share of the
 plugin's idle CPU. Run: make bench, or BENCH_SIZES=8,56 for a quick run.
@@ -17,7 +17,7 @@ import pytest
 from conftest import SIZES, pick
 
 from nomad_device_nvidia.nvidia import fingerprint as fp
-from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, direct
+from nomad_device_nvidia.nvidia.nvml.executor import Executor, direct
 from nomad_device_nvidia.nvidia.health.book import HealthBook
 from nomad_device_nvidia.nvidia.fingerprint import physical_devices
 from nomad_device_nvidia.nvidia.health.probes import probe_all
@@ -42,7 +42,7 @@ def test_probe_round(benchmark: object, machine: tuple[str, object], size: int) 
     assert len(devices) == size
     changes: list[None] = []
     book = HealthBook(lambda: changes.append(None))
-    runner = CallRunner(timeout=10.0, max_workers=2, name="bench")
+    runner = Executor(timeout=10.0, max_workers=2, name="bench")
     benchmark.group = f"probe round {latency} {size} devices"  # type: ignore[attr-defined]
     try:
         assert probe_all(runner, devices, book) == set()  # warm up; every device answers

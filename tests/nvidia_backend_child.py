@@ -19,6 +19,9 @@ a JSON transcript of what happened. Steps come as JSON on argv[1]:
         collects decoded Stats answers on a thread; records whether the stream ended
   {"op": "stats_start"} / {"op": "stats_wait", "ticks": 1}   a Stats stream left open across steps
   {"op": "stats_streams", "n": 8, "ticks": 3}  n Stats streams at once; their ticks and the threads
+  {"op": "blocked", "gpu": 1, "samples": 100}
+        looks `samples` times (20 ms apart) how many calls are blocked in GPU `gpu`'s hang
+        right now (the simulated driver counts them); records the most seen and the last
   {"op": "stop"}                               sets stop; records whether the stream ended
   {"op": "shutdown"}
 """
@@ -199,6 +202,18 @@ def nvml_view(ids: list[str]) -> dict[str, Any]:
     return view
 
 
+def blocked_calls(gpu: int) -> int:
+    """Calls blocked in a hang of GPU `gpu` now, as the simulated driver counts them."""
+    import ctypes
+
+    import pynvml
+
+    count = ctypes.c_uint(0)
+    rc = pynvml.nvmlLib.nvmlSimGetBlockedCalls(ctypes.c_int(gpu), ctypes.byref(count))
+    assert rc == 0, f"nvmlSimGetBlockedCalls returned {rc}"
+    return int(count.value)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     steps = json.loads(sys.argv[1])
@@ -285,6 +300,12 @@ def main() -> int:
             stream.stop.set()
             stream.thread.join(timeout=step.get("max_s", 10))
             out.append({"ended": not stream.thread.is_alive(), "answers": len(stream.answers), "error": stream.error})
+        elif op == "blocked":
+            seen = []
+            for _ in range(step.get("samples", 100)):
+                seen.append(blocked_calls(step["gpu"]))
+                time.sleep(0.02)
+            out.append({"most": max(seen), "last": seen[-1]})
         elif op == "nvml_view":
             out.append(nvml_view(step["ids"]))
         elif op == "nvml_initialised":

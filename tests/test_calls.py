@@ -1,4 +1,4 @@
-"""CallRunner: work on per-GPU lanes, each call under a deadline, bounded threads.
+"""Executor: work on per-GPU lanes, each call under a deadline, bounded threads.
 
 The work here is plain Python that blocks on an Event where an NVML call would
 block on a sick GPU; the runner only ever sees callables, so this is its whole
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import Executor, Calls, CallTimeout, RunnerClosed
 
 WAIT = 10.0  # bounds every wait below, so a broken runner fails instead of hanging
 
@@ -29,8 +29,8 @@ def quick(value: int) -> int:
 
 
 @pytest.fixture
-def runner() -> Iterator[CallRunner]:
-    r = CallRunner(0.2, max_workers=4, name="test")
+def runner() -> Iterator[Executor]:
+    r = Executor(0.2, max_workers=4, name="test")
     yield r
     r.close()
 
@@ -39,7 +39,7 @@ def workers() -> int:
     return sum(t.name == "test-call" for t in threading.enumerate())
 
 
-def test_a_call_past_the_deadline_names_itself_and_its_lane_refuses_at_once(runner: CallRunner) -> None:
+def test_a_call_past_the_deadline_names_itself_and_its_lane_refuses_at_once(runner: Executor) -> None:
     gate = threading.Event()
     started = time.monotonic()
     with pytest.raises(CallTimeout) as info:
@@ -53,13 +53,13 @@ def test_a_call_past_the_deadline_names_itself_and_its_lane_refuses_at_once(runn
     with pytest.raises(CallTimeout, match="nvmlDeviceGetPowerUsage did not return within 200ms"):
         runner.call("gpu0", ran.append, 1)
     assert ran == []
-    assert runner.stuck_lanes() == {"gpu0": "nvmlDeviceGetPowerUsage"}
+    assert {lane: call for lane, (_, call) in runner.stuck().items()} == {"gpu0": "nvmlDeviceGetPowerUsage"}
     # Other lanes are not held up.
     assert runner.call("gpu1", quick, 7) == 7
     gate.set()
 
 
-def test_the_lane_is_free_again_when_the_call_returns_and_the_return_is_told(runner: CallRunner) -> None:
+def test_the_lane_is_free_again_when_the_call_returns_and_the_return_is_told(runner: Executor) -> None:
     gate, returned = threading.Event(), threading.Event()
     lanes: list[object] = []
     runner.on_return(lambda lane: (lanes.append(lane), returned.set()))
@@ -69,10 +69,10 @@ def test_the_lane_is_free_again_when_the_call_returns_and_the_return_is_told(run
     assert returned.wait(WAIT)
     assert lanes == ["gpu0"]
     assert runner.call("gpu0", quick, 3) == 3
-    assert runner.stuck_lanes() == {}
+    assert runner.stuck() == {}
 
 
-def test_a_blocked_lane_holds_one_thread_however_much_work_comes(runner: CallRunner) -> None:
+def test_a_blocked_lane_holds_one_thread_however_much_work_comes(runner: Executor) -> None:
     gate = threading.Event()
     with pytest.raises(CallTimeout):
         runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
@@ -85,7 +85,7 @@ def test_a_blocked_lane_holds_one_thread_however_much_work_comes(runner: CallRun
     gate.set()
 
 
-def test_workers_held_by_blocked_calls_are_replaced(runner: CallRunner) -> None:
+def test_workers_held_by_blocked_calls_are_replaced(runner: Executor) -> None:
     # As many blocked lanes as workers: the other lanes still get answers.
     gate = threading.Event()
     for i in range(4):
@@ -97,7 +97,7 @@ def test_workers_held_by_blocked_calls_are_replaced(runner: CallRunner) -> None:
     gate.set()
 
 
-def test_one_job_per_lane_at_a_time_and_lanes_in_parallel(runner: CallRunner) -> None:
+def test_one_job_per_lane_at_a_time_and_lanes_in_parallel(runner: Executor) -> None:
     active: dict[str, int] = {}
     most: dict[str, int] = {}
     lock = threading.Lock()
@@ -127,7 +127,7 @@ def test_one_job_per_lane_at_a_time_and_lanes_in_parallel(runner: CallRunner) ->
     assert both.is_set(), "the two lanes never ran side by side"
 
 
-def test_a_job_is_timed_per_call_not_as_a_whole(runner: CallRunner) -> None:
+def test_a_job_is_timed_per_call_not_as_a_whole(runner: Executor) -> None:
     # Ten calls of 100 ms each: one second of work, no call past 200 ms.
     def work(c: Calls) -> int:
         for _ in range(10):
@@ -137,13 +137,7 @@ def test_a_job_is_timed_per_call_not_as_a_whole(runner: CallRunner) -> None:
     assert runner.run("gpu0", work) == 10
 
 
-def test_grace_extends_a_call_that_waits_on_purpose(runner: CallRunner) -> None:
-    assert runner.run("events", lambda c: c(time.sleep, 0.4) or "waited", grace=0.5) == "waited"
-    with pytest.raises(CallTimeout):
-        runner.run("events", lambda c: c(time.sleep, 0.4))
-
-
-def test_errors_of_the_work_reach_the_caller(runner: CallRunner) -> None:
+def test_errors_of_the_work_reach_the_caller(runner: Executor) -> None:
     def fail(c: Calls) -> None:
         raise KeyError("nvml said no")
 
@@ -152,9 +146,9 @@ def test_errors_of_the_work_reach_the_caller(runner: CallRunner) -> None:
     assert runner.call("gpu0", quick, 5) == 5
 
 
-def test_a_closed_runner_refuses_work_and_releases_its_waiters(runner: CallRunner) -> None:
+def test_a_closed_runner_refuses_work_and_releases_its_waiters(runner: Executor) -> None:
     gate = threading.Event()
-    slow = CallRunner(30.0, name="test")
+    slow = Executor(30.0, name="test")
     job = slow.submit("gpu0", lambda c: c(nvmlDeviceGetPowerUsage, gate))
     outcome: list[BaseException] = []
 
@@ -174,7 +168,7 @@ def test_a_closed_runner_refuses_work_and_releases_its_waiters(runner: CallRunne
     gate.set()
 
 
-def test_a_job_holding_a_lane_makes_other_work_there_wait_or_be_refused(runner: CallRunner) -> None:
+def test_a_job_holding_a_lane_makes_other_work_there_wait_or_be_refused(runner: Executor) -> None:
     # The python stats engine's tick: one job reads several GPUs, holding each one's lane.
     gate, holding = threading.Event(), threading.Event()
 
@@ -197,3 +191,66 @@ def test_a_job_holding_a_lane_makes_other_work_there_wait_or_be_refused(runner: 
     gate.set()
     assert runner.wait_until(job, time.monotonic() + WAIT) and job.result() == "answered"
     assert runner.call("gpu0", quick, 2) == 2  # released with the job
+
+
+# -- the GPU lanes shared with the native stats engine --
+# Its reads take a GPU's lane in the same table (`executor.lanes`); here the test
+# holds one there itself, as a read would, with an owner of its own.
+
+ENGINE = 1 << 62  # an owner id as the native engine hands them out
+
+
+def wait_until(what: str, cond: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if cond():
+            return
+        time.sleep(0.01)
+    pytest.fail(f"never: {what}")
+
+
+def test_a_gpu_lane_held_by_the_stats_engine_is_waited_for_then_refused_once_stuck(runner: Executor) -> None:
+    runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read")
+    # Another GPU and the system lane are not held up.
+    assert runner.call("GPU-b", quick, 1) == 1 and runner.call("system", quick, 2) == 2
+    wait_until("the engine's read is past the deadline", lambda: "GPU-a" in runner.stuck())
+    assert runner.stuck()["GPU-a"][1] == "the stats engine's read"
+    ran: list[int] = []
+    with pytest.raises(CallTimeout, match="the stats engine's read did not return within 200ms"):
+        runner.call("GPU-a", ran.append, 1)
+    assert ran == [] and runner.overdue_on("GPU-a") == "the stats engine's read"
+
+    def probe(c: Calls) -> bool:
+        return c.hold("GPU-a", time.monotonic() + WAIT)
+
+    assert runner.run("probe", probe) is False, "a probe skips the GPU at once"
+    # The read returns: the GPU's lane is free for the plugin's work again.
+    assert runner.lanes.release("GPU-a", ENGINE)
+    assert runner.call("GPU-a", quick, 3) == 3 and runner.stuck() == {}
+
+
+def test_the_stats_engine_finds_the_lane_of_a_gpu_stuck_in_a_job(runner: Executor) -> None:
+    gate = threading.Event()
+    job = runner.submit("GPU-a", lambda c: c(nvmlDeviceGetPowerUsage, gate), what="a scan")
+    holder = runner.lanes.holder("GPU-a")
+    assert holder is not None and holder[2] == "a scan", holder
+    assert runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read") is not None
+    with pytest.raises(CallTimeout):
+        runner.wait(job)
+    gate.set()
+    wait_until("the lane is given back", lambda: runner.lanes.holder("GPU-a") is None)
+    assert runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read") is None
+    runner.lanes.release("GPU-a", ENGINE)
+
+
+def test_the_system_and_probe_lanes_stay_out_of_the_shared_table(runner: Executor) -> None:
+    gate = threading.Event()
+    runner.submit("system", lambda c: c(gate.wait, WAIT))
+    runner.submit(("probe", object()), lambda c: c(gate.wait, WAIT))
+    assert runner.lanes.held() == []
+    gate.set()
+
+
+def test_one_deadline_reaches_the_shared_table(runner: Executor) -> None:
+    assert runner.lanes.deadline == pytest.approx(0.2)
+    runner.set_timeout(3.0)
+    assert runner.lanes.deadline == pytest.approx(3.0)

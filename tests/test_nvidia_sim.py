@@ -933,6 +933,64 @@ def test_a_blocked_gpu_holds_one_thread_however_much_work_comes(tmp_path: Path) 
     assert out[5]["names"].count("nvml-call") <= 8 + 2 + 1, out[5]["names"]
 
 
+# Eight H100s; in "mig" the last is in MIG mode, four instances read through their own
+# UUIDs (by the stats engines) and its own (by the probes and scans).
+HUNG_LAYOUTS = {
+    "whole": ('[[gpus]]\nmodel = "h100-sxm5-80gb"\ncount = 8\n', 1, 8),
+    "mig": (
+        '[[gpus]]\nmodel = "h100-sxm5-80gb"\ncount = 7\n'
+        '[[gpus]]\nmodel = "h100-sxm5-80gb"\nmig = ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]\n',
+        7,
+        7 + 4,
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", list(HUNG_LAYOUTS))
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_hung_gpu_holds_at_most_one_thread_in_the_whole_process(tmp_path: Path, engine: str, layout: str) -> None:
+    # One GPU's every call (its MIG instances' included) blocks for good once scanned.
+    # Scans every second, probes every 100 ms, an open Stats stream and then eight
+    # more all have work for it, on the Python executor and in the Rust engine's
+    # pool (native) alike: whichever enters it first holds its lane, the rest skip
+    # it. The simulated driver counts the calls blocked in the hang: exactly the
+    # threads the GPU holds.
+    gpus, hung, offered = HUNG_LAYOUTS[layout]
+    path = scenario(tmp_path, gpus + f'[[faults]]\nkind = "hang"\ngpu = {hung}\nafter_s = 3.0\n')
+    config = {
+        "simulate": path,
+        "fingerprint_period": "1s",
+        "stats_engine": engine,
+        "health": {"probe_interval": "100ms", "call_timeout": "300ms"},
+    }
+    out, log = run_child(
+        [
+            {"op": "config", "config": config},
+            {"op": "start"},
+            {"op": "wait", "until": f"sum(len(g['devices']) for g in groups) == {offered}"},
+            {"op": "stats_start"},
+            {"op": "stats_wait", "ticks": 2},
+            {"op": "wait", "until": why_contains("did not return within 300ms"), "max_s": 60},
+            {"op": "blocked", "gpu": hung, "samples": 100},
+            {"op": "stats_streams", "n": 8, "ticks": 20, "interval": 0.02},
+            {"op": "blocked", "gpu": hung, "samples": 50},
+            {"op": "stats_stop"},
+            {"op": "stop"},
+        ]
+    )
+    assert "timeout" not in out[2] and "timeout" not in out[5], out[5]
+    stuck = [d["id"] for d in unhealthy(out[5]["groups"])]
+    assert len(stuck) == (4 if layout == "mig" else 1), out[5]
+    assert f"stats engine: {engine}" in log
+    for seen in (out[6], out[8]):
+        # Entered (this test can fail), and by one thread only, all along.
+        assert seen["most"] == 1 and seen["last"] == 1, (seen, out)
+    for report in out[7]["reports"]:
+        assert len(report["ticks"]) >= 20 and report["error"] == "", report  # the others kept their pace
+    # The stats engine reads it N/A, and says so.
+    assert any(f"device {d} did not answer NVML within" in log for d in stuck), log
+
+
 def test_the_lost_gpu_of_a_one_gpu_node_is_that_gpu_not_the_driver(tmp_path: Path) -> None:
     path = scenario(
         tmp_path,

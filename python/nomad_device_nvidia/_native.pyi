@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import final
 
-__all__ = ["StatsEngine", "__version__"]
+__all__ = ["Lanes", "StatsEngine", "__version__"]
 __version__: str
 
 @final
@@ -20,10 +20,12 @@ class StatsEngine:
         batched: bool | None = None,
         timeout: float = 1.0,
         max_workers: int = 32,
+        lanes: Lanes | None = None,
     ) -> StatsEngine: ...
-    def track(self, devices: Sequence[tuple[str, str, str]]) -> None:
-        """Replace the tracked set with (device_id, uuid, group) triples;
-        device IDs with the same uuid share one read per tick."""
+    def track(self, devices: Sequence[tuple[str, str, str, str]]) -> None:
+        """Replace the tracked set with (device_id, uuid, group, gpu) tuples;
+        device IDs with the same uuid share one read per tick; a read takes
+        the lane of its physical GPU `gpu` ("": uuid is the GPU's own)."""
     def collect(self) -> bytes:
         """One tick: a serialized StatsResponse."""
     def take_log(self) -> list[tuple[str, str]]:
@@ -32,3 +34,20 @@ class StatsEngine:
     @property
     def tracked(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class Lanes:
+    """The per-GPU lanes shared by the Python executor and the stats engine,
+    and the process's NVML deadline (seconds)."""
+
+    def __new__(cls, deadline: float) -> Lanes: ...
+    @property
+    def deadline(self) -> float: ...
+    def set_deadline(self, deadline: float) -> None: ...
+    def try_hold(self, key: str, owner: int, what: str) -> tuple[int, float, str] | None:
+        """Take `key` for `owner` if free or already theirs: None; else its
+        holder as (owner, seconds held, what)."""
+    def release(self, key: str, owner: int) -> bool: ...
+    def holder(self, key: str) -> tuple[int, float, str] | None: ...
+    def held(self) -> list[tuple[str, int, float, str]]:
+        """Every lane held now: (key, owner, seconds held, what)."""

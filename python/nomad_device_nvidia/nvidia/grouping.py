@@ -181,7 +181,7 @@ def _group(
 
 def tracked(offered: Iterable[Offered]) -> list[TrackedDevice]:
     """What the stats engines read for these offered IDs."""
-    return [TrackedDevice(device_id=o.id, uuid=o.device.id, group=o.group) for o in offered]
+    return [TrackedDevice(device_id=o.id, uuid=o.device.id, group=o.group, gpu=o.device.physical_uuid) for o in offered]
 
 
 def tracked_on_this_node() -> list[TrackedDevice]:

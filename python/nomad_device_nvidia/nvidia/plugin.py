@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import grouping, mps
-from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, CallRunner
+from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, Executor
 from nomad_device_nvidia.nvidia.config import NvidiaConfig, config_spec
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, ScanFunction
 from nomad_device_nvidia.nvidia.health.book import HealthBook
@@ -73,7 +73,7 @@ class NvidiaDevicePlugin(DevicePlugin):
         self._offered_generation = 0
         self._subscribers: set[threading.Event] = set()
         self._book = HealthBook(self._wake_streams)
-        self._runner = CallRunner(self._config.health.call_timeout)
+        self._runner = Executor(self._config.health.call_timeout)
         self._watch = DeviceWatch(
             config=lambda: self._config,
             nvml_choice=self._nvml_choice,

@@ -3,11 +3,13 @@
 
 use pyo3::prelude::*;
 
+mod lanes;
 mod stats_engine;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<stats_engine::StatsEngine>()?;
+    m.add_class::<lanes::Lanes>()?;
     Ok(())
 }

@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use stats_core::{Engine, EngineConfig, Level, LogSink, TrackedDevice, DEFAULT_LIBRARY};
 
+use crate::lanes::Lanes;
+
 #[pyclass(frozen, module = "nomad_device_nvidia._native")]
 pub struct StatsEngine {
     // None once closed. A Mutex, not a borrow flag, so that the fingerprint
@@ -35,7 +37,7 @@ impl StatsEngine {
 #[pymethods]
 impl StatsEngine {
     #[new]
-    #[pyo3(signature = (library = None, *, extended = false, batched = None, timeout = 1.0, max_workers = 32))]
+    #[pyo3(signature = (library = None, *, extended = false, batched = None, timeout = 1.0, max_workers = 32, lanes = None))]
     fn new(
         py: Python<'_>,
         library: Option<String>,
@@ -43,6 +45,7 @@ impl StatsEngine {
         batched: Option<bool>,
         timeout: f64,
         max_workers: usize,
+        lanes: Option<PyRef<'_, Lanes>>,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err(format!(
@@ -62,8 +65,11 @@ impl StatsEngine {
             max_workers,
         };
         let library = library.unwrap_or_else(|| DEFAULT_LIBRARY.to_string());
+        // The process's lanes: the reads skip GPUs stuck in the Python side's calls,
+        // and the tick deadline follows theirs.
+        let lanes = lanes.map(|l| l.inner.clone());
         let engine = py
-            .detach(|| Engine::open(&library, config))
+            .detach(|| Engine::open_with(&library, config, lanes))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(StatsEngine {
             log: engine.log_sink(),
@@ -72,14 +78,20 @@ impl StatsEngine {
         })
     }
 
-    /// Replaces the tracked set with (device_id, uuid, group) triples.
-    fn track(&self, py: Python<'_>, devices: Vec<(String, String, String)>) -> PyResult<()> {
+    /// Replaces the tracked set with (device_id, uuid, group, gpu) tuples;
+    /// gpu is the physical GPU's UUID ("": uuid is the GPU's own).
+    fn track(
+        &self,
+        py: Python<'_>,
+        devices: Vec<(String, String, String, String)>,
+    ) -> PyResult<()> {
         let devices = devices
             .into_iter()
-            .map(|(device_id, uuid, group)| TrackedDevice {
+            .map(|(device_id, uuid, group, gpu)| TrackedDevice {
                 device_id,
                 uuid,
                 group,
+                gpu,
             })
             .collect();
         py.detach(|| match self.lock().as_mut() {

@@ -100,6 +100,8 @@ pub struct HangFault {
     /// How many calls hang (0 = every call in the window).
     pub calls: u64,
     pub hits: AtomicU64,
+    /// Calls blocked in this fault now (`nvmlSimGetBlockedCalls`).
+    pub blocked: AtomicU64,
 }
 
 /// A span of machine time in which calls answer `code`: [start_ns, end_ns).
@@ -1085,6 +1087,7 @@ impl Sim {
                         duration: f.duration_ms.map(Duration::from_millis),
                         calls: f.calls.unwrap_or(0),
                         hits: AtomicU64::new(0),
+                        blocked: AtomicU64::new(0),
                     };
                     if device_mask != 0 {
                         for &t in &targets {
@@ -1555,6 +1558,15 @@ impl Sim {
             return;
         }
         let left = h.until_ns.map(|u| Duration::from_nanos(u - now));
+        // Counted while blocked, so a test can count the threads a hang holds exactly.
+        struct Blocked<'a>(&'a AtomicU64);
+        impl Drop for Blocked<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        h.blocked.fetch_add(1, Ordering::AcqRel);
+        let _blocked = Blocked(&h.blocked);
         match (h.duration, left) {
             (Some(d), Some(l)) => std::thread::sleep(d.min(l)),
             (Some(d), None) | (None, Some(d)) => std::thread::sleep(d),
@@ -1563,6 +1575,22 @@ impl Sim {
                 std::thread::sleep(Duration::from_secs(3600));
             },
         }
+    }
+
+    /// Calls blocked in a hang now: GPU `gpu`'s (its handle lookups and calls on
+    /// it, its MIG devices' included), or the system-level ones when None.
+    pub fn blocked_calls(&self, gpu: Option<usize>) -> Option<u64> {
+        let hangs = match gpu {
+            Some(g) if g < self.gpu_count => &self.devices[g].hangs,
+            Some(_) => return None,
+            None => &self.system_hangs,
+        };
+        Some(
+            hangs
+                .iter()
+                .map(|h| h.blocked.load(Ordering::Acquire))
+                .sum(),
+        )
     }
 
     /// Whether a memory fault of GPU `gpu` is active; the first time it is, its

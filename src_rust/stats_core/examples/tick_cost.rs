@@ -50,6 +50,7 @@ fn main() {
             device_id: uuid.clone(),
             uuid,
             group: "NVIDIA H100 80GB HBM3".into(),
+            gpu: String::new(),
         })
         .collect();
     let handles: Vec<_> = devices

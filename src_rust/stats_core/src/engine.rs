@@ -15,6 +15,7 @@ use nvml_sys::nvmlDevice_st;
 
 use crate::encode::{encode_stats_response, GroupView, Timestamp};
 use crate::gpm::Gpm;
+use crate::lanes::{Hold, LaneId, Lanes};
 use crate::nvml::{Handle, Nvml, NvmlError};
 use crate::pool::{Batch, Pool};
 use crate::sample::{DeviceSample, ReadOptions, Reading};
@@ -29,13 +30,18 @@ pub struct TrackedDevice {
     pub uuid: String,
     /// The device group (DeviceGroup.name) it belongs to.
     pub group: String,
+    /// The physical GPU's UUID: the lane its reads take (a MIG instance
+    /// shares its GPU's). Empty: `uuid` is the GPU's own.
+    pub gpu: String,
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
     pub extended: bool,
     pub batched: bool,
-    /// How long one tick waits for a device before its values read "N/A".
+    /// How long one tick waits for a device before its values read "N/A",
+    /// for an engine with lanes of its own; an engine given the process's
+    /// lanes ([`Engine::with_lanes`]) takes the deadline from them at each tick.
     pub timeout: Duration,
     /// Workers reading devices at once.
     pub max_workers: usize,
@@ -96,6 +102,8 @@ fn log(sink: &LogSink, level: Level, message: String) {
 /// UUID) are read once per tick.
 struct Slot {
     uuid: String,
+    /// The lane its reads take: the physical GPU's (its UUID's) in the lanes.
+    lane: LaneId,
     /// The first tracked device ID reading this UUID, to name it in logs.
     label: Mutex<String>,
     handle: AtomicPtr<nvmlDevice_st>,
@@ -106,7 +114,9 @@ struct Slot {
     xid_retry: AtomicBool,
     /// The XID registration failure was reported.
     xid_reported: AtomicBool,
-    /// A read is in progress (set by the worker for the duration of the read).
+    /// A read is in progress (set by the worker once it holds the GPU's
+    /// lane, until the read returns), so a read stuck in the driver is
+    /// skipped without a look at the lanes, and named at close.
     busy: AtomicBool,
     /// A hang was reported and the device has not answered since.
     hung_reported: AtomicBool,
@@ -117,9 +127,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(uuid: String, label: String) -> Slot {
+    fn new(uuid: String, label: String, lane: LaneId) -> Slot {
         Slot {
             uuid,
+            lane,
             label: Mutex::new(label),
             handle: AtomicPtr::new(std::ptr::null_mut()),
             xid_gpu: AtomicPtr::new(std::ptr::null_mut()),
@@ -223,7 +234,16 @@ struct Tick {
     opts: ReadOptions,
     log: LogSink,
     slots: Vec<Arc<Slot>>,
+    /// The order the slots are read in (indexes into `slots`).
+    order: Arc<Vec<usize>>,
     results: Vec<OnceLock<DeviceSample>>,
+    /// The process's per-GPU lanes; a read takes its GPU's, waiting for it
+    /// until `deadline` at most, and skips a GPU stuck in another call.
+    lanes: Arc<Lanes>,
+    deadline: Instant,
+    /// Slots skipped because their GPU's lane is stuck in a call of someone
+    /// else's (a probe, a scan): what holds it.
+    held_elsewhere: Vec<OnceLock<String>>,
     /// Extended stats: XID registrations in the reads, and the drain.
     xid: Option<Arc<Xid>>,
     /// This tick drains the XID event set.
@@ -260,18 +280,37 @@ impl Batch for Tick {
                 }
                 continue;
             }
-            let i = item - first_slot;
+            let i = self.order[item - first_slot];
             let slot = &self.slots[i];
             let registers = self.drain && self.registers[i];
-            if slot.busy.swap(true, Ordering::AcqRel) {
+            if slot.busy.load(Ordering::Acquire) {
                 // Still stuck in an earlier tick's call: leave it N/A.
-                let run_drain = registers && self.release_drain();
-                self.complete();
-                if run_drain {
-                    self.run_drain();
-                }
+                self.skip(registers);
                 continue;
             }
+            // An owner per read: the lane itself keeps two reads of one GPU apart
+            // (two MIG instances, or a read that waited past its tick and the next).
+            let owner = self.lanes.new_owner();
+            match self
+                .lanes
+                .hold_id(&slot.lane, owner, STATS_READ, self.deadline)
+            {
+                Hold::Taken => {}
+                Hold::Busy => {
+                    // Busy with another caller's calls all tick long: N/A this tick.
+                    self.skip(registers);
+                    continue;
+                }
+                Hold::Stuck(held) => {
+                    // Stuck in another call (a probe's, a scan's, a sibling MIG
+                    // instance's read): that is the one thread this GPU holds;
+                    // no read follows it in.
+                    let _ = self.held_elsewhere[i].set(held.what);
+                    self.skip(registers);
+                    continue;
+                }
+            }
+            slot.busy.store(true, Ordering::Release);
             let start = Instant::now();
             let handle = slot.handle(&self.nvml, &self.log);
             if let (Some(h), Some(xid)) = (handle, &self.xid) {
@@ -291,6 +330,7 @@ impl Batch for Tick {
             self.read_ns
                 .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = self.results[i].set(sample);
+            self.lanes.release_id(&slot.lane, owner);
             slot.busy.store(false, Ordering::Release);
             if slot.hung_reported.swap(false, Ordering::AcqRel) {
                 log(
@@ -310,6 +350,15 @@ impl Batch for Tick {
 }
 
 impl Tick {
+    /// A slot left N/A this tick.
+    fn skip(&self, registers: bool) {
+        let run_drain = registers && self.release_drain();
+        self.complete();
+        if run_drain {
+            self.run_drain();
+        }
+    }
+
     fn complete(&self) {
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.items {
             let _g = self.finished.lock().unwrap_or_else(|p| p.into_inner());
@@ -350,6 +399,32 @@ const SLICE_NS: u64 = 500_000;
 const STALL: Duration = Duration::from_millis(2);
 // Stand-in threads for workers stuck in hung calls, at most this many.
 const MAX_STAND_INS: usize = 64;
+/// What a read holding a GPU's lane is doing, for whoever finds it stuck.
+pub const STATS_READ: &str = "the stats engine's read";
+
+/// Slot indexes, the GPUs in turn: the first slot of each lane (in slot
+/// order), then the second of each, and so on.
+fn interleaved(slots: &[Arc<Slot>]) -> Vec<usize> {
+    let mut by_lane: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut at: HashMap<usize, usize> = HashMap::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let k = *at.entry(slot.lane.addr()).or_insert_with(|| {
+            by_lane.push((0, Vec::new()));
+            by_lane.len() - 1
+        });
+        by_lane[k].1.push(i);
+    }
+    let mut order = Vec::with_capacity(slots.len());
+    while order.len() < slots.len() {
+        for (next, members) in &mut by_lane {
+            if let Some(&i) = members.get(*next) {
+                order.push(i);
+                *next += 1;
+            }
+        }
+    }
+    order
+}
 
 pub struct Engine {
     nvml: Arc<Nvml>,
@@ -357,6 +432,10 @@ pub struct Engine {
     log: LogSink,
     /// One per distinct UUID, in the order of first appearance in `groups`.
     slots: Vec<Arc<Slot>>,
+    /// The order a tick reads them in: the GPUs in turn, so that the reads
+    /// of one GPU's MIG instances (which take its one lane, one at a time)
+    /// are spread over the tick instead of queueing for the lane together.
+    order: Arc<Vec<usize>>,
     /// Group name -> (device ID, index into `slots`), sorted by name then
     /// device ID. Shares of one GPU point at the same slot.
     groups: Vec<(String, Vec<(String, usize)>)>,
@@ -365,10 +444,21 @@ pub struct Engine {
     buf: Vec<u8>,
     /// Extended stats only.
     xid: Option<Arc<Xid>>,
+    /// Per-GPU lanes, the process's when given ([`Engine::with_lanes`]).
+    lanes: Arc<Lanes>,
 }
 
 impl Engine {
+    /// An engine with lanes of its own, and `config.timeout` as its tick deadline.
     pub fn new(nvml: Arc<Nvml>, config: EngineConfig) -> Engine {
+        let lanes = Arc::new(Lanes::new(config.timeout));
+        Engine::with_lanes(nvml, config, lanes)
+    }
+
+    /// An engine whose reads take the GPUs' lanes from `lanes` (shared with
+    /// the other NVML callers of the process), and whose tick deadline is
+    /// theirs, read at each tick.
+    pub fn with_lanes(nvml: Arc<Nvml>, config: EngineConfig, lanes: Arc<Lanes>) -> Engine {
         let workers = config.max_workers.max(1);
         let log_sink = LogSink::default();
         let xid = if config.extended {
@@ -399,17 +489,37 @@ impl Engine {
             },
             log: log_sink,
             slots: Vec::new(),
+            order: Arc::new(Vec::new()),
             groups: Vec::new(),
             pool: Pool::new(workers + MAX_STAND_INS),
             per_device_ns: 0,
             buf: Vec::new(),
             xid,
+            lanes,
         }
     }
 
     /// Opens NVML from `library` and builds an engine on it.
     pub fn open(library: &str, config: EngineConfig) -> Result<Engine, NvmlError> {
         Ok(Engine::new(Arc::new(Nvml::open(library)?), config))
+    }
+
+    /// As [`Engine::open`], on the process's lanes when given.
+    pub fn open_with(
+        library: &str,
+        config: EngineConfig,
+        lanes: Option<Arc<Lanes>>,
+    ) -> Result<Engine, NvmlError> {
+        let nvml = Arc::new(Nvml::open(library)?);
+        Ok(match lanes {
+            Some(lanes) => Engine::with_lanes(nvml, config, lanes),
+            None => Engine::new(nvml, config),
+        })
+    }
+
+    /// The lanes its reads take.
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.lanes
     }
 
     /// Threads of the worker pool (stand-ins included), for the tests that
@@ -445,7 +555,14 @@ impl Engine {
                                 s.set_label(&d.device_id);
                                 s
                             }
-                            None => Arc::new(Slot::new(d.uuid.clone(), d.device_id.clone())),
+                            None => {
+                                let gpu = if d.gpu.is_empty() { &d.uuid } else { &d.gpu };
+                                Arc::new(Slot::new(
+                                    d.uuid.clone(),
+                                    d.device_id.clone(),
+                                    self.lanes.id(gpu),
+                                ))
+                            }
                         };
                         self.slots.push(slot);
                         by_uuid.insert(d.uuid, self.slots.len() - 1);
@@ -456,6 +573,7 @@ impl Engine {
             }
             self.groups.push((name, members));
         }
+        self.order = Arc::new(interleaved(&self.slots));
         self.want_xids();
     }
 
@@ -567,7 +685,9 @@ impl Engine {
         if n == 0 {
             return Vec::new();
         }
-        let deadline = Instant::now() + self.config.timeout;
+        // The process's one deadline, as it is now (SetConfig may have changed it).
+        let timeout = self.lanes.deadline();
+        let deadline = Instant::now() + timeout;
         let stuck = self
             .slots
             .iter()
@@ -599,7 +719,11 @@ impl Engine {
             opts,
             log: self.log.clone(),
             slots: self.slots.clone(),
+            order: Arc::clone(&self.order),
             results: (0..n).map(|_| OnceLock::new()).collect(),
+            lanes: Arc::clone(&self.lanes),
+            deadline,
+            held_elsewhere: (0..n).map(|_| OnceLock::new()).collect(),
             xid: self.xid.clone(),
             drain,
             registers,
@@ -628,20 +752,28 @@ impl Engine {
             self.per_device_ns = tick.read_ns.load(Ordering::Relaxed) / answered as u64;
         }
         let mut out = Vec::with_capacity(n);
-        for (slot, r) in tick.slots.iter().zip(&tick.results) {
+        for ((slot, r), elsewhere) in tick
+            .slots
+            .iter()
+            .zip(&tick.results)
+            .zip(&tick.held_elsewhere)
+        {
             match r.get() {
                 Some(s) => out.push(*s),
                 None => {
-                    if slot.busy.load(Ordering::Acquire)
+                    let held = elsewhere.get();
+                    if (slot.busy.load(Ordering::Acquire) || held.is_some())
                         && !slot.hung_reported.swap(true, Ordering::AcqRel)
                     {
+                        let by =
+                            held.map_or(String::new(), |w| format!(" ({w} is stuck on its GPU)"));
                         log(
                             &self.log,
                             Level::Warning,
                             format!(
-                                "device {} did not answer NVML within {:?}; its stats read N/A until it does",
+                                "device {} did not answer NVML within {:?}{by}; its stats read N/A until it does",
                                 slot.label(),
-                                self.config.timeout
+                                timeout
                             ),
                         );
                     }
@@ -660,7 +792,7 @@ impl Engine {
                     Level::Warning,
                     format!(
                         "the XID event drain (nvmlEventSetWait_v2) did not return within {:?}; XID counts keep their last values until it does",
-                        self.config.timeout
+                        timeout
                     ),
                 );
             }

@@ -7,12 +7,14 @@ pub mod encode;
 pub mod engine;
 pub mod gpm;
 pub mod host_memory;
+pub mod lanes;
 pub mod nvml;
 pub mod pool;
 pub mod sample;
 pub mod vocabulary;
 pub mod xid;
 
-pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice};
+pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice, STATS_READ};
+pub use lanes::{Held, Hold, Lanes};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
 pub use sample::{DeviceSample, Extended, GpmReadings, ReadOptions, Reading};

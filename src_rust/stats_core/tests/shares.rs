@@ -20,6 +20,7 @@ fn shares_of_a_gpu_are_read_once_per_tick() {
             device_id: format!("{}-{k}", ids[0]),
             uuid: ids[0].clone(),
             group: "H100".into(),
+            gpu: String::new(),
         })
         .collect();
     tracked.extend(common::tracked(&ids[1..], "H100"));

@@ -47,6 +47,7 @@ xid = 13
         device_id: "GPU-ghost".into(),
         uuid: "GPU-ghost".into(),
         group: "Ghost".into(),
+        gpu: String::new(),
     });
     let engine = |extended| {
         let mut e = Engine::new(

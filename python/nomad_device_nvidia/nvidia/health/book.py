@@ -8,7 +8,7 @@ unhealthy) and from the driver going away.
 Recovery: a failed read clears when the device answers again; an XID or ECC
 condition clears when the GPU is seen going away and answering again (a
 GPU reset or a driver reload), which is what an operator does to recover such a GPU.
-Every NVML call here runs on a `CallRunner` lane, under its deadline.
+Every NVML call here runs on a `Executor` lane, under its deadline.
 """
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""The NVML event watcher: XIDs and double-bit ECC errors, as they come."""
+"""The NVML event watcher: XIDs and double-bit ECC errors, as they come.
+
+It waits on a thread of its own (`nvidia-events`), not on the executor: the
+wait is long on purpose, so it would only hold a worker, and nobody waits for
+it. The thread says how long its wait has been in progress (`waiting`); the
+device watch reads that at each probe round (`check`), and a wait past its
+length plus the call deadline is reported once, health relying on the probes
+until it returns. Its other calls (the event set, the registrations on each
+GPU's lane, a device's UUID) are ordinary executor work under the deadline.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +16,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 import pynvml
 
 from nomad_device_nvidia.nvidia.config import HealthConfig
 from nomad_device_nvidia.nvidia.fingerprint import UNSUPPORTED_CODES, GpuDevice, physical_devices
 from nomad_device_nvidia.nvidia.health.book import ECC, HealthBook, xid_description
-from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import EVENTS, SYSTEM, Calls, CallTimeout, Executor, RunnerClosed
 from nomad_device_nvidia.nvidia.nvml.fields import handle_address
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 _NO_INSTANCE = 0xFFFFFFFF
 _EVENT_TYPES = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
@@ -38,38 +51,83 @@ def event_wait_ms(config: HealthConfig) -> int:
     return max(_EVENT_WAIT_MIN_MS, min(_EVENT_WAIT_MAX_MS, round(config.probe_interval * 1000)))
 
 
+@dataclass(frozen=True)
+class EventSource:
+    """The event-set calls the watcher makes: NVML's (the default), or a test's own.
+    The functions are named as NVML's, which is how a blocked wait is named."""
+
+    create: Callable[[], Any] = pynvml.nvmlEventSetCreate
+    wait: Callable[[Any, int], Any] = pynvml.nvmlEventSetWait_v2
+    free: Callable[[Any], None] = pynvml.nvmlEventSetFree
+
+
+class _Timed:
+    """`Calls` for the watcher's own thread: no lanes, each call timed for `waiting`."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.call = ""  # the call in progress ("" between calls)
+        self.since = 0.0  # the clock when it began
+        self.length = 0.0  # how long it waits on purpose (an event wait's length), seconds
+
+    def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        self.call = getattr(fn, "__name__", None) or repr(fn)
+        self.since = self._clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.call, self.since, self.length = "", 0.0, 0.0
+
+    def hold(self, lane: object, until: float) -> bool:
+        return True
+
+    def release(self, lane: object) -> None:
+        pass
+
+
 class EventWatcher:
     """Waits on NVML events (XIDs, double-bit ECC) and marks the devices concerned.
 
-    It runs as one long job on the runner's events lane (a worker, no thread
-    of its own): it waits, handles what came, and waits again. A wait that
-    blocks past the deadline cannot report itself, so the device watch calls
-    `check` at each probe round: it is reported once there, and health relies
+    It runs on a thread of its own: it waits, handles what came, and waits
+    again. One watcher waits at a time in the process: its thread holds the
+    executor's events lane while it lives, so a watcher made while a stopped
+    one's last wait is still out starts at a later `start`. A wait that blocks
+    past its length plus the deadline cannot report itself, so the device
+    watch calls `check` at each probe round, which reads how long the thread
+    has been waiting (`waiting`): it is reported once there, and health relies
     on the probes until the wait returns. `on_trouble` is called when reading
     events fails (the caller probes then). A stop takes effect when the wait
     in progress returns (one `event_wait_ms` at most, unless it blocks);
     `when_ended` runs something after that, such as shutting NVML down.
+    `source` and `clock` are seams for its unit tests.
     """
 
     def __init__(
         self,
-        runner: CallRunner,
+        runner: Executor,
         book: HealthBook,
         config: HealthConfig,
         on_trouble: Callable[[], None],
+        *,
+        source: EventSource = EventSource(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._runner = runner
+        self._source = source
+        self._clock = clock
+        self._calls = _Timed(clock)
         self._book = book
         self._config = config
         self._on_trouble = on_trouble
         self._wait_ms = event_wait_ms(config)
-        self._ended = False  # the job has run to its end
+        self._ended = False  # the thread has run to its end
         self._after: list[Callable[[], None]] = []  # what runs then
         self._lock = threading.Lock()
         self._devices: tuple[GpuDevice, ...] = ()
         self._resync = threading.Event()
         self._stop = threading.Event()
-        self._job: Job[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._claim: object | None = None  # the events lane, while the thread lives
         self._event_set: Any = None
         self._by_address: dict[int, str] = {}
         self._registered: set[str] = set()  # physical GPU UUIDs registered on the set
@@ -79,10 +137,7 @@ class EventWatcher:
     def configure(self, config: HealthConfig) -> None:
         with self._lock:
             self._config = config
-            self._wait_ms = event_wait_ms(config)  # from the next wait
-            job = self._job
-        if job is not None:
-            job.grace = max(job.grace, self._wait_ms / 1000)  # the wait in progress keeps its length
+            self._wait_ms = event_wait_ms(config)  # from the next wait; the one in progress keeps its length
 
     def track(self, devices: Sequence[GpuDevice]) -> None:
         """The devices to watch; GPUs not registered yet (new, or failed before) are registered soon."""
@@ -93,31 +148,49 @@ class EventWatcher:
             self._resync.set()
 
     def start(self) -> None:
-        if self._job is not None:
-            return
-        try:
-            # Not waiting: an earlier watcher's last wait may still hold the lane;
-            # the device watch calls start again on its next round.
-            self._job = self._runner.try_submit(EVENTS, self._run, grace=self._wait_ms / 1000)
-        except RunnerClosed:
-            pass
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            try:
+                # Not waiting: an earlier watcher's last wait may still hold the lane;
+                # the device watch calls start again on its next round.
+                claim = self._runner.claim(EVENTS, "the NVML event watcher")
+            except RunnerClosed:
+                return
+            if claim is None:
+                return
+            self._claim = claim
+            self._thread = threading.Thread(target=self._run, name="nvidia-events", daemon=True)
+            self._thread.start()
 
     @property
     def alive(self) -> bool:
         """Started and not ended: it may still call NVML."""
         with self._lock:
-            return self._job is not None and not self._ended
+            return self._thread is not None and not self._ended
+
+    def waiting(self) -> tuple[str, float, float] | None:
+        """The call the watcher's thread is in now, for how many seconds, and how long it
+        waits on purpose (an event wait's length); None between calls."""
+        calls = self._calls
+        call, since, length = calls.call, calls.since, calls.length
+        if not call or not since:
+            return None
+        return call, max(0.0, self._clock() - since), length
 
     def check(self) -> None:
-        """Report a wait blocked past the deadline (called from the device watch's probe rounds)."""
-        call = self._runner.stuck_lanes().get(EVENTS)
-        if call:
+        """Report a wait blocked past its length plus the deadline (the device watch's probe rounds call it)."""
+        now = self.waiting()
+        if now is None:
+            return
+        call, seconds, length = now
+        if seconds >= length + self._runner.timeout:
             self._trouble(str(CallTimeout(call, self._runner.timeout, EVENTS)))
 
     def when_ended(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the watcher has ended (at once if it has, or never started)."""
         with self._lock:
-            if self._job is not None and not self._ended:
+            if self._thread is not None and not self._ended:
                 self._after.append(callback)
                 return
         callback()
@@ -126,13 +199,12 @@ class EventWatcher:
         """Stop the watcher: at once if it is between waits, else when its wait returns."""
         self._stop.set()
 
-    # -- the job --
+    # -- the thread --
 
-    def _run(self, c: Calls) -> None:
-        # Named for what it does while it does it (thread dumps, py-spy).
-        worker = threading.current_thread()
-        worker_name, worker.name = worker.name, "nvidia-events"
+    def _run(self) -> None:
+        c = self._calls
         try:
+            self._resync.set()  # the event set first, whether or not there are GPUs yet
             while not self._stop.is_set():
                 if self._resync.is_set():
                     self._resync.clear()
@@ -150,12 +222,12 @@ class EventWatcher:
             with self._lock:
                 self._ended = True
                 after, self._after = self._after, []
+            self._runner.unclaim(EVENTS, self._claim)
             for callback in after:
                 try:
                     callback()
                 except Exception:
                     log.exception("running what waited for the NVML event watcher failed")
-            worker.name = worker_name
 
     def _trouble(self, why: str) -> None:
         if not self._failing:
@@ -172,11 +244,9 @@ class EventWatcher:
             self._registered = set()
         if event_set is None:
             return
-        if EVENTS in self._runner.stuck_lanes():
-            log.debug("an NVML event wait is still blocked; the event set is left allocated")
-            return
+        # Only this thread waits on the set, and it is not waiting now: free it.
         try:
-            self._runner.call(SYSTEM, pynvml.nvmlEventSetFree, event_set)
+            self._runner.call(SYSTEM, self._source.free, event_set)
         except (pynvml.NVMLError, CallTimeout, RunnerClosed) as exc:
             log.debug("freeing the NVML event set failed: %s", exc)
 
@@ -186,17 +256,17 @@ class EventWatcher:
         The set is kept: a GPU that failed (blocked, say) is retried at the next
         track() without losing the events waiting in the set for the others.
         """
-        with self._lock:
-            physical = [u for u in physical_devices(self._devices) if u not in self._registered]
-        if not physical:
-            return
         if self._event_set is None:
             try:
-                self._event_set = self._runner.call(SYSTEM, pynvml.nvmlEventSetCreate)
+                self._event_set = self._runner.call(SYSTEM, self._source.create)
             except (pynvml.NVMLError, CallTimeout) as exc:
                 log.warning("NVML events unavailable (%s); health relies on probes and scans", exc)
                 return
         event_set = self._event_set
+        with self._lock:
+            physical = [u for u in physical_devices(self._devices) if u not in self._registered]
+        if not physical:
+            return
 
         def register(uuid: str, c: Calls) -> Any:
             handle = c(pynvml.nvmlDeviceGetHandleByUUID, uuid)
@@ -217,7 +287,7 @@ class EventWatcher:
         jobs = []
         for uuid in physical:
             try:
-                jobs.append((uuid, self._runner.submit(uuid, functools.partial(register, uuid))))
+                jobs.append((uuid, self._runner.submit(uuid, functools.partial(register, uuid), what="an XID registration")))
             except CallTimeout as exc:
                 log.warning("cannot watch GPU %s for XID events: %s; trying again at the next scan", uuid, exc)
         unsupported = []
@@ -241,16 +311,17 @@ class EventWatcher:
         if unsupported:
             log.info("XID events not supported on %d GPU(s), e.g. %s", len(unsupported), unsupported[0])
 
-    def _wait_for_event(self, c: Calls) -> None:
+    def _wait_for_event(self, c: _Timed) -> None:
         wait_ms = self._wait_ms
         event_set = self._event_set
         try:
             # One wait, then whatever else is waiting: a storm of XIDs is
             # handled in batches, each marked in the book at once.
-            batch = [c(pynvml.nvmlEventSetWait_v2, event_set, wait_ms)]
+            c.length = wait_ms / 1000
+            batch = [c(self._source.wait, event_set, wait_ms)]
             while len(batch) < _EVENT_BATCH:
                 try:
-                    batch.append(c(pynvml.nvmlEventSetWait_v2, event_set, 0))
+                    batch.append(c(self._source.wait, event_set, 0))
                 except pynvml.NVMLError:
                     break  # TIMEOUT: nothing more waiting (an error shows again at the next wait)
         except pynvml.NVMLError as exc:

@@ -18,7 +18,7 @@ from nomad_device_nvidia.nvidia.fingerprint import (
     read_fabric,
 )
 from nomad_device_nvidia.nvidia.health.book import FABRIC, READ, RETIREMENT, HealthBook
-from nomad_device_nvidia.nvidia.nvml.executor import PROBE, CallRunner, Calls, CallTimeout
+from nomad_device_nvidia.nvidia.nvml.executor import PROBE, Executor, Calls, CallTimeout
 from nomad_device_nvidia.nvidia.nvml.session import DRIVER_GONE_CODES
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def record_stuck(book: HealthBook, members: Sequence[GpuDevice], timeout: CallTi
         book.mark(dev.id, READ, str(timeout))
 
 
-def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
+def probe_all(runner: Executor, devices: Sequence[GpuDevice], book: HealthBook) -> set[int]:
     """Probe every physical GPU, in one job that holds each GPU's lane while it reads it;
     returns the NVML error codes seen.
 
@@ -142,7 +142,7 @@ def probe_all(runner: CallRunner, devices: Sequence[GpuDevice], book: HealthBook
     blocked: tuple[Sequence[GpuDevice], CallTimeout] | None = None
     try:
         # A lane of its own each round: a round whose job is blocked does not hold up the next.
-        runner.run((PROBE, object()), work)
+        runner.run((PROBE, object()), work, what="a health probe")
     except CallTimeout as exc:
         if reading:
             blocked = (reading[0], exc)

@@ -1,13 +1,21 @@
-"""NVML work under a deadline, on worker threads, one lane per GPU.
+"""The executor: NVML work under one deadline, on worker threads, one lane per GPU.
 
 A GPU about to fall off the bus often makes every NVML call on it block. So
 no thread that reports health or answers an RPC calls NVML itself: it hands
-the work to `CallRunner`, which runs it on a bounded pool of workers and waits
-at most `timeout` for each NVML call the work makes. Work is keyed by a lane
-(a GPU): one piece of work per lane at a time, so a blocked GPU holds at most
-one thread however many scans, probes, streams or Reserve calls come, and
+the work to the `Executor`, which runs it on a bounded pool of workers and
+waits at most `timeout` for each NVML call the work makes. Work is keyed by a
+lane (a GPU): one piece of work per lane at a time, so a blocked GPU holds at
+most one thread however many scans, probes, streams or Reserve calls come, and
 further work on that lane is refused at once until the blocked call returns.
 A worker held by a blocked call is replaced, so the other GPUs keep their pace.
+
+The GPU lanes (a GPU's UUID as the key) live in a table shared with the native
+stats engine (`lanes.py`): whichever side enters a GPU first holds its lane,
+and the other skips the GPU while it is stuck there. The table carries the
+deadline too, so `set_timeout` reaches the native engine's tick as well.
+
+The protocol: `submit(lane, work)` -> `Job`, `wait(job)` (or `wait_until`),
+`stuck()`; `Calls.hold` for work that reads several GPUs in one job.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, ParamSpec, Protocol, TypeVar
 
 from nomad_device_nvidia.nvidia.config import format_duration
+from nomad_device_nvidia.nvidia.nvml.lanes import Holder, LaneTable, make_lanes
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,11 @@ P = ParamSpec("P")
 SYSTEM = "system"
 EVENTS = "events"
 PROBE = "probe"  # a probe round's lane is (PROBE, a new object)
+
+
+def _is_gpu(lane: Hashable) -> bool:
+    """A GPU's lane (its UUID, or `gpuN` before the first scan knows it): shared with the native engine."""
+    return isinstance(lane, str) and lane not in (SYSTEM, EVENTS)
 
 # An idle worker exits after this long without work (a burst's extra workers go
 # soon; the one or two that steady work keeps busy stay).
@@ -97,12 +111,12 @@ def _name(fn: Callable[..., object]) -> str:
 class Job(Generic[T]):
     """One piece of work on a lane; records which NVML call it is in and since when."""
 
-    def __init__(self, runner: CallRunner, lane: Hashable, work: Callable[[Calls], T], grace: float = 0.0) -> None:
+    def __init__(self, runner: Executor, lane: Hashable, work: Callable[[Calls], T], what: str = "") -> None:
         self._runner = runner
         self.lane = lane
+        self.what = what or "an NVML call of the plugin"  # for the native engine, should it find this stuck
         self.held: set[Hashable] = set()  # other lanes this job holds now
         self._work = work
-        self.grace = grace  # seconds added to the deadline (a call that waits on purpose)
         self.done = threading.Event()
         self._result: T | None = None
         self._error: BaseException | None = None
@@ -136,7 +150,7 @@ class Job(Generic[T]):
     def overdue(self, timeout: float, now: float) -> str:
         """The call in flight when it has run past `timeout`, else ""."""
         started, call = self.call_started, self.call
-        if started and now - started >= timeout + self.grace:
+        if started and now - started >= timeout:
             return call or self.last_call
         return ""
 
@@ -146,17 +160,34 @@ class Job(Generic[T]):
         return self._result  # type: ignore[return-value]
 
 
-class CallRunner:
+class _Elsewhere:
+    """A GPU lane held by someone outside this executor (the native stats engine's read)."""
+
+    def __init__(self, lane: Hashable, holder: Holder) -> None:
+        self.lane = lane
+        self.what = holder[2]
+        self._since = time.monotonic() - holder[1]
+
+    def overdue(self, timeout: float, now: float) -> str:
+        return self.what if now - self._since >= timeout else ""
+
+
+class Executor:
     """Runs NVML work on worker threads, one job per lane at a time, each call under `timeout`.
 
     Threads: at most `max_workers` running work that is on time or idle (an idle
     one exits after `_IDLE_EXIT_S`), plus one per lane whose call is overdue.
+    `lanes`: the GPU lane table to share (one is made otherwise: the extension's
+    when it loads, to hand to the native stats engine).
     """
 
-    def __init__(self, timeout: float, *, max_workers: int = 8, name: str = "nvml") -> None:
+    def __init__(self, timeout: float, *, max_workers: int = 8, name: str = "nvml",
+                 lanes: LaneTable | None = None) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._timeout = timeout
+        self._table = lanes if lanes is not None else make_lanes(timeout)
+        self._table.set_deadline(timeout)
         self._max_workers = max(1, max_workers)
         self._name = name
         lock = threading.Lock()
@@ -178,11 +209,18 @@ class CallRunner:
     def timeout(self) -> float:
         return self._timeout
 
+    @property
+    def lanes(self) -> LaneTable:
+        """The GPU lane table, with the deadline: the native stats engine takes both."""
+        return self._table
+
     def set_timeout(self, timeout: float) -> None:
+        """The one NVML deadline: every call of ours, and the native engine's tick (through the lanes)."""
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         with self._cond:
             self._timeout = timeout
+            self._table.set_deadline(timeout)
 
     def on_return(self, callback: Callable[[Hashable], None]) -> None:
         """`callback(lane)` runs (on the worker) when a call that was overdue finally returns."""
@@ -197,21 +235,35 @@ class CallRunner:
             return sum(1 for job in self._running if besides is None or job.lane != besides)
 
     def overdue_on(self, lane: Hashable) -> str:
-        """The overdue call of the job that holds `lane` (its own lane or one it holds), else ""."""
+        """The overdue call of whoever holds `lane` (a job, on its own lane or one it holds,
+        or the native stats engine on a GPU's lane), else ""."""
         with self._cond:
+            now = time.monotonic()
             job = self._lanes.get(lane)
-            return job.overdue(self._timeout, time.monotonic()) if job is not None else ""
+            if job is not None:
+                return job.overdue(self._timeout, now)
+            if _is_gpu(lane):
+                holder = self._table.holder(lane)  # type: ignore[arg-type]
+                if holder is not None:
+                    return _Elsewhere(lane, holder).overdue(self._timeout, now)
+            return ""
 
-    def stuck_lanes(self) -> dict[Hashable, str]:
-        """Lane -> the overdue call, for every lane whose call is past the deadline."""
+    def stuck(self) -> dict[Hashable, tuple[float, str]]:
+        """Lane -> (seconds in it, the call), for every lane stuck past the deadline, whichever
+        side is stuck there: a job (its own lane and the GPU lanes it holds) or the native engine."""
         now = time.monotonic()
+        out: dict[Hashable, tuple[float, str]] = {}
         with self._cond:
-            out = {}
+            mine = {id(job) for job in self._lanes.values()}
             for job in self._running:
                 call = job.overdue(self._timeout, now)
                 if call:
-                    out[job.lane] = call
-            return out
+                    for lane in (job.lane, *job.held):
+                        out[lane] = (now - job.call_started if job.call_started else self._timeout, call)
+        for key, owner, held_for, what in self._table.held():
+            if owner not in mine and held_for >= self._timeout:
+                out.setdefault(key, (held_for, what))
+        return out
 
     def close(self) -> None:
         """Refuse new work; idle workers exit (busy ones when their job returns)."""
@@ -224,36 +276,38 @@ class CallRunner:
     # -- submitting and waiting --
 
     def try_submit(self, lane: Hashable, work: Callable[[Calls], T], until: float = 0.0, *,
-                   grace: float = 0.0) -> Job[T] | None:
+                   what: str = "") -> Job[T] | None:
         """Queue `work` on `lane` once it is free, waiting for it until time.monotonic()
         reaches `until` at most; None when it is still busy then, or its call is overdue."""
-        def pause(busy: Job[object]) -> float | None:
+        def pause(busy: Job[object] | _Elsewhere) -> float | None:
             now = time.monotonic()
             if now >= until or busy.overdue(self._timeout, now):
                 return None
             return min(until - now, _POLL_S)
-        return self._when_free(lane, work, grace, pause)
+        return self._when_free(lane, work, what, pause)
 
-    def submit(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> Job[T]:
-        """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue."""
-        def pause(busy: Job[object]) -> float:
+    def submit(self, lane: Hashable, work: Callable[[Calls], T], *, what: str = "") -> Job[T]:
+        """Queue `work` on `lane` once the lane is free; CallTimeout at once if its call is overdue.
+        `what` names the work for the native engine, should it find the GPU stuck in it."""
+        def pause(busy: Job[object] | _Elsewhere) -> float:
             self._check_overdue(busy)  # raises when the lane's call is stuck
             return _POLL_S
-        job = self._when_free(lane, work, grace, pause)
+        job = self._when_free(lane, work, what, pause)
         assert job is not None  # this pause never gives up: it raises
         return job
 
-    def _when_free(self, lane: Hashable, work: Callable[[Calls], T], grace: float,
-                   pause: Callable[[Job[object]], float | None]) -> Job[T] | None:
-        """Queue `work` on `lane` once it is free. While it is busy, `pause(the job holding
-        it)` says how long to wait before looking again, or None to give up (None back)."""
+    def _when_free(self, lane: Hashable, work: Callable[[Calls], T], what: str,
+                   pause: Callable[[Job[object] | _Elsewhere], float | None]) -> Job[T] | None:
+        """Queue `work` on `lane` once it is free. While it is busy, `pause(its holder)`
+        says how long to wait before looking again, or None to give up (None back)."""
+        job: Job[T] = Job(self, lane, work, what)
         with self._cond:
             while True:
                 if self._closed:
                     raise RunnerClosed("the plugin is shutting down")
-                busy = self._lanes.get(lane)
+                busy = self._take(lane, job)  # type: ignore[arg-type]
                 if busy is None:
-                    return self._enqueue(lane, work, grace)
+                    return self._enqueue(job)
                 wait = pause(busy)
                 if wait is None:
                     return None
@@ -282,32 +336,66 @@ class CallRunner:
             with self._cond:
                 self._reap()
 
-    def run(self, lane: Hashable, work: Callable[[Calls], T], *, grace: float = 0.0) -> T:
-        return self.wait(self.submit(lane, work, grace=grace))
+    def run(self, lane: Hashable, work: Callable[[Calls], T], *, what: str = "") -> T:
+        return self.wait(self.submit(lane, work, what=what))
 
     def call(self, lane: Hashable, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """One NVML call on `lane` under the deadline."""
         return self.run(lane, lambda c: c(fn, *args, **kwargs))
 
+    def claim(self, lane: Hashable, what: str) -> object | None:
+        """Hold `lane` for a thread of its own that calls NVML itself (the event watcher's
+        wait), at once: a claim to give back with `unclaim`, or None when the lane is taken."""
+        with self._cond:
+            if self._closed:
+                raise RunnerClosed("the plugin is shutting down")
+            claim: Job[None] = Job(self, lane, lambda c: None, what=what)
+            return claim if self._take(lane, claim) is None else None  # type: ignore[arg-type]
+
+    def unclaim(self, lane: Hashable, claim: object) -> None:
+        with self._cond:
+            if claim is not None and self._lanes.get(lane) is claim:
+                self._give_back(lane, claim)  # type: ignore[arg-type]
+                self._freed.notify_all()
+
     def _hold(self, job: Job[object], lane: Hashable, until: float) -> bool:
         with self._cond:
             while True:
-                busy = self._lanes.get(lane)
-                if busy is None or busy is job:
-                    self._lanes[lane] = job
+                busy = self._take(lane, job)
+                if busy is None:
                     job.held.add(lane)
                     return True
                 now = time.monotonic()
                 if self._closed or now >= until or busy.overdue(self._timeout, now):
                     return False
+                # A lane the native engine holds frees without a notify here: polled.
                 self._freed.wait(min(until - now, _POLL_S))
 
     def _release(self, job: Job[object], lane: Hashable) -> None:
         with self._cond:
             if lane != job.lane and self._lanes.get(lane) is job:
-                del self._lanes[lane]
+                self._give_back(lane, job)
                 self._freed.notify_all()
             job.held.discard(lane)
+
+    # -- the lanes (under self._cond) --
+
+    def _take(self, lane: Hashable, job: Job[object]) -> Job[object] | _Elsewhere | None:
+        """Take `lane` for `job`: None when it did; else who holds it."""
+        mine = self._lanes.get(lane)
+        if mine is not None:
+            return None if mine is job else mine
+        if _is_gpu(lane):
+            holder = self._table.try_hold(lane, id(job), job.what)  # type: ignore[arg-type]
+            if holder is not None:
+                return _Elsewhere(lane, holder)
+        self._lanes[lane] = job
+        return None
+
+    def _give_back(self, lane: Hashable, job: Job[object]) -> None:
+        del self._lanes[lane]
+        if _is_gpu(lane):
+            self._table.release(lane, id(job))  # type: ignore[arg-type]
 
     # -- internals (under self._cond) --
 
@@ -317,15 +405,16 @@ class CallRunner:
         # overdue, so close() needs no wake-up of its own.
         started = job.call_started
         if started:
-            return max(0.005, min(_WAIT_SLICE_S, started + self._timeout + job.grace - time.monotonic()))
+            return max(0.005, min(_WAIT_SLICE_S, started + self._timeout - time.monotonic()))
         # Not started yet: its first call starts soon (a worker is on its way), and
         # a call that starts is not overdue before a full timeout anyway.
-        return min(_WAIT_SLICE_S, self._timeout + job.grace)
+        return min(_WAIT_SLICE_S, self._timeout)
 
-    def _check_overdue(self, job: Job[object] | Job[T]) -> None:
+    def _check_overdue(self, job: Job[object] | Job[T] | _Elsewhere) -> None:
         call = job.overdue(self._timeout, time.monotonic())
         if call:
-            self._mark_stuck(job)  # type: ignore[arg-type]
+            if isinstance(job, Job):
+                self._mark_stuck(job)  # type: ignore[arg-type]
             raise CallTimeout(call, self._timeout, job.lane)
 
     def _reap(self) -> None:
@@ -341,9 +430,8 @@ class CallRunner:
             log.debug("NVML call %s on %s is overdue; its worker is replaced", job.call, job.lane)
             self._spawn_if_needed()
 
-    def _enqueue(self, lane: Hashable, work: Callable[[Calls], T], grace: float) -> Job[T]:
-        job: Job[T] = Job(self, lane, work, grace)
-        self._lanes[lane] = job  # type: ignore[assignment]
+    def _enqueue(self, job: Job[T]) -> Job[T]:
+        """Queue `job`, which holds its lane."""
         self._queue.append(job)  # type: ignore[arg-type]
         if self._sleepers:
             self._sleepers.pop().notify()
@@ -384,7 +472,7 @@ class CallRunner:
                     self._stuck.discard(job)
                     for lane in (job.lane, *job.held):
                         if self._lanes.get(lane) is job:
-                            del self._lanes[lane]
+                            self._give_back(lane, job)
                     job.held.clear()
                     self._idle += 1
                     self._freed.notify_all()
@@ -404,3 +492,7 @@ class CallRunner:
                             return
             finally:
                 self._idle -= 1
+
+
+# The name the plugin's modules knew it by.
+CallRunner = Executor

@@ -16,7 +16,7 @@ import threading
 import pynvml
 
 from nomad_device_nvidia.nvidia.nvml import diagnosis
-from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, Executor
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class NvmlSession:
         """Counts successful inits: what was built on an older one is stale."""
         return self._epoch
 
-    def open(self, library: str, simulate: str, runner: CallRunner) -> bool:
+    def open(self, library: str, simulate: str, runner: Executor) -> bool:
         """Initialise NVML unless it is; True when this call did. Raises NvmlAbsent,
         NvmlUnavailable, or CallTimeout when nvmlInit does not return in time."""
         with self._lock:
@@ -95,7 +95,7 @@ class NvmlSession:
             self._epoch += 1
             return True
 
-    def release(self, runner: CallRunner) -> None:
+    def release(self, runner: Executor) -> None:
         """Give NVML back (the driver went away); `open` may init it again."""
         with self._lock:
             if not self._initialised:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from nomad_device_nvidia.nvidia.nvml.executor import CallRunner
+    from nomad_device_nvidia.nvidia.nvml.executor import Executor
+    from nomad_device_nvidia.nvidia.nvml.lanes import LaneTable
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class TrackedDevice:
     # one GPU have the same UUID; engines read it once per tick for all.
     uuid: str
     group: str  # DeviceGroup.name it belongs to
+    # The physical GPU's UUID: the lane a read takes (a MIG instance shares its
+    # GPU's, so a GPU that stops answering holds one thread). "": uuid is the GPU's own.
+    gpu: str = ""
+
+    @property
+    def lane(self) -> str:
+        return self.gpu or self.uuid
 
 
 class StatsEngine(Protocol):
@@ -48,9 +56,12 @@ class EngineOptions:
     # The library the native engine dlopens; None means libnvidia-ml.so.1, which
     # resolves to the one the process already loaded (real or simulated).
     library: str | None = None
-    # The python engine's NVML calls run on these lanes (the plugin's, so a
+    # The python engine's NVML calls run on this executor (the plugin's, so a
     # blocked GPU holds one thread for the whole process); None: its own.
-    calls: CallRunner | None = None
+    calls: Executor | None = None
+    # The native engine's reads take the GPUs' lanes from this table (the
+    # executor's), and its tick deadline follows the table's; None: its own.
+    lanes: LaneTable | None = None
 
     @property
     def use_fields(self) -> bool:

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, Executor, CallTimeout, RunnerClosed
 from nomad_device_nvidia.nvidia.config import NvidiaConfig
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState
 from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, StatsEngine, TrackedDevice, make_stats_engine
@@ -31,7 +31,7 @@ class StatsHub:
     """`tracked` returns (generation, devices) of what the fingerprint offers now."""
 
     def __init__(
-        self, *, watch: DeviceWatch, runner: CallRunner, config: Callable[[], NvidiaConfig], tracked: Tracked
+        self, *, watch: DeviceWatch, runner: Executor, config: Callable[[], NvidiaConfig], tracked: Tracked
     ) -> None:
         self._watch = watch
         self._runner = runner
@@ -75,7 +75,9 @@ class StatsHub:
             if self._engine is None or wanted != self._built_for:
                 self._drop(self._engine)
                 self._engine = None
-                options = EngineOptions(extended=cfg.extended_stats, timeout=timeout, calls=self._runner)
+                options = EngineOptions(
+                    extended=cfg.extended_stats, timeout=timeout, calls=self._runner, lanes=self._runner.lanes
+                )
                 try:
                     # Building one inits NVML and makes an event set: under the deadline too.
                     self._engine = self._runner.call(SYSTEM, open_stats_engine, cfg.stats_engine, options)

@@ -23,10 +23,12 @@ class NativeStatsEngine:
             batched=options.batched,
             timeout=options.timeout,
             max_workers=options.max_workers,
+            # The process's GPU lanes and deadline, shared with the executor.
+            lanes=options.lanes if isinstance(options.lanes, _native.Lanes) else None,
         )
 
     def track(self, devices: Sequence[TrackedDevice]) -> None:
-        self._engine.track([(d.device_id, d.uuid, d.group) for d in devices])
+        self._engine.track([(d.device_id, d.uuid, d.group, d.gpu) for d in devices])
 
     def collect(self) -> bytes:
         data = self._engine.collect()

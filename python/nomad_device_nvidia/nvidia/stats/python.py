@@ -3,7 +3,7 @@
 The reference the native engine is tested against, the fallback when the
 extension cannot load, and the benchmarks' baseline. It makes the same NVML
 calls in the same way, each device's reads as one job on that GPU's
-`CallRunner` lane, so a tick waits at most `timeout` for any device (one that
+`Executor` lane, so a tick waits at most `timeout` for any device (one that
 does not answer reads N/A), and relies on the plugin having called
 ``pynvml.nvmlInit``.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pynvml
 
 from nomad_device_nvidia._proto.nomad import device_pb2, structs_pb2
-from nomad_device_nvidia.nvidia.nvml.executor import CallRunner, Calls, CallTimeout, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.executor import Calls, CallTimeout, Executor, RunnerClosed
 from nomad_device_nvidia.nvidia.nvml.fields import field_int, handle_address
 from nomad_device_nvidia.nvidia.fingerprint import DEVICE_TYPE, NOT_AVAILABLE, VENDOR, host_memory
 
@@ -301,7 +301,7 @@ class _Tick:
 class PythonStatsEngine:
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         self._options = options
-        self._calls = options.calls or CallRunner(options.timeout, max_workers=_OWN_WORKERS, name="stats")
+        self._calls = options.calls or Executor(options.timeout, max_workers=_OWN_WORKERS, name="stats")
         self._own_calls = options.calls is None
         self._lock = threading.Lock()  # collect() against close() from another thread
         self._groups: list[tuple[str, list[TrackedDevice]]] = []
@@ -350,14 +350,14 @@ class PythonStatsEngine:
 
             def register(c: Calls) -> None:
                 for d in pending:
-                    if time.monotonic() >= deadline or not c.hold(d.uuid, deadline):
+                    if time.monotonic() >= deadline or not c.hold(d.lane, deadline):
                         continue  # registered by a later read
                     try:
                         h = self._handle(c, d)
                         if h is not None:
                             self._watch_xid(c, d, h)
                     finally:
-                        c.release(d.uuid)
+                        c.release(d.lane)
 
             if pending:
                 self._calls.wait_until(self._calls.submit(("stats", id(self), "track"), register), deadline)
@@ -400,17 +400,19 @@ class PythonStatsEngine:
             for d in readers:
                 if tick.cancelled:
                     return
-                if not c.hold(d.uuid, deadline):
+                # The physical GPU's lane: a MIG instance's read waits for its siblings'
+                # and none follows a read stuck on their GPU.
+                if not c.hold(d.lane, deadline):
                     continue
                 try:
                     stats = self._stats(c, d)
                 finally:
-                    c.release(d.uuid)
+                    c.release(d.lane)
                 if not tick.cancelled:
                     read[d.uuid] = stats
 
         self._ticks += 1
-        job = self._calls.submit(("stats", id(self), self._ticks), work)
+        job = self._calls.submit(("stats", id(self), self._ticks), work, what="the python stats engine's read")
         self._calls.wait_until(job, deadline)
         tick.cancelled = True  # a tick still running stops at the next GPU
         for d in readers:
@@ -440,6 +442,7 @@ class PythonStatsEngine:
         with self._lock:
             self._closed = True
             self._groups = []
+            lanes = {d.uuid: d.lane for d in self._readers}
             self._readers = []
             self._handles.clear()
             xid, self._xid = self._xid, None
@@ -450,11 +453,12 @@ class PythonStatsEngine:
 
         def free(c: Calls) -> None:
             for uuid, reader in gpm.items():
-                if c.hold(uuid, deadline):
+                lane = lanes.get(uuid, uuid)
+                if c.hold(lane, deadline):
                     try:
                         reader.free(c)
                     finally:
-                        c.release(uuid)
+                        c.release(lane)
 
         try:
             if gpm:

@@ -79,6 +79,22 @@ pub unsafe extern "C" fn nvmlSimGetScenario(path: *mut c_char, length: c_uint) -
     })
 }
 
+/// Not part of NVML: how many calls are blocked in a `hang` fault now, those on
+/// GPU `gpu` (its index; its handle lookups and its MIG devices' calls included),
+/// or the system-level ones (`nvmlDeviceGetCount`, event waits) when `gpu` is -1.
+/// Lets a test count exactly the threads a hung GPU holds.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlSimGetBlockedCalls(gpu: c_int, count: *mut c_uint) -> nvmlReturn_t {
+    guard(|| {
+        let s = state::current()
+            .or_else(state::last)
+            .ok_or(NVML_ERROR_UNINITIALIZED)?;
+        let which = if gpu < 0 { None } else { Some(gpu as usize) };
+        let n = s.blocked_calls(which).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        put(count, n.min(c_uint::MAX as u64) as c_uint)
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t {
     guard(|| {

@@ -124,6 +124,7 @@ pub fn tracked(ids: &[String], group: &str) -> Vec<TrackedDevice> {
             device_id: u.clone(),
             uuid: u.clone(),
             group: group.into(),
+            gpu: String::new(),
         })
         .collect()
 }
