@@ -4,9 +4,10 @@
 and `test_reliability_doc_shows_the_matrix` fails when the two differ
 (`.venv/bin/python tests/test_faults.py` rewrites the doc's copy). Every row names the
 tests that back it; most are here, one per row, and a row that repeats a fault of
-tests/test_health_faults.py names that test instead. The "how fast" column gives the
-bound the test asserts and, in brackets, what it measured on the 2-core development
-machine; every run writes its own figures to build/fault-matrix.json.
+tests/test_health_faults.py names that test instead. The "how fast" column gives what
+the test asserts (a bound, or the event that shows the plugin did not wait) and, in
+brackets, what it measured on the 2-core development machine; every run writes its own
+figures to build/fault-matrix.json.
 
 The faults come from the simulated driver (tests/scenarios/matrix-*.toml), from the
 plugin's launch environment, from a silent client on its socket, and from a real
@@ -73,11 +74,8 @@ STORM_S = 5.0  # the full soak storms longer; 5 s at the same rate keeps `make t
 STORM_CPU_CORES = 0.6
 STORM_XID_LAG_S = 1.0
 STORM_ANSWER_GAP_S = 0.05  # the plugin's least time between two answers of one Fingerprint stream
-SOCKET_DIR_FAIL_S = 5.0
 SILENT_CLIENTS = 64
 SILENT_TLS_CLIENTS = 8
-ANSWER_S = 1.0
-EXIT_S = 2.0
 RELAUNCH_S = 10.0
 STATS_BACK_S = 30.0
 PARENT_DEATH_S = 1.0
@@ -159,7 +157,7 @@ ROWS: tuple[Row, ...] = (
         "the launch fails: go-plugin's `Unrecognized remote plugin message ... Failed to read any lines from "
         "plugin's stdout`, with the plugin's line `Error preparing plugin: [Errno N] <reason>: '<dir>/plugin...'` "
         "relayed (at debug level, as for a Go plugin); exit code 1, nothing left behind",
-        f"launch error within {SOCKET_DIR_FAIL_S:g} s (0.45 s: the import time)",
+        "the plugin exits by itself, status 1, before go-plugin's launch gives up (0.45 s: the import time)",
         "that one stderr line",
         (f"{HERE}::test_socket_dir_missing_or_unwritable",)),
     Row(f"A client that connects and never speaks: {SILENT_CLIENTS} silent connections (one with half an HTTP/2 "
@@ -168,9 +166,9 @@ ROWS: tuple[Row, ...] = (
         "connection; the TLS relay holds one per connection (16 at most) and drops a connection whose "
         f"handshake has not finished after {DEFAULT_LIMITS.tls_handshake_timeout:g} s, its thread with it; "
         "SIGTERM exits with them open",
-        f"PluginInfo and the first Fingerprint answer within {ANSWER_S:g} s (3 ms / 20 ms plain, 27 ms / 11 ms "
-        f"TLS); silent TLS connections closed by {DEFAULT_LIMITS.tls_handshake_timeout + 3:g} s (10.02 s); exit "
-        f"within {EXIT_S:g} s of SIGTERM (1.1 s plain, 0.13 s TLS)",
+        f"PluginInfo and the first Fingerprint answered with them open (3 ms / 20 ms plain, 27 ms / 11 ms "
+        f"TLS); silent TLS connections closed by {DEFAULT_LIMITS.tls_handshake_timeout + 3:g} s (10.02 s); "
+        "SIGTERM: the plugin exits by itself, status 0 (1.1 s plain, 0.13 s TLS)",
         "nothing for plain connections; a debug line per dropped TLS connection (a connection that is not TLS "
         "at all is dropped at once)",
         (f"{HERE}::test_silent_client_on_the_plain_socket", f"{HERE}::test_silent_client_on_the_tls_socket")),
@@ -534,7 +532,6 @@ def test_socket_dir_missing_or_unwritable(run_harness: Callable[..., HarnessRun]
     assert launch.get("error") and "Failed to read any lines from plugin's stdout" in launch["error"], launch
     assert any(line.startswith("Error preparing plugin:") and reason in line and str(sock_dir) in line
                for line in lines), lines
-    assert took <= SOCKET_DIR_FAIL_S, f"the launch took {took:.1f} s to fail"
     assert exited and exited[0].get("error") == "exit status 1", exited
     # Nothing was created under the directory (it could not be).
     if sock_dir.is_dir():
@@ -642,10 +639,11 @@ def test_silent_client_on_the_plain_socket(plugin_bin: Path) -> None:
         p.kill()
     record("silent_client_plain", silent=len(socks), plugin_info_s=round(info_s, 4),
            first_fingerprint_s=round(fp_s, 4), thread_growth=grown, exit_s=round(exit_s, 3))
-    assert info_s <= ANSWER_S and fp_s <= ANSWER_S, (info_s, fp_s)
+    # Answered (within the calls' 10 s limit, a hang guard) while every silent connection was open.
     # Threads for the one real client's calls at most; none per silent connection.
     assert grown <= 4, f"{grown} more threads with {SILENT_CLIENTS} silent connections open"
-    assert exit_s <= EXIT_S and p.proc.returncode == 0, (exit_s, p.proc.returncode)
+    # SIGTERM with them open: the plugin exits by itself, status 0 (a kill after the 10 s wait would be -9).
+    assert p.proc.returncode == 0, (exit_s, p.proc.returncode)
 
 
 def _client_cert() -> tuple[bytes, bytes]:
@@ -716,7 +714,6 @@ def test_silent_client_on_the_tls_socket(plugin_bin: Path) -> None:
            closed_after_s=[round(closed_after[k], 2) for k in sorted(closed_after)], still_open=len(pending),
            exit_s=round(exit_s, 3), threads_before=before, threads_while_open=while_open,
            threads_ended_with_the_drops=relay_threads)
-    assert info_s <= ANSWER_S and fp_s <= ANSWER_S, (info_s, fp_s)
     assert not pending, f"{len(pending)} silent TLS connections still open {limit + 3:g} s after they connected"
     # The one that sent half an HTTP/2 preface is no TLS client: dropped at once. The silent
     # ones are dropped when their handshake time is up, not before.
@@ -725,7 +722,7 @@ def test_silent_client_on_the_tls_socket(plugin_bin: Path) -> None:
     assert min(silent) >= limit - 0.5, f"a silent connection was dropped after {min(silent):.1f} s"
     # The relay holds a thread per connection (at most 16): the silent ones' ended with them.
     assert relay_threads >= SILENT_TLS_CLIENTS - 2, f"{relay_threads} threads ended with {SILENT_TLS_CLIENTS} drops"
-    assert exit_s <= EXIT_S and p.proc.returncode == 0, (exit_s, p.proc.returncode)
+    assert p.proc.returncode == 0, (exit_s, p.proc.returncode)
 
 
 # --- a real agent: SIGKILL and relaunch, restart, death ---
