@@ -120,7 +120,7 @@ def test_absent_is_tried_again_every_period_with_one_line(m: Machine, lines: lis
     assert m.life.open("", "", PERIOD) is NvmlState.ABSENT and len(m.session.opened) == 1
     m.clock.now += 1
     assert m.open(NvmlAbsent("cannot load NVML: no libnvidia-ml.so.1")) is NvmlState.ABSENT
-    assert len(m.session.opened) == 2 and m.changes == 1
+    assert len(m.session.opened) == 2 and m.life.tries == 2 and m.changes == 1
     # No driver installed is not an error: one INFO line, not one per try.
     assert [(r.levelno, r.getMessage()) for r in lines] == [
         (logging.INFO, "cannot load NVML: no libnvidia-ml.so.1; no NVIDIA devices will be reported "

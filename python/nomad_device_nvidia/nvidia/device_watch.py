@@ -143,6 +143,11 @@ class DeviceWatch:
     def scans(self) -> int:
         return self._scans
 
+    @property
+    def tries(self) -> int:
+        """How many times NVML's init was tried."""
+        return self._life.tries
+
     def wait_first(self, timeout: float) -> bool:
         """Wait for the first attempt (init, scan, probe) to end; False on timeout."""
         return self._first.wait(timeout)

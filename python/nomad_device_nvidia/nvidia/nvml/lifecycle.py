@@ -136,6 +136,7 @@ class Lifecycle:
         self._reason = ""
         self._said = ""
         self._next_try = 0.0
+        self._tries = 0
 
     @property
     def state(self) -> NvmlState:
@@ -145,6 +146,11 @@ class Lifecycle:
     def reason(self) -> str:
         """Why there is no NVML (the last such line, without what happens next); "" while ready."""
         return "" if self._state is NvmlState.READY else self._reason
+
+    @property
+    def tries(self) -> int:
+        """How many times the session was asked to init NVML."""
+        return self._tries
 
     @property
     def said(self) -> str:
@@ -173,6 +179,7 @@ class Lifecycle:
         if self._state not in (NvmlState.ABSENT, NvmlState.NOT_READY) or self._clock() < self._next_try:
             return self._state
         event: Event
+        self._tries += 1
         try:
             self._session.open(library, simulate)
         except SessionClosed:
