@@ -128,6 +128,13 @@ def test_absent_is_tried_again_every_period_with_one_line(m: Machine, lines: lis
     ]
 
 
+def test_a_library_installed_later_is_found_at_the_next_check(m: Machine) -> None:
+    m.open(NvmlAbsent("no library"))
+    m.clock.now += PERIOD
+    assert m.open(None) is NvmlState.READY
+    assert m.changes == 2 and m.life.reason == "" and m.life.due() is None
+
+
 def test_a_configured_library_that_is_absent_is_an_error(m: Machine, lines: list[logging.LogRecord]) -> None:
     assert m.open(NvmlAbsent("cannot load NVML: /x.so: no such file"), library="/x.so") is NvmlState.ABSENT
     assert m.session.opened == [("/x.so", "")]
