@@ -128,6 +128,12 @@ def test_absent_is_tried_again_every_period_with_one_line(m: Machine, lines: lis
     ]
 
 
+def test_an_unforeseen_error_of_the_session_is_retried_a_period_later(m: Machine) -> None:
+    with pytest.raises(RuntimeError):
+        m.open(RuntimeError("a bug"))
+    assert m.life.state is NvmlState.NOT_READY and m.life.due() == m.clock.now + PERIOD
+
+
 def test_a_library_installed_later_is_found_at_the_next_check(m: Machine) -> None:
     m.open(NvmlAbsent("no library"))
     m.clock.now += PERIOD

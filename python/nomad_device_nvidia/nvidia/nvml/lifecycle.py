@@ -180,6 +180,9 @@ class Lifecycle:
             return self._state
         event: Event
         self._tries += 1
+        # Should open raise something unforeseen (a bug), the next try is a period away,
+        # not at once; `handle` sets the real time for every outcome it knows.
+        self._next_try = self._clock() + period
         try:
             self._session.open(library, simulate)
         except SessionClosed:
