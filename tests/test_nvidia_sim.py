@@ -555,6 +555,8 @@ def random_scenarios(draw: st.DrawFn) -> str:
     return f"[topology]\nnuma_nodes = {numa}\n\n" + "\n".join(parts)
 
 
+# Sixteen plugin processes: `make test` runs it, `make check` leaves it out.
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=random_scenarios(), shares=st.integers(min_value=1, max_value=3), data=st.data())
 def test_random_scenarios_properties(tmp_path: Path, body: str, shares: int, data: st.DataObject) -> None:
