@@ -8,6 +8,7 @@ a JSON transcript of what happened. Steps come as JSON on argv[1]:
         a new plugin, built as the CLI does from its flags; with `fail_scans`, scan calls
         numbered there raise instead of reading NVML (the constructor's scan seam)
   {"op": "wait_scans", "n": 3, "max_s": 30}    waits until the plugin has ended n scans
+  {"op": "wait_tries", "n": 3, "max_s": 30}    waits until the plugin has tried NVML's init n times
   {"op": "sleep", "s": 1}
   {"op": "config", "config": {...}}            set_config; records the error, if any
   {"op": "start"}                              opens a Fingerprint stream (background thread)
@@ -238,6 +239,11 @@ def main() -> int:
             out.append({"ok": True})
         elif op == "wait_scans":
             out.append(scans.wait(step["n"], step.get("max_s", 30)))
+        elif op == "wait_tries":
+            deadline = time.monotonic() + step.get("max_s", 30)
+            while plugin.watch.tries < step["n"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            out.append({"tries": plugin.watch.tries})
         elif op == "sleep":
             time.sleep(step["s"])
             out.append({"ok": True})

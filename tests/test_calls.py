@@ -41,12 +41,11 @@ def workers() -> int:
 
 def test_a_call_past_the_deadline_names_itself_and_its_lane_refuses_at_once(runner: Executor) -> None:
     gate = threading.Event()
-    started = time.monotonic()
     with pytest.raises(CallTimeout) as info:
         runner.call("gpu0", nvmlDeviceGetPowerUsage, gate)
-    waited = time.monotonic() - started
     assert str(info.value) == "nvmlDeviceGetPowerUsage did not return within 200ms"
-    assert info.value.lane == "gpu0" and 0.2 <= waited < WAIT
+    # The caller is let go while the call is still in progress (its gate is still shut).
+    assert info.value.lane == "gpu0" and not gate.is_set() and runner.live()
     # The lane's call is still in flight: new work there is refused, with the same words,
     # and never runs (it does not queue behind the stuck call).
     ran: list[int] = []

@@ -346,11 +346,11 @@ def test_tcp_within_the_port_range(run_harness: RunHarness, subject: Subject) ->
 @parametrize(OURS)
 def test_handshake_latency_command(run_harness: RunHarness, subject: Subject) -> None:
     # The numbers are for benches/ and the README; here: it runs, and stdout carries one line.
-    run = run_harness("handshake-latency", "--plugin", subject.plugin, "-n", "3").ok()
+    run = run_harness("handshake-latency", "--plugin", subject.plugin, "-n", "1").ok()
     out = run.one("handshake_latency")
     assert out["line_prefix"] == "1|2|unix" and out["line_fields"] >= 5
     assert out["stdout_after_handshake"] == []
-    assert len(out["handshake"]["samples_ms"]) == 3 and len(out["first_rpc"]["samples_ms"]) == 3
+    assert len(out["handshake"]["samples_ms"]) == 1 and len(out["first_rpc"]["samples_ms"]) == 1
 
 
 class Repl:

@@ -152,8 +152,9 @@ def test_a_fabric_not_ready_gpu_is_unhealthy_then_healthy(timeline: Callable[...
         f"unhealthy:{degraded}:{DEGRADED}@10s",
         f"healthy:{degraded}@10s",
         f"healthy:{late}@10s",
-        # A few more scans (1 s apart): the registered GPU's fabric attributes arrive.
-        "ticks:12@20s",
+        # The scan that follows the fabric's completion brings the registered GPU's fabric
+        # attributes: a few more answers for it to land in.
+        "ticks:5@20s",
     ], interval="400ms").ok()
     first = tl.first_with_devices()
     status = device_status(first)

@@ -6,8 +6,9 @@ Each test launches the real plugin executable on the simulated driver
 the Fingerprint stream stays open as the device manager keeps it, Stats opens after the
 first fingerprint, every response and plugin log line is printed with its time in ms
 since launch, and the run goes on until a list of steps has been met in order, each
-within a bounded wait. Timing is asserted on those recorded times and on event order,
-never by sleeping.
+within a bounded wait (a limit that catches a hang). The assertions are on what was
+answered and on the order of events, never on how long something took: the times are
+recorded (build/fault-timelines.json), not asserted.
 
 The simulated driver's clock (fault `after_s`, event `at_s`) starts at the NVML init that
 activates it. The plugin cannot init before SetConfig nor report devices before init, so
@@ -324,14 +325,13 @@ def test_blocked_gpu_is_unhealthy_an_xid_elsewhere_arrives_and_it_recovers(
     assert not unhealthy[blocked][0] and DID_NOT_RETURN in unhealthy[blocked][1]
     assert all(unhealthy[g][0] for g in others), unhealthy
     assert blocked_seen is not None and blocked_seen >= lo + hang_at * 1000, "unhealthy before the block began"
-    # A call starts within a probe interval of the block and passes the deadline 1 s later.
-    assert blocked_seen - (lo + hang_at * 1000) <= (PROBE_INTERVAL_S + 1.0) * 1000 + 1000, tl.describe()
 
-    # The XID on a neighbour reaches Nomad within ~1 s of when it is due, the block notwithstanding.
+    # The XID on a neighbour reaches Nomad while GPU 1's call is still blocked: the block
+    # holds up nothing else.
     xid_answer = device_status(tl.by(3))
     assert not xid_answer[blocked][0], "the blocked GPU stays unhealthy while blocked"
     assert xid_seen is not None and xid_seen >= lo + xid_at * 1000, "XID reported before it was due"
-    assert xid_seen - (lo + xid_at * 1000) <= 1000, f"XID 79 reached the client {xid_seen - lo - xid_at * 1000:.0f} ms late"
+    assert healthy_seen is not None and xid_seen < healthy_seen, "the XID came only once the block was over"
 
     # Healthy again once its calls return, and not before the block ends.
     assert healthy_seen is not None and healthy_seen >= lo + hang_until * 1000
@@ -339,10 +339,9 @@ def test_blocked_gpu_is_unhealthy_an_xid_elsewhere_arrives_and_it_recovers(
     assert back[blocked] == (True, ""), back[blocked]
     assert not back[xid_gpu][0], "the XID is not forgotten"
 
-    # Stats keep flowing for the others during the block, at their interval.
+    # Stats keep flowing for the others during the block.
     during = [e for e in tl.stats if blocked_seen <= e["ms"] <= healthy_seen]
-    expected = (healthy_seen - blocked_seen) / 500
-    assert len(during) >= expected - 2, f"{len(during)} stats answers in {healthy_seen - blocked_seen:.0f} ms"
+    assert len(during) >= 2, f"{len(during)} stats answers while GPU 1 was blocked"
     for e in during:
         assert set(others) <= stats_ids(e), f"stats at {e['ms']} ms miss a healthy GPU"
     # The stream never ended, and the plugin left gracefully.
@@ -373,14 +372,23 @@ def test_blocked_gpu_reserve_answers_and_shutdown_exits_with_a_call_stuck(
     ok, refused = reserves
     assert ok["error"] is None, ok
     assert ok["reservation"]["envs"] == {"NVIDIA_VISIBLE_DEVICES": healthy}, ok
-    assert ok["took_ms"] < 500, f"Reserve of a healthy GPU took {ok['took_ms']} ms with GPU 1 blocked"
     assert refused["error"] is not None and blocked in refused["error"], refused
-    assert refused["took_ms"] < 1500, f"Reserve of the blocked GPU took {refused['took_ms']} ms"
+    assert DID_NOT_RETURN in refused["error"], refused  # the health book's words, not a deadline of its own
+    # Reserve does not wait on the blocked GPU: both answered while GPU 1's call was still in
+    # progress. It never returns (the hang is for good): every answer from the mark on says
+    # so, and at shutdown, after both Reserves, the plugin finds the call still in progress.
+    marked = met_or_none(tl, 2)
+    assert marked is not None
+    later = [device_status(e)[blocked] for e in tl.fingerprints if e["ms"] >= marked]
+    assert later and all(not ok_ and DID_NOT_RETURN in why for ok_, why in later), later
+    still = tl.plugin_logs("an NVML call is still in progress")
+    assert len(still) == 1, [e["entry"] for e in tl.run.of("log") if e["from_plugin"]][-10:]
+    for r in reserves:
+        assert marked <= r["ms"] and r["ms"] + r["took_ms"] <= still[0]["ms"], (r, still[0]["ms"])
 
-    # Shutdown with a call still stuck: out within 2 s, by itself (go-plugin kills after 2 s).
+    # Shutdown with a call still stuck: the plugin exits by itself (go-plugin would kill it).
     down = tl.shutdown()
     assert down["exited"] and down["graceful"] and down["signal"] is None, down
-    assert down["kill_ms"] < 2000, down
     assert down["exit_code"] == 0, down
     assert down["streams_closed"], down
 
@@ -406,7 +414,6 @@ def test_late_driver_answers_at_once_keeps_the_stream_and_sends_the_devices(
     tl.ok()
 
     assert first is not None and first["devices"] == 0
-    assert first["ms"] - call < 1000, f"the first answer came {first['ms'] - call:.0f} ms after the call"
     assert devices_at is not None
     assert set(device_status(tl.by(1))) == set(gpus)
     # One WARNING for the state change, not one per try; then an INFO when NVML comes up.
@@ -415,6 +422,8 @@ def test_late_driver_answers_at_once_keeps_the_stream_and_sends_the_devices(
     assert warnings[0]["ms"] < devices_at
     up = tl.plugin_logs(INIT_OK, level="info")
     assert len(up) == 1 and warnings[0]["ms"] < up[0]["ms"], [u["entry"] for u in up]
+    # The first answer does not wait for the driver: it came before NVML was initialised.
+    assert first["ms"] < up[0]["ms"], (first["ms"], up[0]["ms"])
     assert tl.ended_by_plugin() == []
     s = tl.streams()
     assert s["fingerprint_open"] and s["stats_open"], s
@@ -592,7 +601,6 @@ def test_xid_with_a_gpu_instance_marks_only_that_mig_device(
     lo, _ = tl.init_window()
 
     assert seen is not None and seen >= lo + 1000
-    assert seen - (lo + 1000) <= 1000, "the XID reached the client more than 1 s after it was due"
     for e in tl.fingerprints:
         if e["ms"] < seen:
             continue
@@ -711,10 +719,10 @@ def test_no_library_then_the_driver_installed_without_restart(
     tl.ok()
 
     assert tl.fingerprints[0]["devices"] == 0, "the first answer is the empty one"
-    assert tl.fingerprints[0]["ms"] - tl.ms("fingerprint_call") < 1000, "the first answer is not at once"
     assert len(lines) == 1 and lines[0]["entry"]["@level"] == "info", [e["entry"] for e in lines]
     assert copied is not None and devices_at is not None
-    assert devices_at - copied <= period_ms + 1000, f"devices {devices_at - copied:.0f} ms after the library appeared"
+    # The first answer did not wait for a library, and the devices came with the library.
+    assert tl.fingerprints[0]["ms"] < copied < devices_at, (tl.fingerprints[0]["ms"], copied, devices_at)
     assert set(device_status(tl.by(7))) == set(gpus)
     assert all(v == (True, "") for v in device_status(tl.by(7)).values())
     assert len(tl.run.of("launch")) == 1, "no restart"

@@ -384,14 +384,15 @@ def test_not_supported_metrics_leave_attributes_out_and_stats_keep_flowing(tmp_p
 def test_init_failure_keeps_the_stream_open_with_no_devices_and_one_log_line(tmp_path: Path) -> None:
     path = scenario(tmp_path, '[init]\nerror = "DRIVER_NOT_LOADED"\n\n[[gpus]]\nmodel = "l4"\n')
     out, log = stream(
-        {"simulate": path},
+        {"simulate": path, "fingerprint_period": "1s"},
         {"op": "wait", "until": "True", "max_s": 60},
         {"op": "reserve", "ids": ["GPU-x"]},
-        # Long enough for the retries after 1 s and 2 s more: still one line.
-        {"op": "sleep", "s": 3.5},
+        # Two retries more (backoff 1 s, capped at the period): still one line.
+        {"op": "wait_tries", "n": 3},
     )
     assert out[2]["groups"] == [] and out[2]["count"] == 1, out[2]
     assert out[3]["kind"] == "ReservationRefused" and "GPU-x" in out[3]["refused"]
+    assert out[4]["tries"] >= 3, out[4]
     assert out[5]["ended"] and out[5]["error"] == "", out[5]  # open until stopped
     lines = [line for line in log.splitlines() if "NVML failed to initialise" in line]
     assert len(lines) == 1 and "retrying with backoff" in lines[0], log
@@ -408,9 +409,10 @@ def test_no_nvml_library_at_all() -> None:
     out, log = stream(
         {"fingerprint_period": "1s"},
         {"op": "wait", "until": "True", "max_s": 60},
-        {"op": "sleep", "s": 2.5},  # two more checks, no more lines
+        {"op": "wait_tries", "n": 3},  # two more checks, no more lines
     )
     assert out[2]["groups"] == [] and out[2]["count"] == 1
+    assert out[3]["tries"] >= 3, out[3]
     assert out[4]["ended"] and out[4]["error"] == ""
     # Exactly one line about it, the one docs/configuration.md quotes.
     lines = [line for line in log.splitlines() if "libnvidia-ml.so.1" in line or "NVIDIA devices" in line]
@@ -420,7 +422,7 @@ def test_no_nvml_library_at_all() -> None:
 def test_transient_init_failure_is_retried(tmp_path: Path) -> None:
     path = scenario(tmp_path, '[init]\nerror = "UNKNOWN"\nfail_count = 2\n\n[[gpus]]\nmodel = "l4"\ncount = 2\n')
     out, log = stream(
-        {"simulate": path},
+        {"simulate": path, "fingerprint_period": "1s"},  # the backoff's cap: a retry a second
         {"op": "wait", "until": "len(groups) > 0", "max_s": 60},
     )
     answer = out[2]
@@ -485,7 +487,8 @@ def test_lazy_init_and_clean_shutdown(tmp_path: Path) -> None:
     path = scenario(tmp_path, '[[gpus]]\nmodel = "l4"\n')
     out, _ = run_child(
         [
-            {"op": "config", "config": {"simulate": path}},
+            # The event wait lasts the probe interval (at least 500 ms).
+            {"op": "config", "config": {"simulate": path, "health": {"probe_interval": "500ms"}}},
             {"op": "nvml_loaded"},
             {"op": "threads"},
             {"op": "reserve", "ids": []},
@@ -497,8 +500,7 @@ def test_lazy_init_and_clean_shutdown(tmp_path: Path) -> None:
             {"op": "stop"},
             {"op": "shutdown"},
             {"op": "nvml_initialised"},
-            # The event watcher ends when its wait in progress returns (5 s at most here),
-            # and NVML is shut down then.
+            # The event watcher ends when its wait in progress returns, and NVML is shut down then.
             {"op": "threads", "gone": "nvidia-events", "max_s": 10},
             {"op": "nvml_initialised"},
         ]
@@ -553,6 +555,8 @@ def random_scenarios(draw: st.DrawFn) -> str:
     return f"[topology]\nnuma_nodes = {numa}\n\n" + "\n".join(parts)
 
 
+# Sixteen plugin processes: `make test` runs it, `make check` leaves it out.
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=random_scenarios(), shares=st.integers(min_value=1, max_value=3), data=st.data())
 def test_random_scenarios_properties(tmp_path: Path, body: str, shares: int, data: st.DataObject) -> None:
@@ -789,17 +793,19 @@ def test_a_shorter_fingerprint_period_applies_at_once(tmp_path: Path) -> None:
 
 def test_health_monitor_follows_health_enabled(tmp_path: Path) -> None:
     path = scenario(tmp_path, L4_PAIR)
-    base = {"simulate": path, "fingerprint_period": "1h"}
+    # The event wait lasts the probe interval (at least 500 ms).
+    health = {"probe_interval": "500ms"}
+    base = {"simulate": path, "fingerprint_period": "1h", "health": health}
     out, _ = run_child(
         [
             {"op": "config", "config": base},
             {"op": "start"},
             {"op": "wait", "until": "len(groups) > 0"},
             {"op": "threads"},
-            {"op": "config", "config": {**base, "health": {"enabled": False}}},
-            # The watch applies it at once; the watcher ends when its wait in progress returns (5 s).
+            {"op": "config", "config": {**base, "health": {**health, "enabled": False}}},
+            # The watch applies it at once; the watcher ends when its wait in progress returns.
             {"op": "threads", "gone": "nvidia-events", "max_s": 10},
-            {"op": "config", "config": {**base, "health": {"enabled": True}}},
+            {"op": "config", "config": {**base, "health": {**health, "enabled": True}}},
             {"op": "threads", "present": "nvidia-events", "max_s": 10},
             {"op": "stop"},
             {"op": "shutdown"},

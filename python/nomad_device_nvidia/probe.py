@@ -200,9 +200,10 @@ def _probe(args: argparse.Namespace) -> int:
         config["simulate"] = str(Path(args.simulate).resolve())
     if args.nvml_library:
         config["nvml_library"] = str(Path(args.nvml_library).resolve())
-    # The watch's state lines are for a long-running plugin ("retrying with backoff");
-    # a one-shot probe says why it found nothing itself, once, at the end.
-    logging.getLogger("nomad_device_nvidia.nvidia.device_watch").addFilter(lambda record: False)
+    # The NVML lifecycle's state lines are for a long-running plugin ("retrying with
+    # backoff"); a one-shot probe says why it found nothing itself, once, at the end.
+    # Every other line (a scan's warnings, a failure of the watch) still shows.
+    logging.getLogger("nomad_device_nvidia.nvidia.nvml.lifecycle").addFilter(lambda record: False)
     plugin = NvidiaDevicePlugin()
     plugin.set_config(config)
     stop = threading.Event()

@@ -94,17 +94,22 @@ func runLimits(args []string) error {
 }
 
 // summarize waits (bounded) for n responses on each stream and counts how
-// they answered: accepted (no error), refused (ResourceExhausted), or other.
+// they answered: accepted (n responses, no error), refused (ResourceExhausted),
+// other errors, or unanswered (fewer than n responses and no error by the
+// deadline: not counted as accepted, which it may never be).
 func summarize(ws []*watcher, n int64, timeout time.Duration) fields {
-	answered, accepted, refused := 0, 0, 0
+	answered, accepted, refused, unanswered := 0, 0, 0, 0
 	others, refusal := []string{}, ""
 	deadline := time.Now().Add(timeout)
 	for _, w := range ws {
-		if w.waitCount(n, time.Until(deadline)) == nil {
+		ok := w.waitCount(n, time.Until(deadline)) == nil
+		if ok {
 			answered++
 		}
 		errs := w.errs()
 		switch {
+		case len(errs) == 0 && !ok:
+			unanswered++
 		case len(errs) == 0:
 			accepted++
 		case strings.Contains(errs[0], "ResourceExhausted"):
@@ -115,5 +120,5 @@ func summarize(ws []*watcher, n int64, timeout time.Duration) fields {
 		}
 	}
 	return fields{"opened": len(ws), "answered": answered, "accepted": accepted, "refused": refused,
-		"refusal": refusal, "other_errors": others}
+		"unanswered": unanswered, "refusal": refusal, "other_errors": others}
 }

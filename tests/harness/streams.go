@@ -32,19 +32,27 @@ func newWatcher() *watcher {
 	return &watcher{got: make(chan struct{}, 4096), closed: make(chan struct{})}
 }
 
-// response records one response; it returns whether to print it.
-func (w *watcher) response(err error, limit int64) (int64, bool) {
-	n := w.count.Add(1)
-	if err != nil && !w.cancelled.Load() {
+// response records one response that arrived before (cancelled false) or after the
+// test cancelled; it returns its sequence number and whether to print it. It is
+// not counted yet: see counted.
+func (w *watcher) response(err error, cancelled bool, limit int64) (int64, bool) {
+	n := w.count.Load() + 1 // only the watch goroutine counts
+	if err != nil && !cancelled {
 		w.mu.Lock()
 		w.errors = append(w.errors, err.Error())
 		w.mu.Unlock()
 	}
+	return n, limit <= 0 || n <= limit
+}
+
+// counted makes response n visible to waitCount, once its event is printed:
+// a waiter that goes on to cancel then cannot change how the response was told.
+func (w *watcher) counted(n int64) {
+	w.count.Store(n)
 	select {
 	case w.got <- struct{}{}:
 	default:
 	}
-	return n, limit <= 0 || n <= limit
 }
 
 func (w *watcher) errs() []string {
@@ -61,8 +69,8 @@ func (w *watcher) lastGroups() []*device.DeviceGroup {
 
 // responseEvent is common to both streams. The error after the harness
 // cancels is the client reporting its own cancellation, marked as such.
-func (w *watcher) responseEvent(seq int64, start time.Time, err error, tag fields) fields {
-	ev := fields{"seq": seq, "ms": millis(time.Since(start)), "error": errString(err), "after_cancel": w.cancelled.Load()}
+func (w *watcher) responseEvent(seq int64, start time.Time, err error, cancelled bool, tag fields) fields {
+	ev := fields{"seq": seq, "ms": millis(time.Since(start)), "error": errString(err), "after_cancel": cancelled}
 	if err != nil {
 		ev["disabled"] = strings.Contains(err.Error(), device.ErrPluginDisabled.Error())
 	}
@@ -100,16 +108,19 @@ func watch[R any](ch <-chan *R, event string, tag fields, limit int64, quiet boo
 			if resp == nil {
 				continue
 			}
+			// Whether the test had cancelled when it arrived, read before the response is
+			// counted: a test waiting for it cancels only after it is counted.
+			cancelled := w.cancelled.Load()
 			err := read(w, resp)
-			n, show := w.response(err, limit)
-			if quiet || !show {
-				continue
+			n, show := w.response(err, cancelled, limit)
+			if !quiet && show {
+				ev := w.responseEvent(n, start, err, cancelled, tag)
+				if err == nil {
+					ev["groups"] = groups(resp)
+				}
+				emit(event, ev)
 			}
-			ev := w.responseEvent(n, start, err, tag)
-			if err == nil {
-				ev["groups"] = groups(resp)
-			}
-			emit(event, ev)
+			w.counted(n)
 		}
 	}()
 	return w

@@ -1,26 +1,19 @@
-"""The NVML lifecycle and the device scan, on one thread per process.
+"""The device watch: one thread per process that drives the NVML lifecycle and
+schedules the scans, the probe rounds and the event watcher.
 
-States (one state machine, here only):
+The lifecycle's states and transitions (absent, not ready, ready, gone, closed)
+are in nvml/lifecycle.py; this module decides when each step runs. While the
+lifecycle is ready it scans every fingerprint_period (sooner after a failed
+or blocked GPU, with the lifecycle's backoff), probes every
+health.probe_interval, and keeps an event watcher reading XIDs.
 
-  absent     no libnvidia-ml.so.1 (or the configured one cannot load): checked
-             again every fingerprint_period; one log line per change of state
-  not ready  nvmlInit fails: retried with backoff (1 s doubling, at most
-             fingerprint_period)
-  ready      scans every fingerprint_period, probes every health.probe_interval,
-             an event watcher reads XIDs
-  gone       the driver went away or was replaced (DRIVER_NOT_LOADED,
-             UNINITIALIZED, LIB_RM_VERSION_MISMATCH, or every GPU lost): every
-             device is unhealthy with that reason; once no NVML call is live
-             NVML is released and the watch goes back to not ready
-
-Every NVML call runs on the `CallRunner` under the call deadline, one lane per
+Every NVML call runs on the `Executor` under the call deadline, one lane per
 GPU, so a blocked GPU delays nothing else: the fingerprint streams only read
 what this watch has recorded, and are woken when it changes.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -29,20 +22,16 @@ from typing import TYPE_CHECKING
 
 import pynvml
 
-from nomad_device_nvidia.nvidia.nvml import diagnosis
 from nomad_device_nvidia.nvidia import fingerprint as fp
-from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, CallRunner, Calls, CallTimeout, Job, RunnerClosed
-from nomad_device_nvidia.nvidia.config import NvidiaConfig, format_duration
+from nomad_device_nvidia.nvidia.config import NvidiaConfig
 from nomad_device_nvidia.nvidia.health.book import DRIVER, FABRIC, HealthBook
 from nomad_device_nvidia.nvidia.health.events import EventWatcher
 from nomad_device_nvidia.nvidia.health.probes import probe_all
-from nomad_device_nvidia.nvidia.nvml.session import (
-    DRIVER_GONE_CODES,
-    NvmlAbsent,
-    NvmlSession,
-    NvmlUnavailable,
-    SessionClosed,
-)
+from nomad_device_nvidia.nvidia.nvml import diagnosis
+from nomad_device_nvidia.nvidia.nvml.executor import SYSTEM, Executor, Calls, CallTimeout, Job, RunnerClosed
+from nomad_device_nvidia.nvidia.nvml.lifecycle import DriverLost, Lifecycle
+from nomad_device_nvidia.nvidia.nvml.lifecycle import NvmlState as NvmlState
+from nomad_device_nvidia.nvidia.nvml.session import DRIVER_GONE_CODES, NvmlSession
 
 if TYPE_CHECKING:
     from nomad_device_nvidia.nvidia.stats.contract import StatsEngine
@@ -51,33 +40,31 @@ log = logging.getLogger(__name__)
 
 ScanFunction = Callable[["fp.Inventory | None"], "fp.Inventory"]
 
-_BACKOFF_FIRST_S = 1.0
-# While the driver is gone: how often to look whether the last calls returned.
-_GONE_POLL_S = 0.1
-
-
-class NvmlState(enum.Enum):
-    ABSENT = "absent"
-    NOT_READY = "not ready"
-    READY = "ready"
-    GONE = "gone"
-
 
 class DriverGone(Exception):
     """The scan found that the driver itself went away or was replaced."""
 
 
-class _Backoff:
-    def __init__(self) -> None:
-        self._next = _BACKOFF_FIRST_S
+class _Schedule:
+    """When the ready state's next scan and probe round are due (clock readings)."""
 
-    def reset(self) -> None:
-        self._next = _BACKOFF_FIRST_S
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.next_scan = 0.0
+        self.next_probe = 0.0
+        self.scanned_at = 0.0
 
-    def delay(self, cap: float) -> float:
-        d = min(self._next, cap)
-        self._next = min(self._next * 2, cap)
-        return d
+    def follow(self, period: float) -> None:
+        if period != self.period:
+            # A new period counts from the last scan, not from the old next one.
+            self.next_scan = min(self.next_scan, self.scanned_at + period)
+            self.period = period
+
+    def at_once(self, now: float) -> None:
+        self.next_scan = self.next_probe = now
+
+    def due(self, cfg: NvidiaConfig) -> float:
+        return min(self.next_scan, self.next_probe) if cfg.health.enabled else self.next_scan
 
 
 def _lane(prior: Sequence[fp.GpuDevice], index: int) -> Hashable:
@@ -99,7 +86,7 @@ class DeviceWatch:
         config: Callable[[], NvidiaConfig],
         nvml_choice: Callable[[NvidiaConfig], tuple[str, str]],
         book: HealthBook,
-        runner: CallRunner,
+        runner: Executor,
         on_change: Callable[[], None],
         scan: ScanFunction | None = None,
     ) -> None:
@@ -109,11 +96,11 @@ class DeviceWatch:
         self._runner = runner
         self._on_change = on_change
         self._scan_seam = scan
-        self._session = NvmlSession()
+        self._clock: Callable[[], float] = time.monotonic
+        self._session = NvmlSession(runner)
+        self._life = Lifecycle(self._session, on_change, clock=self._clock)
+        self._notices = fp.Notices()  # what this driver cannot report, said once per plugin
         self._lock = threading.Lock()
-        self._state = NvmlState.NOT_READY
-        self._said = ""  # the last state line logged
-        self._reason = ""  # why there is no NVML (the last such line, without what the watch does next)
         self._announced = -1  # the NVML epoch whose coming up was logged
         self._inventory: fp.Inventory | None = None
         self._events: EventWatcher | None = None
@@ -132,7 +119,7 @@ class DeviceWatch:
 
     @property
     def state(self) -> NvmlState:
-        return self._state
+        return self._life.state
 
     @property
     def epoch(self) -> int:
@@ -141,7 +128,7 @@ class DeviceWatch:
     @property
     def reason(self) -> str:
         """Why NVML is not ready (empty once it is): what `probe` tells a person."""
-        return "" if self._state is NvmlState.READY else self._reason
+        return self._life.reason
 
     def library(self, driver_version: str) -> str:
         """The library in use, for a person (path, driver version, branch)."""
@@ -155,6 +142,11 @@ class DeviceWatch:
     @property
     def scans(self) -> int:
         return self._scans
+
+    @property
+    def tries(self) -> int:
+        """How many times NVML's init was tried."""
+        return self._life.tries
 
     def wait_first(self, timeout: float) -> bool:
         """Wait for the first attempt (init, scan, probe) to end; False on timeout."""
@@ -235,103 +227,53 @@ class DeviceWatch:
     # -- the thread --
 
     def _run(self) -> None:
-        backoff = _Backoff()
-        next_try = next_scan = next_probe = 0.0
-        scanned_at = 0.0
-        period = self._config().fingerprint_period
-        while not self._stop.is_set():
+        plan = _Schedule(self._config().fingerprint_period)
+        while not self._stop.is_set() and self._life.state is not NvmlState.CLOSED:
             cfg = self._config()
             self._runner.set_timeout(cfg.health.call_timeout)
-            if cfg.fingerprint_period != period:
-                # A new period counts from the last scan, not from the old next one.
-                next_scan = min(next_scan, scanned_at + cfg.fingerprint_period)
-                period = cfg.fingerprint_period
-            now = time.monotonic()
+            plan.follow(cfg.fingerprint_period)
             try:
-                if self._state is NvmlState.GONE and self._release_when_idle():
-                    # Re-init with backoff: a driver that is back but whose GPUs are all
-                    # still lost must not make this a loop.
-                    next_try = now + backoff.delay(cfg.fingerprint_period)
-                if self._state in (NvmlState.ABSENT, NvmlState.NOT_READY) and now >= next_try:
-                    delay = self._open(cfg, backoff)
-                    next_try = now + delay
-                    if delay == 0.0:  # up: scan and probe now
-                        next_scan = next_probe = now
-                if self._state is NvmlState.READY:
-                    if now >= next_scan or self._scan_now.is_set():
-                        self._scan_now.clear()
-                        scanned_at = now
-                        next_scan = now + self._scan(cfg, backoff)
-                    if self._state is NvmlState.READY:
-                        self._follow_health_config(cfg)
-                    if self._state is NvmlState.READY and cfg.health.enabled and (
-                        now >= next_probe or self._probe_now.is_set()
-                    ):
-                        self._probe_now.clear()
-                        self._probe()
-                        next_probe = time.monotonic() + cfg.health.probe_interval
-            except (RunnerClosed, SessionClosed):
+                self._step(cfg, plan)
+            except RunnerClosed:
                 return
             except Exception:  # a bug here must not leave the node without devices for good
                 log.exception("the NVIDIA device watch failed; trying again")
-                next_scan = time.monotonic() + backoff.delay(cfg.fingerprint_period)
+                plan.next_scan = self._clock() + self._life.backoff.delay(cfg.fingerprint_period)
             finally:
                 self._first.set()
-            # Sleeps until the next scan, probe or try: a config change, stop, a returned
-            # blocked call or trouble in the event watcher kicks it earlier.
-            if self._state is not NvmlState.READY:
-                wake = next_try
-            elif cfg.health.enabled:
-                wake = min(next_scan, next_probe)
-            else:
-                wake = next_scan
-            if self._state is NvmlState.GONE:
-                wake = now + _GONE_POLL_S  # waiting for the last calls to return
-            self._kick.wait(max(0.0, wake - time.monotonic()))
+            # Sleeps until the lifecycle's next step, or while ready the next scan or probe:
+            # a config change, stop, a returned blocked call or trouble in the event watcher
+            # kicks it earlier.
+            due = self._life.due()
+            wake = plan.due(cfg) if due is None else due
+            self._kick.wait(max(0.0, wake - self._clock()))
             self._kick.clear()
 
-    def _set_state(self, state: NvmlState, reason: str, level: int) -> None:
-        self._say(level, reason)
-        changed = state is not self._state
-        self._state = state
-        if changed:
-            self._on_change()
-
-    def _say(self, level: int, line: str) -> None:
-        # One line per change of state, not per try: a line equal to the last one
-        # said (the same failure again, another cycle of a driver that flaps) is not repeated.
-        if line != self._said:
-            log.log(level, "%s", line)
-            self._said = line
-
-    def _open(self, cfg: NvidiaConfig, backoff: _Backoff) -> float:
-        """Try to init NVML; seconds until the next try (0 once it is up)."""
-        library, simulate = self._nvml_choice(cfg)
-        try:
-            self._session.open(library, simulate, self._runner)
-        except SessionClosed:
-            raise
-        except NvmlAbsent as exc:
-            level = logging.ERROR if library or simulate else logging.INFO
-            self._reason = str(exc)
-            self._set_state(
-                NvmlState.ABSENT,
-                f"{exc}; no NVIDIA devices will be reported (checking again every "
-                f"{format_duration(cfg.fingerprint_period)})",
-                level,
-            )
-            return cfg.fingerprint_period
-        except (NvmlUnavailable, CallTimeout) as exc:
-            delay = backoff.delay(cfg.fingerprint_period)
-            reason = str(exc) if isinstance(exc, NvmlUnavailable) else f"NVML failed to initialise: {exc}"
-            self._reason = reason
-            self._set_state(NvmlState.NOT_READY, f"{reason}; retrying with backoff", logging.WARNING)
-            return delay
-        # Not logged yet: "NVML initialised" is said by the first scan that finds the
-        # driver well, so a driver that comes back with every GPU lost logs nothing new.
-        self._state = NvmlState.READY
-        self._on_change()
-        return 0.0
+    def _step(self, cfg: NvidiaConfig, plan: _Schedule) -> None:
+        """One round: the lifecycle's step when it is not ready, then, when ready, what is due."""
+        life, period = self._life, cfg.fingerprint_period
+        if life.state is NvmlState.GONE:
+            life.release(self._idle(), period)
+        if life.state in (NvmlState.ABSENT, NvmlState.NOT_READY):
+            library, simulate = self._nvml_choice(cfg)
+            if life.open(library, simulate, period) is NvmlState.READY:
+                plan.at_once(self._clock())  # up: scan and probe now
+        if life.state is not NvmlState.READY:
+            return
+        now = self._clock()
+        if now >= plan.next_scan or self._scan_now.is_set():
+            self._scan_now.clear()
+            plan.scanned_at = now
+            try:
+                plan.next_scan = now + self._scan(cfg)
+            except DriverGone as exc:
+                self._driver_gone(str(exc), period)
+                return
+        self._follow_health_config(cfg)
+        if cfg.health.enabled and (now >= plan.next_probe or self._probe_now.is_set()):
+            self._probe_now.clear()
+            self._probe()
+            plan.next_probe = self._clock() + cfg.health.probe_interval
 
     def _follow_health_config(self, cfg: NvidiaConfig) -> None:
         with self._lock:
@@ -358,18 +300,15 @@ class DeviceWatch:
 
     # -- scans --
 
-    def _scan(self, cfg: NvidiaConfig, backoff: _Backoff) -> float:
-        """One scan; seconds until the next one."""
+    def _scan(self, cfg: NvidiaConfig) -> float:
+        """One scan; seconds until the next one. Raises DriverGone."""
         previous = self.inventory
-        try:
-            inventory = self._scan_once(previous)
-        except DriverGone as exc:
-            self._driver_gone(str(exc))
-            return 0.0
+        inventory = self._scan_once(previous)
         self._scans += 1
+        say, backoff = self._life.say, self._life.backoff
         if self._announced != self._session.epoch:
             self._announced = self._session.epoch
-            self._say(
+            say(
                 logging.INFO,
                 f"NVML initialised: {len(inventory.devices)} devices; {self.library(inventory.driver_version)}",
             )
@@ -387,9 +326,9 @@ class DeviceWatch:
             events.track(inventory.devices)
         self._on_change()
         if inventory.fatal:
-            self._say(logging.WARNING, f"{inventory.fatal}; keeping the last known devices and retrying")
-        elif self._said.startswith("NVML enumeration failed"):
-            self._say(logging.INFO, "NVML enumeration answers again")
+            say(logging.WARNING, f"{inventory.fatal}; keeping the last known devices and retrying")
+        elif self._life.said.startswith("NVML enumeration failed"):
+            say(logging.INFO, "NVML enumeration answers again")
         if inventory.fatal or inventory.failures:
             return backoff.delay(cfg.fingerprint_period)
         backoff.reset()
@@ -413,7 +352,7 @@ class DeviceWatch:
             mine = prior.get(i, [])
 
             def work(c: Calls, i: int = i, mine: list[fp.GpuDevice] = mine) -> fp.GpuScan:
-                return fp.scan_gpu(c, i, mine)
+                return fp.scan_gpu(c, i, mine, self._notices)
 
             try:
                 jobs.append((i, self._runner.submit(_lane(mine, i), work)))
@@ -462,27 +401,24 @@ class DeviceWatch:
 
     # -- the driver went away --
 
-    def _driver_gone(self, reason: str) -> None:
+    def _driver_gone(self, reason: str, period: float) -> None:
         inventory = self.inventory
         for dev in inventory.devices if inventory is not None else ():
             self._book.mark(dev.id, DRIVER, f"{reason}; waiting for it to come back")
         with self._lock:
             events, self._events = self._events, None
             engines = list(self._engines)
-        self._set_state(NvmlState.GONE, f"{reason}; releasing NVML to initialise it again", logging.WARNING)
+        self._life.handle(DriverLost(reason), period)
         if events is not None:
             self._retire(events)  # ends on its own soon; its waits fail fast now
         for engine in engines:
             # Each native engine holds its own NVML reference; all must go for a fresh session.
             engine.close()
 
-    def _release_when_idle(self) -> bool:
-        """Release NVML once nothing of ours is in it; whether it did."""
+    def _idle(self) -> bool:
+        """Whether nothing of ours is in NVML: nvmlShutdown never runs under a live call,
+        nor before the old event set is freed."""
         with self._lock:
             self._retiring = [w for w in self._retiring if w.alive]
             retiring = bool(self._retiring)
-        if self._runner.live() or retiring:
-            return False  # nvmlShutdown never runs under a live call, nor before the old event set is freed
-        self._session.release(self._runner)
-        self._state = NvmlState.NOT_READY  # the next _open logs a new outcome
-        return True
+        return not retiring and not self._runner.live()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -188,7 +189,7 @@ def _mig_profile(c: Calls, name: str, mig_handle: Any) -> str | None:
     return f"{attrs.gpuInstanceSliceCount}g.{round(attrs.memorySizeMB / 1024)}gb"
 
 
-def _gpu_attributes(c: Calls, gpu: Any) -> dict[str, Attribute]:
+def _gpu_attributes(c: Calls, gpu: Any, notices: Notices) -> dict[str, Attribute]:
     """Attributes read from the physical GPU (for a MIG instance, its parent)."""
     attrs: dict[str, Attribute] = {}
     # Power limit, not the momentary draw: a fingerprint attribute must not change
@@ -218,7 +219,7 @@ def _gpu_attributes(c: Calls, gpu: Any) -> dict[str, Attribute]:
     if arch is not None and int(arch) in _ARCHITECTURES:
         attrs[ARCHITECTURE] = Attribute(_ARCHITECTURES[int(arch)])
     _nvlink_attributes(c, gpu, attrs)
-    fabric = read_fabric(c, gpu)
+    fabric = read_fabric(c, gpu, notices)
     # Only once the fabric manager has registered the GPU: before that NVML has no
     # cluster or clique for it (and the GPU is unhealthy, see health/probes.py).
     if fabric is not None and fabric.ready:
@@ -293,9 +294,10 @@ def _uuid_text(raw: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
+def read_fabric(c: Calls, gpu: Any, notices: Notices | None = None) -> FabricInfo | None:
     """The GPU's NVLink fabric registration; None where NVML reports no fabric
-    (before Hopper, or a GPU in none)."""
+    (before Hopper, or a GPU in none). `notices` hears that the fabric's health cannot
+    be read on this driver; None for a caller that leaves saying it to the scan (the probes)."""
     mask: int | None
     try:
         info: Any = pynvml.c_nvmlGpuFabricInfo_v2_t()
@@ -319,8 +321,8 @@ def read_fabric(c: Calls, gpu: Any) -> FabricInfo | None:
     state = int(info.state) & 0xFF
     if state == FABRIC_NOT_SUPPORTED:
         return None
-    if mask is None:
-        _tell_once(
+    if mask is None and notices is not None:
+        notices.once(
             "fabric_health",
             "NVLink fabric health is not checked: this NVIDIA driver lacks nvmlDeviceGetGpuFabricInfoV "
             "(branch 550 and later have it); the fabric's state and registration still come from "
@@ -345,13 +347,20 @@ class _GpuFacts:
     minor: int | None
 
 
-_told: set[str] = set()
+class Notices:
+    """Things this driver cannot report, each logged once by whoever owns this object
+    (the device watch: once per plugin, not once per scan). Thread-safe: GPUs are
+    scanned in parallel."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._told: set[str] = set()
 
-def _tell_once(key: str, message: str) -> None:
-    """Log, once per process, a thing this driver cannot report and why."""
-    if key not in _told:
-        _told.add(key)
+    def once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key in self._told:
+                return
+            self._told.add(key)
         log.warning("%s", message)
 
 
@@ -392,7 +401,7 @@ def _sysfs_numa_node(pci_bus_id: str) -> int | None:
     return node if node >= 0 else None
 
 
-def _numa_node(c: Calls, gpu: Any, pci_bus_id: str) -> int | None:
+def _numa_node(c: Calls, gpu: Any, pci_bus_id: str, notices: Notices) -> int | None:
     """The GPU's NUMA node: nvmlDeviceGetNumaNodeId, or where the driver predates it (535),
     the one node of nvmlDeviceGetMemoryAffinity at node scope, else Linux's sysfs."""
     try:
@@ -410,7 +419,7 @@ def _numa_node(c: Calls, gpu: Any, pci_bus_id: str) -> int | None:
             return nodes[0]
     node = _sysfs_numa_node(pci_bus_id)
     if node is None:
-        _tell_once(
+        notices.once(
             NUMA_NODE,
             "numa_node is not reported: this NVIDIA driver lacks nvmlDeviceGetNumaNodeId (branch 550 and "
             "later have it), and neither nvmlDeviceGetMemoryAffinity nor /sys/bus/pci/devices/*/numa_node "
@@ -419,15 +428,15 @@ def _numa_node(c: Calls, gpu: Any, pci_bus_id: str) -> int | None:
     return node
 
 
-def _gpu_facts(c: Calls, gpu: Any, uuid: str) -> _GpuFacts:
+def _gpu_facts(c: Calls, gpu: Any, uuid: str, notices: Notices) -> _GpuFacts:
     pci = _optional(c, pynvml.nvmlDeviceGetPciInfo, gpu)
     bus_id = _text(pci.busId) if pci is not None else ""
     minor = _optional(c, pynvml.nvmlDeviceGetMinorNumber, gpu)
     return _GpuFacts(
         uuid=uuid,
         pci_bus_id=bus_id,
-        attributes=_gpu_attributes(c, gpu),
-        numa_node=_numa_node(c, gpu, bus_id),
+        attributes=_gpu_attributes(c, gpu, notices),
+        numa_node=_numa_node(c, gpu, bus_id, notices),
         minor=int(minor) if minor is not None else None,
     )
 
@@ -498,15 +507,17 @@ class GpuScan:
             log.warning("NVML read failed for %s, not seen before, skipped until it answers: %s", where, failure.description)
 
 
-def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice]) -> GpuScan:
-    """Read GPU `index` and its MIG instances; `prior` are its devices in the last scan."""
+def scan_gpu(c: Calls, index: int, prior: Sequence[GpuDevice], notices: Notices | None = None) -> GpuScan:
+    """Read GPU `index` and its MIG instances; `prior` are its devices in the last scan.
+    `notices` says once what this driver cannot report (None: a fresh one, for this GPU alone)."""
+    notices = Notices() if notices is None else notices
     out = GpuScan()
     by_slot = {dev.slot: dev for dev in prior}
     uuid = ""
     try:
         gpu = c(pynvml.nvmlDeviceGetHandleByIndex, index)
         uuid = _text(c(pynvml.nvmlDeviceGetUUID, gpu))
-        facts = _gpu_facts(c, gpu, uuid)
+        facts = _gpu_facts(c, gpu, uuid, notices)
         if not _mig_enabled(c, gpu):
             out.devices.append(_read_gpu(c, gpu, uuid, index, facts))
             return out
@@ -595,7 +606,7 @@ def prior_by_index(previous: Inventory | None) -> dict[int, list[GpuDevice]]:
     return out
 
 
-def scan(previous: Inventory | None, c: Calls = direct) -> Inventory:
+def scan(previous: Inventory | None, c: Calls = direct, notices: Notices | None = None) -> Inventory:
     """Read every GPU and MIG instance, one after another. NVML must be initialised.
 
     Never raises for NVML errors: a failed read keeps the device from
@@ -607,7 +618,8 @@ def scan(previous: Inventory | None, c: Calls = direct) -> Inventory:
     except pynvml.NVMLError as exc:
         return failed_enumeration(previous, f"NVML enumeration failed ({exc})", failure_of(exc))
     prior = prior_by_index(previous)
-    return assemble(system, (scan_gpu(c, i, prior.get(i, [])) for i in range(system.count)))
+    notices = Notices() if notices is None else notices
+    return assemble(system, (scan_gpu(c, i, prior.get(i, []), notices) for i in range(system.count)))
 
 
 def host_memory() -> HostMemory:

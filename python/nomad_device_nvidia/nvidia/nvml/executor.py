@@ -493,6 +493,3 @@ class Executor:
             finally:
                 self._idle -= 1
 
-
-# The name the plugin's modules knew it by.
-CallRunner = Executor

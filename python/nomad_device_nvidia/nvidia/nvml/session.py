@@ -44,7 +44,10 @@ class NvmlUnavailable(Exception):
 
 
 class NvmlSession:
-    def __init__(self) -> None:
+    """Init and shutdown run on `runner`'s system lane, under its deadline (but `close`: see there)."""
+
+    def __init__(self, runner: Executor) -> None:
+        self._runner = runner
         self._lock = threading.Lock()
         self._loaded_with: tuple[str, str] | None = None
         self._initialised = False
@@ -63,7 +66,7 @@ class NvmlSession:
         """Counts successful inits: what was built on an older one is stale."""
         return self._epoch
 
-    def open(self, library: str, simulate: str, runner: Executor) -> bool:
+    def open(self, library: str, simulate: str) -> bool:
         """Initialise NVML unless it is; True when this call did. Raises NvmlAbsent,
         NvmlUnavailable, or CallTimeout when nvmlInit does not return in time."""
         with self._lock:
@@ -86,7 +89,7 @@ class NvmlSession:
                     self._loaded_with = (library, simulate)
                 self.library_path, self.simulated = source.path, source.simulated
             try:
-                runner.call(SYSTEM, pynvml.nvmlInit)
+                self._runner.call(SYSTEM, pynvml.nvmlInit)
             except pynvml.NVMLError as exc:
                 if exc.value == pynvml.NVML_ERROR_LIBRARY_NOT_FOUND:
                     raise NvmlAbsent(diagnosis.not_found()) from exc
@@ -95,14 +98,14 @@ class NvmlSession:
             self._epoch += 1
             return True
 
-    def release(self, runner: Executor) -> None:
+    def release(self) -> None:
         """Give NVML back (the driver went away); `open` may init it again."""
         with self._lock:
             if not self._initialised:
                 return
             self._initialised = False
             try:
-                runner.call(SYSTEM, pynvml.nvmlShutdown)
+                self._runner.call(SYSTEM, pynvml.nvmlShutdown)
             except Exception as exc:  # NVMLError or CallTimeout: the next open starts over
                 log.debug("NVML shutdown after the driver went away failed: %s", exc)
 
