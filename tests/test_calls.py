@@ -71,6 +71,27 @@ def test_the_lane_is_free_again_when_the_call_returns_and_the_return_is_told(run
     assert runner.stuck() == {}
 
 
+def test_when_idle_runs_once_the_last_job_returns_and_at_once_when_none_runs(runner: Executor) -> None:
+    told: list[str] = []
+    runner.when_idle(lambda: told.append("idle already"))
+    assert told == ["idle already"]
+    gates = [threading.Event(), threading.Event()]
+    idle = threading.Event()
+    jobs = [runner.submit(f"gpu{i}", lambda c, g=g: c(nvmlDeviceGetPowerUsage, g)) for i, g in enumerate(gates)]
+    give_up = time.monotonic() + WAIT
+    for job in jobs:  # both running: neither is queued behind the other
+        while not job.call_started and time.monotonic() < give_up:
+            job.wake.wait(0.01)
+        assert job.call_started, "a job never started"
+    runner.when_idle(idle.set)
+    runner.when_idle(idle.set)  # the same callback twice is kept once
+    gates[0].set()
+    assert jobs[0].done.wait(WAIT)
+    assert not idle.is_set(), "told idle while a job still ran"
+    gates[1].set()
+    assert idle.wait(WAIT) and runner.live() == 0
+
+
 def test_a_blocked_lane_holds_one_thread_however_much_work_comes(runner: Executor) -> None:
     gate = threading.Event()
     with pytest.raises(CallTimeout):

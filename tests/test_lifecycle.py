@@ -15,7 +15,6 @@ import pytest
 from nomad_device_nvidia.nvidia.nvml.executor import CallTimeout
 from nomad_device_nvidia.nvidia.nvml.lifecycle import (
     BACKOFF_FIRST_S,
-    GONE_POLL_S,
     Backoff,
     DriverLost,
     Event,
@@ -184,16 +183,16 @@ def test_ready_tells_a_change_and_says_nothing_itself(m: Machine, lines: list[lo
     assert m.life.open("", "", PERIOD) is NvmlState.READY and len(m.session.opened) == 2
 
 
-def test_gone_polls_until_idle_then_releases_and_backs_off(m: Machine, lines: list[logging.LogRecord]) -> None:
+def test_gone_waits_until_idle_then_releases_and_backs_off(m: Machine, lines: list[logging.LogRecord]) -> None:
     m.ready()
     assert m.life.handle(DriverLost("NVIDIA driver unavailable (Driver Not Loaded)"), PERIOD) is NvmlState.GONE
     assert m.changes == 2
     assert m.life.reason == "NVIDIA driver unavailable (Driver Not Loaded)"
     assert lines[-1].getMessage() == "NVIDIA driver unavailable (Driver Not Loaded); releasing NVML to initialise it again"
     assert lines[-1].levelno == logging.WARNING
-    # A call of ours still in NVML: nothing is released; the watch looks again soon.
+    # A call of ours still in NVML: nothing is released, and no timer: its return wakes the watch.
     assert m.life.release(False, PERIOD) is NvmlState.GONE and m.session.released == 0
-    assert m.life.due() == m.clock.now + GONE_POLL_S
+    assert m.life.due() is None
     assert m.life.open("", "", PERIOD) is NvmlState.GONE and len(m.session.opened) == 1
     assert m.life.release(True, PERIOD) is NvmlState.NOT_READY
     assert m.session.released == 1 and m.changes == 3

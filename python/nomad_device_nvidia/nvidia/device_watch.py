@@ -245,7 +245,12 @@ class DeviceWatch:
             # a config change, stop, a returned blocked call or trouble in the event watcher
             # kicks it earlier.
             due = self._life.due()
-            wake = plan.due(cfg) if due is None else due
+            if self._life.state is NvmlState.GONE:
+                # No timer to wait for: the last call of ours returning kicks (see _idle);
+                # a fingerprint period is only a safety net.
+                wake = self._clock() + cfg.fingerprint_period
+            else:
+                wake = plan.due(cfg) if due is None else due
             self._kick.wait(max(0.0, wake - self._clock()))
             self._kick.clear()
 
@@ -420,5 +425,11 @@ class DeviceWatch:
         nor before the old event set is freed."""
         with self._lock:
             self._retiring = [w for w in self._retiring if w.alive]
-            retiring = bool(self._retiring)
-        return not retiring and not self._runner.live()
+            retiring = list(self._retiring)
+        if retiring or self._runner.live():
+            # Woken when that changes, not by polling: a call that returns, a wait that ends.
+            self._runner.when_idle(self._kick.set)
+            for watcher in retiring:
+                watcher.when_ended(self._kick.set)
+            return False
+        return True

@@ -117,7 +117,8 @@ class Job(Generic[T]):
         self.what = what or "an NVML call of the plugin"  # for the native engine, should it find this stuck
         self.held: set[Hashable] = set()  # other lanes this job holds now
         self._work = work
-        self.done = threading.Event()
+        self.done = threading.Event()  # the work has run to its end
+        self.wake = threading.Event()  # done, or the executor closed: whoever waits looks again
         self._result: T | None = None
         self._error: BaseException | None = None
         self.call = ""  # the NVML call in flight ("" between calls)
@@ -146,6 +147,7 @@ class Job(Generic[T]):
             self._error = exc
         finally:
             self.done.set()
+            self.wake.set()
 
     def overdue(self, timeout: float, now: float) -> str:
         """The call in flight when it has run past `timeout`, else ""."""
@@ -204,6 +206,7 @@ class Executor:
         self._idle = 0
         self._closed = False
         self._on_return: list[Callable[[Hashable], None]] = []
+        self._on_idle: list[Callable[[], None]] = []  # run once when no job is running
 
     @property
     def timeout(self) -> float:
@@ -226,6 +229,16 @@ class Executor:
         """`callback(lane)` runs (on the worker) when a call that was overdue finally returns."""
         with self._cond:
             self._on_return.append(callback)
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """`callback()` once no job is running (at once when none is): what waits for NVML
+        to be free of our calls waits for this, not on a timer. The same callback twice is kept once."""
+        with self._cond:
+            if self._running:
+                if callback not in self._on_idle:
+                    self._on_idle.append(callback)
+                return
+        callback()
 
     # -- state --
 
@@ -272,6 +285,8 @@ class Executor:
             for sleeper in self._sleepers:
                 sleeper.notify()
             self._freed.notify_all()
+            for job in (*self._running, *self._queue):
+                job.wake.set()  # its waiter gets RunnerClosed now, not at its next look
 
     # -- submitting and waiting --
 
@@ -315,12 +330,14 @@ class Executor:
 
     def wait(self, job: Job[T]) -> T:
         """The job's result; CallTimeout as soon as one of its calls passes the deadline."""
-        while not job.done.wait(self._slice(job)):
+        while not job.wake.wait(self._slice(job)):
             with self._cond:
                 if self._closed:
                     raise RunnerClosed("the plugin is shutting down")
                 self._reap()
                 self._check_overdue(job)
+        if not job.done.is_set():
+            raise RunnerClosed("the plugin is shutting down")
         return job.result()
 
     def wait_until(self, job: Job[T], deadline: float) -> bool:
@@ -331,8 +348,8 @@ class Executor:
                 with self._cond:
                     self._reap()
                 return job.done.is_set()
-            if job.done.wait(min(remaining, self._slice(job))):
-                return True
+            if job.wake.wait(min(remaining, self._slice(job))):
+                return job.done.is_set()  # else the executor closed
             with self._cond:
                 self._reap()
 
@@ -401,8 +418,7 @@ class Executor:
 
     def _slice(self, job: Job[object] | Job[T]) -> float:
         # Until the call in flight would be overdue, so a waiter wakes once a call;
-        # a call that returns wakes it at once (job.done), and every call ends or is
-        # overdue, so close() needs no wake-up of its own.
+        # a call that returns wakes it at once (job.wake), as does close().
         started = job.call_started
         if started:
             return max(0.005, min(_WAIT_SLICE_S, started + self._timeout - time.monotonic()))
@@ -468,6 +484,13 @@ class Executor:
                     finally:
                         self._cond.acquire()
                     self._running.discard(job)
+                    if not self._running and self._on_idle:
+                        idle, self._on_idle = self._on_idle, []
+                        self._cond.release()
+                        try:
+                            self._run_callbacks(idle)
+                        finally:
+                            self._cond.acquire()
                     was_stuck = job in self._stuck
                     self._stuck.discard(job)
                     for lane in (job.lane, *job.held):
@@ -492,4 +515,12 @@ class Executor:
                             return
             finally:
                 self._idle -= 1
+
+    @staticmethod
+    def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.exception("NVML executor idle callback failed")
 

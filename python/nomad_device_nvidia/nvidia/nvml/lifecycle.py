@@ -32,8 +32,6 @@ from nomad_device_nvidia.nvidia.nvml.session import NvmlAbsent, NvmlUnavailable,
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 1.0
-# While the driver is gone: how often to look whether the last calls returned.
-GONE_POLL_S = 0.1
 
 
 class NvmlState(enum.Enum):
@@ -158,11 +156,11 @@ class Lifecycle:
         return self._said
 
     def due(self) -> float | None:
-        """When the lifecycle wants its next step (a clock reading); None while ready or closed."""
+        """When the lifecycle wants its next step (a clock reading); None while ready, gone or closed."""
         if self._state in (NvmlState.ABSENT, NvmlState.NOT_READY):
             return self._next_try
-        if self._state is NvmlState.GONE:
-            return self._clock() + GONE_POLL_S  # waiting for the last calls to return
+        # Gone: no timer; the last call of ours returning wakes the scheduler
+        # (the executor's when_idle, a retiring event watcher's when_ended).
         return None
 
     def say(self, level: int, line: str) -> None:
