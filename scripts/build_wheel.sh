@@ -43,15 +43,28 @@ fi
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the wheels are built from elsewhere
 rm -f "$out"/nomad_device_nvidia-"$version".tar.gz
 
 cd "$repo"
+maturin sdist -o "$out"
+sdist=$out/nomad_device_nvidia-$version.tar.gz
+# The wheels are built from the unpacked sdist, which proves it complete. Its
+# members carry one fixed old mtime (maturin makes sdists reproducible), and
+# cargo decides freshness by mtime: in the shared target dir our crates (and
+# their build scripts) would look older than the last build and be reused
+# stale. Unpacking with the time of now rebuilds our crates every time, while
+# the registry dependencies, keyed by version, stay cached.
+src=$(mktemp -d)
+trap 'rm -rf "$src"' EXIT
+tar -xzf "$sdist" -C "$src" --touch
+cd "$src/nomad_device_nvidia-$version"
 for target in "${targets[@]}"; do
   arch=${target%%-*}
   rm -f "$out"/nomad_device_nvidia-"$version"-*_"$arch".whl
   if [[ $target != "$host" ]] && ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     rustup target add "$target"  # the standard library for the target; the linker is zig
   fi
-  maturin build --release --strip --sdist --target "$target" "${compat[@]}" --auditwheel check -o "$out"
+  maturin build --release --strip --target "$target" "${compat[@]}" --auditwheel check -o "$out"
 done
 ls -l "$out"/nomad_device_nvidia-"$version"*
