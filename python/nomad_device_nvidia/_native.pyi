@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import final
 
-__all__ = ["StatsEngine", "__version__"]
+__all__ = ["StatsEngine", "StatsTicker", "__version__"]
 __version__: str
 
 @final
@@ -32,3 +32,24 @@ class StatsEngine:
     @property
     def tracked(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class StatsTicker:
+    """The clock of one StatsEngine: a Rust thread that collects whenever a
+    subscribed interval is due and makes fileno() readable once for the
+    answers waiting (one per interval, the latest)."""
+
+    def __new__(cls, engine: StatsEngine) -> StatsTicker: ...
+    def fileno(self) -> int: ...
+    def set_intervals(self, intervals_ns: Sequence[int]) -> None:
+        """Subscribe exactly these intervals (ns); a new one is due at once."""
+    def track(self, devices: Sequence[tuple[str, str, str]]) -> None:
+        """The tracked set for the next collection; never waits."""
+    def drain(self) -> list[tuple[int, bytes]]:
+        """(interval in ns, serialized StatsResponse) for each answer waiting."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def collections(self) -> int: ...
+    def close(self) -> None:
+        """Stop the clock; waits at most for the collection in progress."""

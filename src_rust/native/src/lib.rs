@@ -4,10 +4,12 @@
 use pyo3::prelude::*;
 
 mod stats_engine;
+mod stats_ticker;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<stats_engine::StatsEngine>()?;
+    m.add_class::<stats_ticker::StatsTicker>()?;
     Ok(())
 }

@@ -10,9 +10,11 @@ pub mod host_memory;
 pub mod nvml;
 pub mod pool;
 pub mod sample;
+pub mod ticker;
 pub mod vocabulary;
 pub mod xid;
 
 pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
 pub use sample::{DeviceSample, Extended, GpmReadings, ReadOptions, Reading};
+pub use ticker::{SharedEngine, Source, Ticker};
