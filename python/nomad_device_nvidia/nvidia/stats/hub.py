@@ -372,16 +372,21 @@ class StatsHub:
             self._closed = True
             engine, self._engine = self._engine, None
             ticker, ticker_engine, loop = self._ticker, self._ticker_engine, self._ticker_loop
-            self._ticker = self._ticker_engine = None
         self._drop(engine)
         if ticker is not None:
+            # Stopped here, but left in place for the loop to stop watching its
+            # descriptor (remove_reader) before anything lets it go.
             ticker.close()
             self._drop(ticker_engine)
         if loop is not None:
             try:
-                loop.call_soon_threadsafe(self._end_all)
+                loop.call_soon_threadsafe(self._close_on_loop, loop)
             except RuntimeError:  # the loop is closed already
                 pass
+
+    def _close_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._end_all()
+        self._refresh(loop)  # closed: retires the clock
 
     def collect(self) -> bytes | None:
         """One tick for one stream; None while NVML is not ready (nothing to read)."""

@@ -82,6 +82,11 @@ class ThreadTicker:
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join()
+        # The sockets close with this object: the loop may still be watching
+        # the descriptor until it retires the clock.
+
+    def __del__(self) -> None:
+        # Let go by whoever watched the descriptor (the hub, after remove_reader).
         self._rx.close()
         self._tx.close()
 
