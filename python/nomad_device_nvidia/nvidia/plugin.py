@@ -260,8 +260,12 @@ class NvidiaDevicePlugin(DevicePlugin):
                 return
         if self._closed:
             return
-        async for data in self._stats.answers(interval, stop):
-            yield data
+        sub = self._stats.subscribe(interval, stop)
+        try:
+            while (data := await sub.next()) is not None:
+                yield data
+        finally:
+            self._stats.unsubscribe(sub)
 
     def stats(self, interval: float, stop: threading.Event) -> Generator[bytes, None, None]:
         if not self._config.enabled:

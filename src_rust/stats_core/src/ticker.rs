@@ -171,12 +171,9 @@ impl Ticker {
     pub fn drain(&self) -> Vec<(u64, Arc<Vec<u8>>)> {
         let mut st = self.shared.lock();
         if st.signalled {
-            let mut sink = [0u8; 64];
-            while let Ok(n) = (&self.rx).read(&mut sink) {
-                if n == 0 {
-                    break;
-                }
-            }
+            // Exactly one byte is in the socket while `signalled`: one read.
+            let mut sink = [0u8; 8];
+            let _ = (&self.rx).read(&mut sink);
             st.signalled = false;
         }
         std::mem::take(&mut st.ready).into_iter().collect()

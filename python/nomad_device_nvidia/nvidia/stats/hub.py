@@ -15,7 +15,8 @@ Two ways in:
   every stream at that interval. Streams at one interval share one tick and
   one collection; each stream holds at most one answer (the latest) while its
   client is slow. Building, tracking the first set and closing an engine run
-  off the loop (`Offload`); `track` on a new fingerprint never waits.
+  off the loop (a `stats-open` thread each); `track` on a new fingerprint
+  never waits.
 - `collect` (a blocking caller: `probe`, the plugin's `stats` generator):
   one collection per call, on the caller's thread.
 """
@@ -26,6 +27,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from nomad_device_nvidia.nvidia.config import NvidiaConfig
 from nomad_device_nvidia.nvidia.device_watch import DeviceWatch, NvmlState
@@ -34,7 +36,6 @@ from nomad_device_nvidia.nvidia.stats.choose import EngineOptions, StatsEngine, 
 from nomad_device_nvidia.nvidia.stats.contract import Ticker
 from nomad_device_nvidia.nvidia.stats.ticking import ticker_for
 from nomad_device_nvidia.sdk import StopEvent
-from nomad_device_nvidia.sdk.streams import Offload
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ Tracked = Callable[[], tuple[int, list[TrackedDevice]]]
 # (kind, extended, tick deadline, NVML epoch) an engine is built for
 Wanted = tuple[str, bool, float, int]
 _NONE: Wanted = ("", False, 0.0, -1)
-# Threads that build and close engines off the loop; idle ones exit.
-_OFFLOAD_WORKERS = 2
+T = TypeVar("T")
 
 
 def open_stats_engine(kind: str, options: EngineOptions) -> StatsEngine:
@@ -55,16 +55,21 @@ def interval_key(interval: float) -> int:
     return max(1, round(interval * 1e9))
 
 
-class _Subscriber:
+class Subscription:
     """One stream's side of the hub: at most one answer waiting (a newer one replaces it)."""
 
-    __slots__ = ("_ended", "_latest", "_loop", "_waiter")
+    __slots__ = ("_ended", "_latest", "_loop", "_waiter", "key")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: int) -> None:
         self._loop = loop
+        self.key = key
         self._latest: bytes | None = None
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     @property
     def waiting(self) -> bytes | None:
@@ -135,7 +140,7 @@ class StatsHub:
         self._built_for: Wanted = _NONE
         self._generation = -1
         # -- the event loop's path (`answers`); changed on the loop, swapped under _lock --
-        self._subs: dict[int, set[_Subscriber]] = {}
+        self._subs: dict[int, set[Subscription]] = {}
         self._last: dict[int, bytes] = {}  # the latest answer per interval, for a stream joining it
         self._ticker: Ticker | None = None
         self._ticker_engine: StatsEngine | None = None
@@ -146,7 +151,6 @@ class StatsHub:
         self._building = False
         self._timers: dict[int, asyncio.Handle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._offload = Offload(_OFFLOAD_WORKERS, "stats-open")
 
     # -- the event loop's path --
 
@@ -156,41 +160,75 @@ class StatsHub:
         ticker = self._ticker
         return ticker.collections if ticker is not None else 0
 
-    async def off_loop(self, fn: Callable[[], bool]) -> bool:
-        """Run a blocking `fn` on the hub's offload threads."""
-        return await self._offload.run(fn)
+    @staticmethod
+    async def off_loop(fn: Callable[[], T]) -> T:
+        """Run a blocking `fn` on a `stats-open` thread of its own, which ends with it.
 
-    async def answers(self, interval: float, stop: threading.Event) -> AsyncIterator[bytes]:
-        """On the event loop: one answer per `interval` (b"" while NVML is not ready) until `stop`.
-
-        Ends (returns) when `stop` is set, the hub closes or the plugin is disabled by config.
+        For the rare work of a stream's life (building and closing an engine, the
+        first stream's wait for the first scan): no thread stays for it between.
         """
         loop = asyncio.get_running_loop()
-        key = interval_key(interval)
-        sub = _Subscriber(loop)
+        done: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if done.done():
+                return
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+
+        def work() -> None:
+            try:
+                value: Any = fn()
+                ok = True
+            except BaseException as exc:  # handed to the awaiting coroutine
+                value, ok = exc, False
+            try:
+                loop.call_soon_threadsafe(settle, ok, value)
+            except RuntimeError:  # the loop is closed: the process is stopping
+                pass
+
+        threading.Thread(target=work, name="stats-open", daemon=True).start()
+        try:
+            return await done
+        finally:
+            del done  # no cycle through an exception's traceback
+
+    def subscribe(self, interval: float, stop: threading.Event) -> Subscription:
+        """On the event loop: a stream's subscription to answers every `interval` (b"" while NVML
+        is not ready); its `next()` gives None once `stop` is set, the hub closes or the plugin is
+        disabled by config. `unsubscribe` it when the stream ends."""
+        loop = asyncio.get_running_loop()
+        sub = Subscription(loop, interval_key(interval))
         if isinstance(stop, StopEvent):
             stop.on_set(sub.end_threadsafe)
         elif stop.is_set():
             sub.end()
-        self._subs.setdefault(key, set()).add(sub)
+        self._subs.setdefault(sub.key, set()).add(sub)
+        self._refresh(loop)
+        last = self._last.get(sub.key)
+        if last is not None and self._ticker is not None:
+            sub.offer(last)  # joins a running interval: its latest answer at once
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+                self._last.pop(sub.key, None)
+        self._refresh(sub.loop)
+
+    async def answers(self, interval: float, stop: threading.Event) -> AsyncIterator[bytes]:
+        """`subscribe` as an async iterator."""
+        sub = self.subscribe(interval, stop)
         try:
-            self._refresh(loop)
-            last = self._last.get(key)
-            if last is not None and self._ticker is not None:
-                sub.offer(last)  # joins a running interval: its latest answer at once
-            while True:
-                data = await sub.next()
-                if data is None:
-                    return
+            while (data := await sub.next()) is not None:
                 yield data
         finally:
-            subs = self._subs.get(key)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._subs[key]
-                    self._last.pop(key, None)
-            self._refresh(loop)
+            self.unsubscribe(sub)
 
     def _ready(self) -> bool:
         return self._watch.state is NvmlState.READY and self._watch.inventory is not None
@@ -240,11 +278,13 @@ class StatsHub:
             self._retire(loop)
             self._refresh(loop)
             return
-        if not self._config().enabled:
+        cfg = self._config()
+        if not cfg.enabled:
             log.info("plugin disabled by config; ending the stats stream")
             self._end_all()
             return
-        if not self._ready():
+        ready = self._ready()
+        if not ready:
             # While NVML is down: an empty StatsResponse (no groups), not stale figures.
             answers = [(key, b"") for key, _ in answers]
         for key, data in answers:
@@ -254,7 +294,15 @@ class StatsHub:
             self._last[key] = data
             for sub in subs:
                 sub.offer(data)
-        self._refresh(loop)
+        # The steady state costs three comparisons per answer; anything else is _refresh's.
+        if (not ready or self._building
+                or (cfg.stats_engine, cfg.extended_stats, cfg.health.call_timeout,
+                    self._watch.epoch) != self._ticker_built_for):
+            self._refresh(loop)
+        elif self._generation_now() != self._ticker_generation:
+            generation, devices = self._tracked()
+            ticker.track(devices)  # applied by the clock before its next collection
+            self._ticker_generation = generation
 
     def _empty_tick(self, loop: asyncio.AbstractEventLoop, key: int) -> None:
         """Without an engine (NVML not ready, or its build failed): b"" at the interval."""
@@ -275,7 +323,7 @@ class StatsHub:
 
     async def _build(self, loop: asyncio.AbstractEventLoop, wanted: Wanted) -> None:
         try:
-            built = await self._offload.run(lambda: self._open(wanted))
+            built = await self.off_loop(lambda: self._open(wanted))
         except (CallTimeout, RunnerClosed) as exc:
             log.warning("opening the stats engine: %s; trying again at the next tick", exc)
             built = None
@@ -335,7 +383,7 @@ class StatsHub:
             ticker.close()  # waits at most for the collection in progress
             self._drop(engine)
 
-        await self._offload.run(close)
+        await self.off_loop(close)
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, work: object) -> None:
         task: asyncio.Task[None] = loop.create_task(work)  # type: ignore[arg-type]

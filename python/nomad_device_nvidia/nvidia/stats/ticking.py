@@ -56,10 +56,9 @@ class ThreadTicker:
 
     def drain(self) -> list[tuple[int, bytes]]:
         with self._cond:
-            if self._signalled:
+            if self._signalled:  # exactly one byte is in the socket: one read
                 try:
-                    while self._rx.recv(64):
-                        pass
+                    self._rx.recv(8)
                 except BlockingIOError:
                     pass
                 self._signalled = False
