@@ -247,7 +247,7 @@ fn run<S: Source>(shared: &Shared, mut source: S) {
             .collect();
         let pending = st.pending_track.take();
         drop(st);
-        let mut open = pending.map_or(true, |d| source.track(d));
+        let mut open = pending.is_none_or(|d| source.track(d));
         open = open && source.collect_into(&mut buf);
         let after = Instant::now();
         st = shared.lock();
