@@ -151,6 +151,7 @@ class StatsHub:
         self._building = False
         self._timers: dict[int, asyncio.Handle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # engines being closed off the loop
 
     # -- the event loop's path --
 
@@ -247,6 +248,9 @@ class StatsHub:
         if not self._ready():
             self._retire(loop)
         elif not self._building and (self._ticker is None or self._wanted() != self._ticker_built_for):
+            # One engine at a time (each has its pool and NVML session): the old
+            # one goes first, and answers pause for the build, as they always did.
+            self._retire(loop)
             self._building = True
             self._cancel_timers()
             self._spawn(loop, self._build(loop, self._wanted()))
@@ -323,6 +327,8 @@ class StatsHub:
 
     async def _build(self, loop: asyncio.AbstractEventLoop, wanted: Wanted) -> None:
         try:
+            if self._closing:  # the engines let go close first (each waits at most one collection)
+                await asyncio.wait(set(self._closing))
             built = await self.off_loop(lambda: self._open(wanted))
         except (CallTimeout, RunnerClosed) as exc:
             log.warning("opening the stats engine: %s; trying again at the next tick", exc)
@@ -341,7 +347,7 @@ class StatsHub:
             return
         engine, ticker, generation = built
         if self._closed or not self._subs or not self._ready() or self._wanted() != wanted:
-            self._spawn(loop, self._close_off_loop(ticker, engine))  # stale by now
+            self._closing.add(self._spawn(loop, self._close_off_loop(ticker, engine)))  # stale by now
             self._refresh(loop)
             return
         self._retire(loop)
@@ -376,7 +382,7 @@ class StatsHub:
         if ticker is None:
             return
         loop.remove_reader(ticker.fileno())
-        self._spawn(loop, self._close_off_loop(ticker, engine))
+        self._closing.add(self._spawn(loop, self._close_off_loop(ticker, engine)))
 
     async def _close_off_loop(self, ticker: Ticker, engine: StatsEngine | None) -> None:
         def close() -> None:
@@ -385,10 +391,12 @@ class StatsHub:
 
         await self.off_loop(close)
 
-    def _spawn(self, loop: asyncio.AbstractEventLoop, work: object) -> None:
+    def _spawn(self, loop: asyncio.AbstractEventLoop, work: object) -> asyncio.Task[None]:
         task: asyncio.Task[None] = loop.create_task(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._closing.discard)
+        return task
 
     def _cancel_timers(self) -> None:
         for timer in self._timers.values():
