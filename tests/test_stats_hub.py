@@ -135,12 +135,15 @@ class World:
         self.devices = [TrackedDevice("GPU-a", "GPU-a", "g")]
         self.engines: list[FakeEngine] = []
         self.tickers: list[FakeTicker] = []
+        self.opened_alone: list[bool] = []
         self.hub = StatsHub(watch=self.watch, runner=self.runner, config=lambda: self.config,  # type: ignore[arg-type]
                             tracked=lambda: (self.generation, list(self.devices)),
                             generation=lambda: self.generation, open_engine=self._open,
                             make_ticker=self._ticker)
 
     def _open(self, kind: str, options: EngineOptions) -> StatsEngine:
+        # Never two engines at once: every earlier one is closed when a new one opens.
+        self.opened_alone.append(all(e.closed for e in self.engines))
         engine = FakeEngine(kind, options)
         self.engines.append(engine)
         return engine
@@ -219,6 +222,20 @@ def test_streams_at_two_intervals_subscribe_both_and_get_their_own() -> None:
     run(body)
 
 
+def test_a_stream_reopened_at_once_gets_an_engine_after_the_last_one_closed() -> None:
+    async def body(w: World) -> None:
+        first = Stream(w, 1.0)
+        await until(lambda: bool(w.tickers) and bool(w.ticker.intervals))
+        await first.end()
+        again = Stream(w, 1.0)  # Nomad reopens the stream
+        await until(lambda: len(w.tickers) == 2 and bool(w.ticker.intervals))
+        assert w.opened_alone == [True, True]
+        w.ticker.fire()
+        assert await again.next() == b"native:1"
+        await again.end()
+    run(body)
+
+
 def test_a_stream_joining_a_running_interval_gets_its_latest_answer_at_once() -> None:
     async def body(w: World) -> None:
         first = Stream(w, 1.0)
@@ -252,6 +269,7 @@ def test_the_engine_is_rebuilt_on_a_config_or_epoch_change() -> None:
         await until(lambda: w.engines[1].closed)
         assert not w.engines[2].closed
         assert w.watch.engines == {w.engines[2]}
+        assert w.opened_alone == [True, True, True]
         await s.end()
     run(body)
 
