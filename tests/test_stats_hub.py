@@ -301,6 +301,11 @@ def test_while_nvml_is_down_streams_get_empty_answers_and_no_engine() -> None:
         fast = Stream(w, 0.01)
         assert await fast.next() == b""  # at once, as the first tick of a stream
         assert await fast.next() == b""  # and at the interval
+        slow = Stream(w, 3600.0)
+        late = Stream(w, 3600.0)
+        assert await slow.next() == await late.next() == b""  # each at once, the interval notwithstanding
+        await slow.end()
+        await late.end()
         assert not w.engines
         w.watch.state, w.watch.inventory = NvmlState.READY, object()
         await until(lambda: bool(w.tickers) and bool(w.ticker.intervals))

@@ -206,11 +206,20 @@ class StatsHub:
             stop.on_set(sub.end_threadsafe)
         elif stop.is_set():
             sub.end()
+        if self._closed:
+            sub.end()
+            return sub
+        joined = sub.key in self._subs
         self._subs.setdefault(sub.key, set()).add(sub)
         self._refresh(loop)
-        last = self._last.get(sub.key)
-        if last is not None and self._ticker is not None:
-            sub.offer(last)  # joins a running interval: its latest answer at once
+        if joined:
+            # Its first answer at once, as every stream's: the interval's latest,
+            # or an empty one while there is no engine to collect from.
+            last = self._last.get(sub.key)
+            if self._ticker is not None and last is not None:
+                sub.offer(last)
+            elif self._ticker is None and not self._building:
+                sub.offer(b"")
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -379,6 +388,7 @@ class StatsHub:
             self._ticker = self._ticker_engine = None
         self._subscribed = ()
         self._ticker_built_for = _NONE
+        self._last.clear()  # answers of that engine: none is offered once it is gone
         if ticker is None:
             return
         loop.remove_reader(ticker.fileno())
