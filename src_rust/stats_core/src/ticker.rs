@@ -72,7 +72,7 @@ struct State {
     pending_track: Option<Vec<TrackedDevice>>,
     /// Answers not taken yet: at most one per interval.
     ready: BTreeMap<u64, Arc<Vec<u8>>>,
-    /// A byte is in the socket for the answers (or the close) not taken yet.
+    /// The loop was told of the answers (or the close) not taken yet.
     signalled: bool,
     stop: bool,
     closed: bool,
@@ -91,12 +91,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn signal(&self, st: &mut State) {
-        if !st.signalled {
-            st.signalled = true;
-            // Non-blocking, and at most one byte is ever in the socket.
-            let _ = (&self.tx).write(&[1]);
-        }
+    /// Marks answers as waiting; true when the loop must be told (the
+    /// caller writes the byte once it has let go of the lock, so that the
+    /// loop it wakes does not find the lock taken and sleep again on it).
+    fn mark(st: &mut State) -> bool {
+        !std::mem::replace(&mut st.signalled, true)
+    }
+
+    fn write_byte(&self) {
+        // Non-blocking; at most two bytes are ever in the socket (one per
+        // mark between two drains, each of which reads them all).
+        let _ = (&self.tx).write(&[1]);
     }
 }
 
@@ -170,12 +175,11 @@ impl Ticker {
     /// first; empties the socket.
     pub fn drain(&self) -> Vec<(u64, Arc<Vec<u8>>)> {
         let mut st = self.shared.lock();
-        if st.signalled {
-            // Exactly one byte is in the socket while `signalled`: one read.
-            let mut sink = [0u8; 8];
-            let _ = (&self.rx).read(&mut sink);
-            st.signalled = false;
-        }
+        // Always one read: the byte of a mark may come after an earlier drain
+        // took its answers; that wake then finds none, and reads the byte.
+        let mut sink = [0u8; 8];
+        let _ = (&self.rx).read(&mut sink);
+        st.signalled = false;
         std::mem::take(&mut st.ready).into_iter().collect()
     }
 
@@ -250,14 +254,18 @@ fn run<S: Source>(shared: &Shared, mut source: S) {
         let mut open = pending.is_none_or(|d| source.track(d));
         open = open && source.collect_into(&mut buf);
         let after = Instant::now();
+        let answer = Arc::new(if open { buf.clone() } else { Vec::new() });
         st = shared.lock();
         st.collections += 1;
         if !open {
             st.closed = true;
-            shared.signal(&mut st);
+            let tell = Shared::mark(&mut st);
+            drop(st);
+            if tell {
+                shared.write_byte();
+            }
             return;
         }
-        let answer = Arc::new(buf.clone());
         let mut any = false;
         for k in due {
             // Dropped meanwhile: nobody wants this answer.
@@ -273,9 +281,12 @@ fn run<S: Source>(shared: &Shared, mut source: S) {
             st.ready.insert(k, Arc::clone(&answer));
             any = true;
         }
-        if any {
-            shared.signal(&mut st);
+        let tell = any && Shared::mark(&mut st);
+        drop(st);
+        if tell {
+            shared.write_byte();
         }
+        st = shared.lock();
     }
 }
 
@@ -324,8 +335,9 @@ mod tests {
     /// Waits until the ticker's descriptor is readable (bounded: only a hang fails).
     fn wait_readable(t: &Ticker) {
         let give_up = Instant::now() + Duration::from_secs(20);
-        // The flag, not the socket, so that drain() still finds the byte.
-        while !t.shared.lock().signalled {
+        let mut b = [0u8; 1];
+        // Reads the byte: drain() finds the answers without it.
+        while !matches!((&t.rx).read(&mut b), Ok(1)) {
             assert!(Instant::now() < give_up, "no answer signalled");
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -56,12 +56,13 @@ class ThreadTicker:
 
     def drain(self) -> list[tuple[int, bytes]]:
         with self._cond:
-            if self._signalled:  # exactly one byte is in the socket: one read
-                try:
-                    self._rx.recv(8)
-                except BlockingIOError:
-                    pass
-                self._signalled = False
+            # Always one read: the byte of a mark may come after an earlier drain
+            # took its answers; that wake then finds none, and reads the byte.
+            try:
+                self._rx.recv(8)
+            except BlockingIOError:
+                pass
+            self._signalled = False
             ready, self._ready = self._ready, {}
         return sorted(ready.items())
 
@@ -89,13 +90,17 @@ class ThreadTicker:
         self._rx.close()
         self._tx.close()
 
-    def _signal(self) -> None:  # under self._cond
-        if not self._signalled:
-            self._signalled = True
-            try:
-                self._tx.send(b"\x01")
-            except OSError:  # closed meanwhile: nobody is watching
-                pass
+    def _mark(self) -> bool:  # under self._cond
+        """Answers wait; True when the loop must be told (outside the lock, so that the
+        loop it wakes does not find the lock taken)."""
+        told, self._signalled = self._signalled, True
+        return not told
+
+    def _tell(self) -> None:
+        try:
+            self._tx.send(b"\x01")
+        except OSError:  # closed meanwhile: nobody is watching
+            pass
 
     def _run(self) -> None:
         with self._cond:
@@ -119,8 +124,10 @@ class ThreadTicker:
                 self._collections += 1
                 if data is None:
                     self._closed = True
-                    self._signal()
+                    if self._mark():
+                        self._tell()
                     return
+                delivered = False
                 for k in due:
                     if k not in self._due:
                         continue  # dropped meanwhile
@@ -128,8 +135,13 @@ class ThreadTicker:
                     nxt = self._due[k] + k / 1e9
                     self._due[k] = nxt if nxt > after else after + k / 1e9
                     self._ready[k] = data
-                if due:
-                    self._signal()
+                    delivered = True
+                if delivered and self._mark():
+                    self._cond.release()
+                    try:
+                        self._tell()
+                    finally:
+                        self._cond.acquire()
 
     def _collect(self, pending: list[TrackedDevice] | None) -> bytes | None:
         try:
