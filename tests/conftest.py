@@ -73,6 +73,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     "test_stats_differential.py": ("sim",),
     "test_stats_end_to_end.py": ("sim",),
     "test_stats_engines.py": ("sim",),
+    "test_stats_hub.py": ("inprocess",),
+    "test_stats_shared.py": ("sim",),
     "test_transport.py": ("sim",),
     "test_upgrade.py": ("sim", "slow"),
     "test_wheel.py": ("sim", "slow"),

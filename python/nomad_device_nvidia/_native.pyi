@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import final
 
-__all__ = ["Lanes", "StatsEngine", "__version__"]
+__all__ = ["Lanes", "StatsEngine", "StatsTicker", "__version__"]
 __version__: str
 
 @final
@@ -51,3 +51,24 @@ class Lanes:
     def holder(self, key: str) -> tuple[int, float, str] | None: ...
     def held(self) -> list[tuple[str, int, float, str]]:
         """Every lane held now: (key, owner, seconds held, what)."""
+
+@final
+class StatsTicker:
+    """The clock of one StatsEngine: a Rust thread that collects whenever a
+    subscribed interval is due and makes fileno() readable once for the
+    answers waiting (one per interval, the latest)."""
+
+    def __new__(cls, engine: StatsEngine) -> StatsTicker: ...
+    def fileno(self) -> int: ...
+    def set_intervals(self, intervals_ns: Sequence[int]) -> None:
+        """Subscribe exactly these intervals (ns); a new one is due at once."""
+    def track(self, devices: Sequence[tuple[str, str, str, str]]) -> None:
+        """The tracked set, as (device_id, uuid, group, gpu), for the next collection; never waits."""
+    def drain(self) -> list[tuple[int, bytes]]:
+        """(interval in ns, serialized StatsResponse) for each answer waiting."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def collections(self) -> int: ...
+    def close(self) -> None:
+        """Stop the clock; waits at most for the collection in progress."""

@@ -171,6 +171,7 @@ func runSession(args []string) error {
 	fingerprints := fs.Int("fingerprints", 1, "fingerprint responses to wait for")
 	fpWait := fs.Duration("fingerprint-wait", 0, "keep the fingerprint stream open this long after the responses waited for, printing any more")
 	nstats := fs.Int("stats", 0, "stats responses to wait for and print")
+	nstreams := fs.Int("stats-streams", 1, "Stats streams to open at the interval, one after another; with more than one, each answer names its \"stream\" (0, 1, ...)")
 	interval := fs.Duration("interval", time.Second, "stats collection interval sent to the plugin")
 	var reserves listFlag
 	fs.Var(&reserves, "reserve", "comma-separated device IDs to Reserve (repeatable; empty string: no IDs)")
@@ -221,14 +222,24 @@ func runSession(args []string) error {
 		return atStage("fingerprint", fmt.Errorf("fingerprint stream failed: %s", fpErrs[0]))
 	}
 	if statsLimit > 0 {
-		sch, err := s.dev.Stats(st.ctx, *interval)
-		if err != nil {
-			return atStage("stats", err)
+		var all []*watcher
+		for i := 0; i < max(1, *nstreams); i++ {
+			sch, err := s.dev.Stats(st.ctx, *interval)
+			if err != nil {
+				return atStage("stats", err)
+			}
+			var tag fields
+			if *nstreams > 1 {
+				tag = fields{"stream": i}
+			}
+			all = append(all, watchStats(sch, tag, statsLimit, false))
 		}
-		st.st = watchStats(sch, nil, statsLimit, false)
-		if err := st.st.waitCount(statsLimit, o.timeout+time.Duration(statsLimit)*(*interval)); err != nil {
-			emit("streams_closed", st.close(o.timeout))
-			return atStage("stats", err)
+		st.st = all[0]
+		for _, w := range all {
+			if err := w.waitCount(statsLimit, o.timeout+time.Duration(statsLimit)*(*interval)); err != nil {
+				emit("streams_closed", st.close(o.timeout))
+				return atStage("stats", err)
+			}
 		}
 	}
 

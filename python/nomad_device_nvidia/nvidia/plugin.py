@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nomad_device_nvidia.nvidia import grouping, mps
@@ -82,7 +82,8 @@ class NvidiaDevicePlugin(DevicePlugin):
             on_change=self._wake_streams,
             scan=scan,
         )
-        self._stats = StatsHub(watch=self._watch, runner=self._runner, config=lambda: self._config, tracked=self._tracked)
+        self._stats = StatsHub(watch=self._watch, runner=self._runner, config=lambda: self._config,
+                               tracked=self._tracked, generation=lambda: self._offered_generation)
         self._mps = mps.MpsWatch(config=lambda: self._config, on_change=self._wake_streams)
         self._mps_plan: dict[str, mps.Daemon | str] = {}
         self._closed = False
@@ -242,6 +243,29 @@ class NvidiaDevicePlugin(DevicePlugin):
             # _COALESCE_S, not one each: the first is not delayed.
             if time.monotonic() < answered + _COALESCE_S:
                 stop.wait(answered + _COALESCE_S - time.monotonic())
+
+    def stats_stream(self, interval: float, stop: threading.Event) -> AsyncIterator[bytes]:
+        """The server's Stats path: answered on the event loop from the stats hub's clock."""
+        return self._stats_stream(interval, stop)
+
+    async def _stats_stream(self, interval: float, stop: threading.Event) -> AsyncIterator[bytes]:
+        if not self._config.enabled:
+            raise PluginDisabled()
+        if self._closed:
+            return  # a late call after shutdown: nothing may open NVML again
+        self._watch.start()
+        # The first stream of a process waits (bounded, off the loop) for the first scan.
+        if not (self._watch.wait_first(0) and self._mps.wait_known(0)):
+            if not await self._stats.off_loop(lambda: self._start_watch(stop)):
+                return
+        if self._closed:
+            return
+        sub = self._stats.subscribe(interval, stop)
+        try:
+            while (data := await sub.next()) is not None:
+                yield data
+        finally:
+            self._stats.unsubscribe(sub)
 
     def stats(self, interval: float, stop: threading.Event) -> Generator[bytes, None, None]:
         if not self._config.enabled:

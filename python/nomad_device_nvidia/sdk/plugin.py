@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the models and protobuf load after the handshake line, not with the interface
@@ -51,6 +51,18 @@ class DevicePlugin(abc.ABC):
         serialized StatsResponse as bytes; they are sent untouched. See
         `sdk.convert.stats_bytes` for what each yielded item becomes.
         """
+
+    def stats_stream(self, interval: float, stop: threading.Event) -> AsyncIterator[StatsItem] | None:
+        """Optional: the Stats stream as an async iterator run on the server's event loop.
+
+        Return None (the default) and the service runs `stats` on a thread of
+        its own instead. Return an async iterator to answer from the event loop
+        with no thread per stream: it is called and iterated on the loop, so it
+        must never block (hand blocking work to threads of the plugin's own and
+        await it); it yields what `stats` would, one item per `interval`, and
+        returns soon after `stop` is set (the service also stops taking items).
+        """
+        return None
 
     @abc.abstractmethod
     def reserve(self, device_ids: Sequence[str]) -> Reservation:

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import grpc.aio
@@ -107,6 +107,9 @@ class _Deferred(DevicePlugin):
 
     def stats(self, interval: float, stop: threading.Event) -> Iterator[Any]:
         return iter(self.get().stats(interval, stop))
+
+    def stats_stream(self, interval: float, stop: threading.Event) -> AsyncIterator[Any] | None:
+        return self.get().stats_stream(interval, stop)
 
     def reserve(self, device_ids: Sequence[str]) -> Reservation:
         return self.get().reserve(device_ids)

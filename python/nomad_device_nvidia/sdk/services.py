@@ -1,8 +1,9 @@
 """Nomad's BasePlugin and DevicePlugin services over a `DevicePlugin`, for grpc.aio.
 
 The handlers run on the event loop and never block it: a stream runs the
-plugin's iterator on a thread of its own (`streams.pump`), SetConfig and
-Reserve run on the offload pool, PluginInfo and ConfigSchema answer inline.
+plugin's iterator on a thread of its own (`streams.pump`), unless the plugin
+answers Stats from the loop itself (`DevicePlugin.stats_stream`); SetConfig
+and Reserve run on the offload pool, PluginInfo and ConfigSchema answer inline.
 
 The Stats stream is registered with an identity serializer: a plugin may
 yield already serialized StatsResponse bytes (the Rust engine does), and
@@ -283,6 +284,19 @@ class DevicePluginService:
                 yield stats_bytes(item)
 
         try:
+            # On the loop when the plugin can (no thread, no hand-over per answer).
+            items = self._plugin.stats_stream(interval, stop)
+            if items is not None:
+                try:
+                    async for item in items:
+                        if stop.is_set():
+                            return
+                        yield stats_bytes(item)
+                finally:
+                    aclose = getattr(items, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                return
             async for answer in pump(answers, stop, "stats"):
                 yield answer
         except Exception as exc:

@@ -5,11 +5,13 @@ use pyo3::prelude::*;
 
 mod lanes;
 mod stats_engine;
+mod stats_ticker;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<stats_engine::StatsEngine>()?;
     m.add_class::<lanes::Lanes>()?;
+    m.add_class::<stats_ticker::StatsTicker>()?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `StatsEngine`: the Python face of stats_core::Engine. Every call that
 //! touches NVML (open, each tick, close) runs with the GIL released.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -14,8 +14,9 @@ use crate::lanes::Lanes;
 #[pyclass(frozen, module = "nomad_device_nvidia._native")]
 pub struct StatsEngine {
     // None once closed. A Mutex, not a borrow flag, so that the fingerprint
-    // thread's track() simply waits for a running tick.
-    engine: Mutex<Option<Engine>>,
+    // thread's track() simply waits for a running tick. Shared with the
+    // engine's clock (stats_ticker.rs), which stops once it finds it closed.
+    engine: Arc<Mutex<Option<Engine>>>,
     // The encode buffer, reused: a fresh multi-100-KB buffer per tick costs
     // an mmap, page faults and an munmap each time.
     scratch: Mutex<Vec<u8>>,
@@ -31,6 +32,11 @@ fn closed() -> PyErr {
 impl StatsEngine {
     fn lock(&self) -> MutexGuard<'_, Option<Engine>> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The engine, for its clock.
+    pub(crate) fn shared(&self) -> Arc<Mutex<Option<Engine>>> {
+        Arc::clone(&self.engine)
     }
 }
 
@@ -73,7 +79,7 @@ impl StatsEngine {
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         Ok(StatsEngine {
             log: engine.log_sink(),
-            engine: Mutex::new(Some(engine)),
+            engine: Arc::new(Mutex::new(Some(engine))),
             scratch: Mutex::new(Vec::new()),
         })
     }

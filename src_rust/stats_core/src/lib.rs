@@ -11,6 +11,7 @@ pub mod lanes;
 pub mod nvml;
 pub mod pool;
 pub mod sample;
+pub mod ticker;
 pub mod vocabulary;
 pub mod xid;
 
@@ -18,3 +19,4 @@ pub use engine::{Engine, EngineConfig, Level, LogEvent, LogSink, TrackedDevice, 
 pub use lanes::{Held, Hold, Lanes};
 pub use nvml::{Nvml, NvmlError, DEFAULT_LIBRARY};
 pub use sample::{DeviceSample, Extended, GpmReadings, ReadOptions, Reading};
+pub use ticker::{SharedEngine, Source, Ticker};

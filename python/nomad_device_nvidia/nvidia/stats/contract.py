@@ -41,6 +41,38 @@ class StatsEngine(Protocol):
     def close(self) -> None: ...
 
 
+class Ticker(Protocol):
+    """An engine's clock, as the event loop sees it (stats/ticking.py, or the Rust one).
+
+    One thread per engine collects whenever a subscribed interval is due and
+    makes `fileno()` readable once for the answers waiting; the loop watches
+    it (`loop.add_reader`) and takes them with `drain`. Only `close` may wait
+    (for a collection in progress, at most the engine's deadline): it runs off
+    the loop. Intervals are integer nanoseconds, so that keys compare exactly.
+    """
+
+    def fileno(self) -> int: ...
+
+    def set_intervals(self, intervals_ns: Sequence[int]) -> None:
+        """Subscribe exactly these; one not subscribed before is due at once."""
+
+    def track(self, devices: Sequence[TrackedDevice]) -> None:
+        """The tracked set, applied before the next collection; never waits."""
+
+    def drain(self) -> list[tuple[int, bytes]]:
+        """The answers waiting: at most one per interval (the latest)."""
+
+    @property
+    def closed(self) -> bool:
+        """The engine was found closed: no more answers come."""
+
+    @property
+    def collections(self) -> int:
+        """Collections so far, each shared by every interval due at its moment."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Tuning shared by both engines (the python engine ignores the pool knobs)."""

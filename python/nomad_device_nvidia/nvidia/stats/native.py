@@ -35,12 +35,52 @@ class NativeStatsEngine:
         self._flush_log()
         return data
 
+    def ticker(self) -> NativeTicker:
+        """The engine's clock: a Rust thread that collects and signals the loop once per answer."""
+        return NativeTicker(self)
+
     def close(self) -> None:
         self._engine.close()
         # The log outlives the Rust engine: this takes what close() itself
         # logged (a read still hung) along with anything not yet taken.
         self._flush_log()
 
+    def flush_log(self) -> None:
+        self._flush_log()
+
     def _flush_log(self) -> None:
         for level, message in self._engine.take_log():
             log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", message)
+
+
+class NativeTicker:
+    """`contract.Ticker` over ``_native.StatsTicker``; the engine's log is taken at each drain."""
+
+    def __init__(self, engine: NativeStatsEngine) -> None:
+        self._owner = engine
+        self._ticker = _native.StatsTicker(engine._engine)
+
+    def fileno(self) -> int:
+        return int(self._ticker.fileno())
+
+    def set_intervals(self, intervals_ns: Sequence[int]) -> None:
+        self._ticker.set_intervals(list(intervals_ns))
+
+    def track(self, devices: Sequence[TrackedDevice]) -> None:
+        self._ticker.track([(d.device_id, d.uuid, d.group, d.gpu) for d in devices])
+
+    def drain(self) -> list[tuple[int, bytes]]:
+        answers: list[tuple[int, bytes]] = self._ticker.drain()
+        self._owner.flush_log()
+        return answers
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._ticker.closed)
+
+    @property
+    def collections(self) -> int:
+        return int(self._ticker.collections)
+
+    def close(self) -> None:
+        self._ticker.close()
