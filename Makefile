@@ -7,7 +7,9 @@ PY ?= python3
 VENV := $(CURDIR)/.venv
 VPY := $(VENV)/bin/python
 BUILD := $(CURDIR)/build
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/nomad-device-nvidia/cargo-target
+# One cargo target dir per checkout: cargo judges our crates fresh by mtime, so a
+# checkout whose files are older than another checkout's build would reuse it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/nomad-device-nvidia/cargo-targets/$(shell printf '%s' '$(CURDIR)' | sha256sum | cut -c1-12)
 export GOFLAGS ?= -mod=readonly
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)

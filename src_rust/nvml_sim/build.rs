@@ -12,7 +12,9 @@ fn main() {
 /// as a table the simulator compiles in: `driver.branch` is checked against it, and the
 /// branch's driver version is the default of `driver.version`.
 fn branch_table() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("branches");
+    // Read when the script runs, not baked in when it is compiled.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it");
+    let dir = Path::new(&manifest).join("branches");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("src_rust/nvml_sim/branches")

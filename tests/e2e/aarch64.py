@@ -132,8 +132,10 @@ def ensure_rootfs() -> Path:
 def build_sim_lib() -> Path:
     """The simulated NVML driver for aarch64 (Debian's cross gcc links it), as build/aarch64/libnvidia-ml.so.1."""
     env = dict(os.environ, CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="aarch64-linux-gnu-gcc")
+    # The Makefile's per-checkout target dir, when run outside make.
+    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
     target_dir = Path(env.setdefault("CARGO_TARGET_DIR", str(Path.home() / ".cache" / "nomad-device-nvidia"
-                                                            / "cargo-target")))
+                                                            / "cargo-targets" / checkout)))
     if subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True,
                       timeout=60).stdout.split().count(TARGET) == 0:
         _run("rustup target add", ["rustup", "target", "add", TARGET], 600)
