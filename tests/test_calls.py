@@ -230,6 +230,8 @@ def wait_until(what: str, cond: Callable[[], bool]) -> None:
 
 def test_a_gpu_lane_held_by_the_stats_engine_is_waited_for_then_refused_once_stuck(runner: Executor) -> None:
     runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read")
+    # Shutdown counts it as a call of ours still in NVML.
+    assert runner.held_elsewhere() == 1 and runner.live() == 0
     # Another GPU and the system lane are not held up.
     assert runner.call("GPU-b", quick, 1) == 1 and runner.call("system", quick, 2) == 2
     wait_until("the engine's read is past the deadline", lambda: "GPU-a" in runner.stuck())
@@ -245,7 +247,7 @@ def test_a_gpu_lane_held_by_the_stats_engine_is_waited_for_then_refused_once_stu
     assert runner.run("probe", probe) is False, "a probe skips the GPU at once"
     # The read returns: the GPU's lane is free for the plugin's work again.
     assert runner.lanes.release("GPU-a", ENGINE)
-    assert runner.call("GPU-a", quick, 3) == 3 and runner.stuck() == {}
+    assert runner.call("GPU-a", quick, 3) == 3 and runner.stuck() == {} and runner.held_elsewhere() == 0
 
 
 def test_the_stats_engine_finds_the_lane_of_a_gpu_stuck_in_a_job(runner: Executor) -> None:
@@ -253,6 +255,7 @@ def test_the_stats_engine_finds_the_lane_of_a_gpu_stuck_in_a_job(runner: Executo
     job = runner.submit("GPU-a", lambda c: c(nvmlDeviceGetPowerUsage, gate), what="a scan")
     holder = runner.lanes.holder("GPU-a")
     assert holder is not None and holder[2] == "a scan", holder
+    assert runner.held_elsewhere() == 0, "a job's own GPU lane is not the engine's"
     assert runner.lanes.try_hold("GPU-a", ENGINE, "the stats engine's read") is not None
     with pytest.raises(CallTimeout):
         runner.wait(job)

@@ -124,8 +124,10 @@ class NvidiaDevicePlugin(DevicePlugin):
         stopped = self._watch.stop(_SHUTDOWN_WAIT_S)
         self._runner.close()
         # nvmlShutdown only once nothing of ours is inside NVML any more. The event
-        # watcher's wait is one on purpose: NVML is shut down when it returns.
-        if not stopped or self._runner.live(besides=EVENTS):
+        # watcher's wait is one on purpose: NVML is shut down when it returns. A read
+        # of the closed stats engine that never returned is one too, whichever side
+        # (a probe or that engine) found the GPU stuck first.
+        if not stopped or self._runner.live(besides=EVENTS) or self._runner.held_elsewhere():
             log.warning("an NVML call is still in progress; leaving NVML initialised")
             return
         self._watch.close_session()

@@ -247,6 +247,13 @@ class Executor:
         with self._cond:
             return sum(1 for job in self._running if besides is None or job.lane != besides)
 
+    def held_elsewhere(self) -> int:
+        """GPU lanes held by the native stats engine now: after it is closed, its reads that
+        have not returned (each keeps its own NVML reference, so nobody waits for them)."""
+        with self._cond:
+            mine = {id(job) for job in self._running} | {id(job) for job in self._lanes.values()}
+        return sum(1 for _key, owner, _held_for, _what in self._table.held() if owner not in mine)
+
     def overdue_on(self, lane: Hashable) -> str:
         """The overdue call of whoever holds `lane` (a job, on its own lane or one it holds,
         or the native stats engine on a GPU's lane), else ""."""
