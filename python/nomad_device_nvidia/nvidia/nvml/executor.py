@@ -199,6 +199,7 @@ class Executor:
         # goes to the worker that idled last, so the others time out and exit.
         self._sleepers: list[threading.Condition] = []
         self._freed = threading.Condition(lock)  # submitters wait here for a busy lane
+        self._freed_waiters = 0  # how many: a lane given back notifies only when someone waits
         self._queue: deque[Job[object]] = deque()
         self._lanes: dict[Hashable, Job[object]] = {}  # lane -> job started or queued there
         self._running: set[Job[object]] = set()  # jobs a worker is running
@@ -333,7 +334,7 @@ class Executor:
                 wait = pause(busy)
                 if wait is None:
                     return None
-                self._freed.wait(wait)
+                self._wait_freed(wait)
 
     def wait(self, job: Job[T]) -> T:
         """The job's result; CallTimeout as soon as one of its calls passes the deadline."""
@@ -380,7 +381,7 @@ class Executor:
         with self._cond:
             if claim is not None and self._lanes.get(lane) is claim:
                 self._give_back(lane, claim)  # type: ignore[arg-type]
-                self._freed.notify_all()
+                self._notify_freed()
 
     def _hold(self, job: Job[object], lane: Hashable, until: float) -> bool:
         with self._cond:
@@ -393,13 +394,13 @@ class Executor:
                 if self._closed or now >= until or busy.overdue(self._timeout, now):
                     return False
                 # A lane the native engine holds frees without a notify here: polled.
-                self._freed.wait(min(until - now, _POLL_S))
+                self._wait_freed(min(until - now, _POLL_S))
 
     def _release(self, job: Job[object], lane: Hashable) -> None:
         with self._cond:
             if lane != job.lane and self._lanes.get(lane) is job:
                 self._give_back(lane, job)
-                self._freed.notify_all()
+                self._notify_freed()
             job.held.discard(lane)
 
     # -- the lanes (under self._cond) --
@@ -422,6 +423,19 @@ class Executor:
             self._table.release(lane, id(job))  # type: ignore[arg-type]
 
     # -- internals (under self._cond) --
+
+    def _wait_freed(self, timeout: float) -> None:
+        self._freed_waiters += 1
+        try:
+            self._freed.wait(timeout)
+        finally:
+            self._freed_waiters -= 1
+
+    def _notify_freed(self) -> None:
+        # A probe round gives back a lane per GPU; notify_all costs a lock round trip
+        # even with nobody waiting.
+        if self._freed_waiters:
+            self._freed.notify_all()
 
     def _slice(self, job: Job[object] | Job[T]) -> float:
         # Until the call in flight would be overdue, so a waiter wakes once a call;
@@ -505,7 +519,7 @@ class Executor:
                             self._give_back(lane, job)
                     job.held.clear()
                     self._idle += 1
-                    self._freed.notify_all()
+                    self._notify_freed()
                     if was_stuck:
                         callbacks = list(self._on_return)
                         self._cond.release()
