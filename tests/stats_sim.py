@@ -135,12 +135,22 @@ def value_form(v: object) -> object:
     return v.int_numerator_val.value  # type: ignore[attr-defined]
 
 
+# The tick deadline of tests that compare values: one a hang misses, not a loaded machine
+# (ten test workers on two cores), where a 1 s deadline turns a device's values into N/A.
+PATIENT_S = 30.0
+
+
+def patient_engine(kind: str = "native", extended: bool = False) -> StatsEngine:
+    """make_stats_engine with the PATIENT_S tick deadline."""
+    return make_stats_engine(kind, extended, options=EngineOptions(timeout=PATIENT_S))
+
+
 @contextmanager
 def tracking(
     kind: str, devices: list[TrackedDevice], extended: bool = False, *, options: EngineOptions | None = None
 ) -> Iterator[StatsEngine]:
     """A new engine of `kind` (make_stats_engine's arguments) tracking `devices`, closed on leaving."""
-    engine = make_stats_engine(kind, extended, options=options)
+    engine = make_stats_engine(kind, extended, options=options or EngineOptions(timeout=PATIENT_S))
     try:
         engine.track(devices)
         yield engine

@@ -12,10 +12,20 @@ from typing import Any
 
 import pynvml
 import pytest
-from stats_sim import MIXED_GPUS, XID_EVENTS, decode, nvml_session, tracked_devices, tracking, value_form, write
+from stats_sim import (
+    MIXED_GPUS,
+    XID_EVENTS,
+    decode,
+    nvml_session,
+    patient_engine,
+    tracked_devices,
+    tracking,
+    value_form,
+    write,
+)
 from test_nvidia_sim import devices, scenario, stream
 
-from nomad_device_nvidia.nvidia.stats.choose import TrackedDevice, make_stats_engine
+from nomad_device_nvidia.nvidia.stats.choose import TrackedDevice
 from nomad_device_nvidia.nvidia.stats.python import GPM_MIN_INTERVAL
 
 UTILIZATION = ("GPU utilization", "Memory utilization", "Encoder utilization", "Decoder utilization")
@@ -73,7 +83,7 @@ def test_both_engines_count_xids_whatever_the_driver_answers(tmp_path: Path, ear
         expected = {pynvml.nvmlDeviceGetUUID(gpus[0]): 2, pynvml.nvmlDeviceGetUUID(gpus[1]): 0}
         for j in range(3):  # GPU 2's MIG instances
             expected[pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpus[2], j))] = 1
-        engines = {kind: make_stats_engine(kind, extended=True) for kind in ("native", "python")}
+        engines = {kind: patient_engine(kind, extended=True) for kind in ("native", "python")}
         got: dict[str, dict[str, object]] = {}
         try:
             for engine in engines.values():
@@ -112,7 +122,7 @@ stats.gpm_graphics_util = {{ kind = "counter", value = 10, step = 1 }}
     with nvml_session(write(tmp_path, text)):
         tracked = tracked_devices()
         dev = tracked[0].device_id
-        engine = make_stats_engine(kind, extended=True)
+        engine = patient_engine(kind, extended=True)
 
         def graphics() -> object:
             return value_form(by_device(engine.collect())[dev].stats.nested["GPM"].attributes["Graphics activity"])

@@ -15,7 +15,17 @@ from pathlib import Path
 import pynvml
 import pytest
 import sim_branches
-from stats_sim import MIXED, XID_EVENTS, decode, nvml_session, tracked_devices, tracking, value_form, write
+from stats_sim import (
+    MIXED,
+    XID_EVENTS,
+    decode,
+    nvml_session,
+    patient_engine,
+    tracked_devices,
+    tracking,
+    value_form,
+    write,
+)
 
 from nomad_device_nvidia.nvidia.stats import vocabulary as stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
@@ -151,7 +161,7 @@ def test_gpm_stats_of_gpus_and_mig_instances(tmp_path: Path, kind: str) -> None:
     with nvml_session(write(tmp_path, GPM)):
         devices = tracked_devices()
         gpus = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(4)]
-        engine = make_stats_engine(kind, extended=True)
+        engine = patient_engine(kind, extended=True)
         try:
             engine.track(devices)
             ticks = []
@@ -225,7 +235,7 @@ def test_extended_stats_count_xids_in_both_engines(tmp_path: Path) -> None:
             expected[pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpus[2], j))] = 1
         assert {d.device_id for d in devices} == set(expected)
         ghost = TrackedDevice("GPU-ghost", "GPU-00000000-0000-0000-0000-000000000000", "Ghost")
-        engines = [make_stats_engine(kind, extended=True) for kind in ("native", "python", "native")]
+        engines = [patient_engine(kind, extended=True) for kind in ("native", "python", "native")]
         try:
             for engine in engines:
                 engine.track([*devices, ghost])
@@ -245,7 +255,7 @@ def test_extended_stats_count_xids_in_both_engines(tmp_path: Path) -> None:
             for _ in range(2):  # counts stay: no new XIDs came due
                 for engine in engines:
                     assert counts(engine) == want
-            plain = make_stats_engine("native")
+            plain = patient_engine("native")
             plain.track(devices)
             assert all(not ds.stats.nested for g in decode(plain.collect()).groups for ds in g.instance_stats.values())
             plain.close()
@@ -411,7 +421,7 @@ def test_shares_of_a_gpu_are_read_once(tmp_path: Path, kind: str) -> None:
 
 
 def test_track_replaces_the_set(mixed: list[TrackedDevice]) -> None:
-    engine = make_stats_engine("native")
+    engine = patient_engine("native")
     try:
         engine.track(mixed)
         assert sum(len(g.instance_stats) for g in decode(engine.collect()).groups) == len(mixed)
@@ -428,7 +438,7 @@ def test_unknown_uuid_reads_na_and_warns(mixed: list[TrackedDevice], caplog: pyt
     ghost = TrackedDevice("GPU-ghost", "GPU-00000000-0000-0000-0000-000000000000", "Ghost")
     for kind in ("native", "python"):
         caplog.clear()
-        engine = make_stats_engine(kind)
+        engine = patient_engine(kind)
         try:
             engine.track([ghost])
             for _ in range(2):
@@ -472,7 +482,7 @@ def test_native_bytes_follow_the_vocabulary_table(tmp_path: Path) -> None:
     # stats/vocabulary.json writes them. (The python engine's map order is
     # protobuf's own; the other tests compare its contents.)
     with nvml_session(write(tmp_path, 'name = "stats-order"\n[[gpus]]\nmodel = "h100-sxm5-80gb"\n')):
-        engine = make_stats_engine("native", extended=True)
+        engine = patient_engine("native", extended=True)
         try:
             engine.track(tracked_devices())
             engine.collect()  # the first GPM tick has no interval; the second has every stat
@@ -551,13 +561,12 @@ memory_used_mib = 4096
 STATS_AT_BRANCH = """
 import json, sys
 from pathlib import Path
-from stats_sim import decode, nvml_session, tracked_devices
-from nomad_device_nvidia.nvidia.stats.choose import make_stats_engine
+from stats_sim import decode, nvml_session, patient_engine, tracked_devices
 out = {}
 with nvml_session(Path(sys.argv[1])):
     devices = tracked_devices()
     for kind in ("native", "python"):
-        engine = make_stats_engine(kind)
+        engine = patient_engine(kind)
         try:
             engine.track(devices)
             out[kind] = str(decode(engine.collect()))
