@@ -9,6 +9,7 @@ What NVML answers to make these results is covered over the simulated driver
 from __future__ import annotations
 
 import logging
+import threading
 
 import pynvml
 import pytest
@@ -161,6 +162,38 @@ def test_retain_forgets_devices_no_longer_found_without_telling(b: Book) -> None
     # Found again, it starts with a fresh XID list.
     b.book.mark_xid("GPU-a", 13)
     assert b.book.status("GPU-a") == (False, "XID 13 reported")
+
+
+def test_changes_made_together_are_told_once_and_seen_at_once(b: Book) -> None:
+    with b.book.together():
+        b.book.mark("GPU-a", READ, "x")
+        with b.book.together():  # nested: told when the outer block ends
+            b.book.mark("GPU-b", READ, "x")
+        assert b.changes == 0
+        b.book.clear("GPU-a", READ)
+        b.book.mark("GPU-a", LOST, "y")
+    assert b.changes == 1
+    with b.book.together():  # nothing changed: nothing to tell
+        b.book.mark("GPU-a", LOST, "y")
+    assert b.changes == 1
+
+    # A reader on another thread sees the block's changes all or none: here, all.
+    seen: list[tuple[bool, str]] = []
+    reading = threading.Event()
+
+    def read() -> None:
+        reading.set()
+        with b.book.together():
+            seen.extend(b.book.status(d) for d in ("GPU-c", "GPU-d"))
+
+    reader = threading.Thread(target=read)
+    with b.book.together():
+        reader.start()
+        assert reading.wait(60)
+        b.book.mark("GPU-c", READ, "z")
+        b.book.mark("GPU-d", READ, "z")
+    reader.join(60)
+    assert seen == [(False, "z"), (False, "z")]
 
 
 # --- the probe round's decisions ---

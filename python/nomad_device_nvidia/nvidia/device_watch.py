@@ -317,13 +317,14 @@ class DeviceWatch:
                 logging.INFO,
                 f"NVML initialised: {len(inventory.devices)} devices; {self.library(inventory.driver_version)}",
             )
-        for dev in inventory.devices:
-            failure = inventory.failures.get(dev.id)
-            if failure is not None:
-                self._book.failed(dev.id, failure)
-            else:
-                self._book.answered(dev.id)
-        self._book.retain(d.id for d in inventory.devices)
+        with self._book.together():  # one fingerprint update for the scan
+            for dev in inventory.devices:
+                failure = inventory.failures.get(dev.id)
+                if failure is not None:
+                    self._book.failed(dev.id, failure)
+                else:
+                    self._book.answered(dev.id)
+            self._book.retain(d.id for d in inventory.devices)
         with self._lock:
             self._inventory = inventory
             events = self._events
@@ -408,8 +409,9 @@ class DeviceWatch:
 
     def _driver_gone(self, reason: str, period: float) -> None:
         inventory = self.inventory
-        for dev in inventory.devices if inventory is not None else ():
-            self._book.mark(dev.id, DRIVER, f"{reason}; waiting for it to come back")
+        with self._book.together():
+            for dev in inventory.devices if inventory is not None else ():
+                self._book.mark(dev.id, DRIVER, f"{reason}; waiting for it to come back")
         with self._lock:
             events, self._events = self._events, None
             engines = list(self._engines)

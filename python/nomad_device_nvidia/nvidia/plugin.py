@@ -170,13 +170,14 @@ class NvidiaDevicePlugin(DevicePlugin):
         plan = self._mps.plan(cfg.mps, inventory.devices)
         with self._lock:
             self._mps_plan = plan
-        groups, offered = grouping.render(
-            inventory,
-            lambda device_id: self._status(device_id, plan),
-            cfg.ignored_gpu_ids,
-            cfg.sharing.shares,
-            group_by=cfg.group_by,
-        )
+        with self._book.together():  # every device's health as of one moment
+            groups, offered = grouping.render(
+                inventory,
+                lambda device_id: self._status(device_id, plan),
+                cfg.ignored_gpu_ids,
+                cfg.sharing.shares,
+                group_by=cfg.group_by,
+            )
         if plan:
             states = {d: mps.state(t, self._mps.reachability) for d, t in plan.items()}
             groups = mps.with_attribute(groups, offered, states)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from nomad_device_nvidia.nvidia.fingerprint import ScanFailure
 
@@ -61,15 +62,41 @@ class HealthBook:
     """Open conditions per device ID; thread-safe; calls `on_change` after a change."""
 
     def __init__(self, on_change: Callable[[], None]) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._conditions: dict[str, dict[str, str]] = {}
         self._xids: dict[str, list[int]] = {}  # distinct critical XIDs per device, in order seen
         self._on_change = on_change
+        self._depth = 0  # open together() blocks (of the thread holding the lock)
+        self._pending = False  # a change inside them, not yet told
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """The changes made inside are seen at once: readers wait for the block to end,
+        and `on_change` is called once after it. So the devices of one GPU go unhealthy
+        in one fingerprint update, not one at a time."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                tell = self._depth == 0 and self._pending
+                if tell:
+                    self._pending = False
+        if tell:
+            self._on_change()
+
+    def _changed(self) -> bool:
+        """Under the lock, after a change: whether to call `on_change` now (after releasing it)."""
+        if self._depth:
+            self._pending = True
+            return False
+        return True
 
     def _apply(self, change: Callable[[], bool]) -> None:
         with self._lock:
-            changed = change()
-        if changed:
+            tell = change() and self._changed()
+        if tell:
             self._on_change()
 
     def mark(self, device_id: str, cause: str, description: str) -> None:
@@ -109,7 +136,9 @@ class HealthBook:
                 del conds[c]
             if not conds:
                 log.info("device %s is healthy again", device_id)
-        self._on_change()
+            tell = self._changed()
+        if tell:
+            self._on_change()
 
     def failed(self, device_id: str, failure: ScanFailure) -> None:
         self.mark(device_id, LOST if failure.lost else READ, failure.description)

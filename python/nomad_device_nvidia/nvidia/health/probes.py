@@ -147,10 +147,11 @@ def probe_all(runner: Executor, devices: Sequence[GpuDevice], book: HealthBook) 
         if reading:
             blocked = (reading[0], exc)
     seen: set[int] = set()
-    for members, result in list(done):  # a copy: a job that blocked may add to it later
-        record_probe(book, members, result)
-        seen.update(int(e.value) for e in result.errors.values() if e is not None)
-    for members, timeout in [*list(skipped), *([blocked] if blocked else [])]:
-        record_stuck(book, members, timeout)
+    with book.together():  # one fingerprint update for the round
+        for members, result in list(done):  # a copy: a job that blocked may add to it later
+            record_probe(book, members, result)
+            seen.update(int(e.value) for e in result.errors.values() if e is not None)
+        for members, timeout in [*list(skipped), *([blocked] if blocked else [])]:
+            record_stuck(book, members, timeout)
     return seen
 
