@@ -12,17 +12,7 @@ from typing import Any
 
 import pynvml
 import pytest
-from stats_sim import (
-    MIXED_GPUS,
-    XID_EVENTS,
-    decode,
-    nvml_session,
-    patient_engine,
-    tracked_devices,
-    tracking,
-    value_form,
-    write,
-)
+from stats_sim import MIXED_GPUS, XID_EVENTS, decode, nvml_session, patient_engine, tracked_devices, tracking, value_form, write
 from test_nvidia_sim import devices, scenario, stream
 
 from nomad_device_nvidia.nvidia.stats.choose import TrackedDevice

@@ -15,17 +15,7 @@ from pathlib import Path
 import pynvml
 import pytest
 import sim_branches
-from stats_sim import (
-    MIXED,
-    XID_EVENTS,
-    decode,
-    nvml_session,
-    patient_engine,
-    tracked_devices,
-    tracking,
-    value_form,
-    write,
-)
+from stats_sim import MIXED, XID_EVENTS, decode, nvml_session, patient_engine, tracked_devices, tracking, value_form, write
 
 from nomad_device_nvidia.nvidia.stats import vocabulary as stats_vocabulary
 from nomad_device_nvidia.nvidia.config import MAX_SHARES
