@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stats_sim import decode, nvml_session, tracked_devices
+from stats_sim import PATIENT_S, decode, nvml_session, tracked_devices
 
 from nomad_device_nvidia._proto.nomad import device_pb2
 from nomad_device_nvidia.nvidia.fingerprint import host_memory
@@ -132,7 +132,7 @@ def run(
 ) -> list[device_pb2.StatsResponse]:
     # A device read that misses the tick deadline reads "N/A" in one engine and not the
     # other: on a loaded machine (ten test workers on two cores) 1 s is not enough.
-    opts = EngineOptions(extended=extended, batched=batched, timeout=60.0)
+    opts = EngineOptions(extended=extended, batched=batched, timeout=PATIENT_S)
     with nvml_session(path):
         # With sharing, every device is tracked under `shares` IDs (one read each tick).
         devices = [TrackedDevice(s, d.uuid, d.group) for d in tracked_devices() for s in share_ids(d.device_id, shares)]
