@@ -138,11 +138,12 @@ def value_form(v: object) -> object:
 # The tick deadline of tests that compare values: one a hang misses, not a loaded machine
 # (ten test workers on two cores), where a 1 s deadline turns a device's values into N/A.
 PATIENT_S = 30.0
+PATIENT = EngineOptions(timeout=PATIENT_S)
 
 
 def patient_engine(kind: str = "native", extended: bool = False) -> StatsEngine:
     """make_stats_engine with the PATIENT_S tick deadline."""
-    return make_stats_engine(kind, extended, options=EngineOptions(timeout=PATIENT_S))
+    return make_stats_engine(kind, extended, options=PATIENT)
 
 
 @contextmanager
@@ -150,7 +151,7 @@ def tracking(
     kind: str, devices: list[TrackedDevice], extended: bool = False, *, options: EngineOptions | None = None
 ) -> Iterator[StatsEngine]:
     """A new engine of `kind` (make_stats_engine's arguments) tracking `devices`, closed on leaving."""
-    engine = make_stats_engine(kind, extended, options=options or EngineOptions(timeout=PATIENT_S))
+    engine = make_stats_engine(kind, extended, options=options or PATIENT)
     try:
         engine.track(devices)
         yield engine

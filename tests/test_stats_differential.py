@@ -130,8 +130,7 @@ def scenario(draw: st.DrawFn) -> str:
 def run(
     engine_kind: str, path: Path, extended: bool, batched: bool, ticks: int, shares: int
 ) -> list[device_pb2.StatsResponse]:
-    # A device read that misses the tick deadline reads "N/A" in one engine and not the
-    # other: on a loaded machine (ten test workers on two cores) 1 s is not enough.
+    # A read that missed a short deadline would read N/A in one engine only (stats_sim.PATIENT_S).
     opts = EngineOptions(extended=extended, batched=batched, timeout=PATIENT_S)
     with nvml_session(path):
         # With sharing, every device is tracked under `shares` IDs (one read each tick).
